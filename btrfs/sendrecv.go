@@ -1,0 +1,126 @@
+package btrfs
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"strconv"
+	"sync"
+)
+
+// SendOptions select what `btrfs send` emits.
+type SendOptions struct {
+	Parent         string // parent snapshot path for an incremental send; "" for a full send
+	Proto          int    // send protocol version; 0 keeps btrfs-progs' default (1)
+	CompressedData bool   // pass compressed extents through (implies proto 2)
+}
+
+// Process is a running btrfs-progs send or receive. Wait must be called
+// exactly once; it returns the typed error of the command.
+type Process struct {
+	args   []string
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	once   sync.Once
+	err    error
+}
+
+// Wait waits for the process to exit and returns its classified error.
+func (p *Process) Wait() error {
+	p.once.Do(func() {
+		if err := p.cmd.Wait(); err != nil {
+			p.err = cmdError(p.args, p.stderr.String(), err)
+		}
+	})
+	return p.err
+}
+
+// Send starts `btrfs send` for the read-only snapshot snap. The caller reads
+// the stream from the returned reader until EOF, then calls Wait. Cancelling
+// ctx kills the process.
+func Send(ctx context.Context, snap string, opt SendOptions) (io.ReadCloser, *Process, error) {
+	args := []string{"send", "-q"}
+	if opt.Parent != "" {
+		args = append(args, "-p", opt.Parent)
+	}
+	if opt.Proto != 0 {
+		args = append(args, "--proto", strconv.Itoa(opt.Proto))
+	}
+	if opt.CompressedData {
+		args = append(args, "--compressed-data")
+	}
+	args = append(args, snap)
+	p := newProcess(ctx, args)
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("btrfs send %s: %w", snap, err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		return nil, nil, cmdError(args, "", err)
+	}
+	return out, p, nil
+}
+
+// StartReceive starts `btrfs receive` into dir. The caller writes one send
+// stream to the returned writer, closes it, and calls Wait; the received
+// subvolume then sits in dir under the name the stream carries.
+func StartReceive(ctx context.Context, dir string) (io.WriteCloser, *Process, error) {
+	args := []string{"receive", dir}
+	p := newProcess(ctx, args)
+	in, err := p.cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("btrfs receive %s: %w", dir, err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		return nil, nil, cmdError(args, "", err)
+	}
+	return in, p, nil
+}
+
+// Receive applies the whole stream r into dir with `btrfs receive`.
+func Receive(ctx context.Context, dir string, r io.Reader) error {
+	in, p, err := StartReceive(ctx, dir)
+	if err != nil {
+		return err
+	}
+	_, copyErr := io.Copy(in, r)
+	in.Close()
+	if err := p.Wait(); err != nil {
+		return err
+	}
+	if copyErr != nil {
+		return fmt.Errorf("btrfs receive %s: feed stream: %w", dir, copyErr)
+	}
+	return nil
+}
+
+func newProcess(ctx context.Context, args []string) *Process {
+	cmd := exec.CommandContext(ctx, Binary, args...)
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	return &Process{args: args, cmd: cmd, stderr: stderr}
+}
+
+// lockedBuffer keeps the last stderr output of a process; it is written by
+// the exec goroutine and read by Wait.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf.Len() > 64<<10 { // keep memory bounded on a chatty process
+		b.buf.Reset()
+	}
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
