@@ -58,13 +58,18 @@ func classify(stderr string) error {
 		strings.Contains(s, "could not find parent"),
 		strings.Contains(s, "cannot find clone source"):
 		return ErrParentMissing
-	case strings.Contains(s, "not a btrfs filesystem"),
-		strings.Contains(s, "not a btrfs"):
-		return ErrNotBtrfs
+	// Before ErrNotBtrfs: btrfs-progs 6.2 prints "Not a Btrfs subvolume",
+	// which also contains "not a btrfs".
 	case strings.Contains(s, "not a subvolume"),
-		strings.Contains(s, "not a btrfs subvolume"):
+		strings.Contains(s, "not a btrfs subvolume"),
+		strings.Contains(s, "could not get subvolume flags: invalid argument"):
 		return ErrNotSubvolume
-	case strings.Contains(s, "file exists"):
+	case strings.Contains(s, "not a btrfs filesystem"),
+		strings.Contains(s, "not a btrfs"),
+		strings.Contains(s, "doesn't belong to btrfs mount point"):
+		return ErrNotBtrfs
+	case strings.Contains(s, "file exists"),
+		strings.Contains(s, "already exists"):
 		return ErrExists
 	case strings.Contains(s, "no such file or directory"):
 		return ErrNotFound
