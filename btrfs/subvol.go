@@ -223,8 +223,14 @@ func DeleteSubvolume(ctx context.Context, path string) error {
 	return err
 }
 
-// Snapshot creates a snapshot of the subvolume src at dst.
+// Snapshot creates a snapshot of the subvolume src at dst. An existing dst
+// is ErrExists.
 func Snapshot(ctx context.Context, src, dst string, readOnly bool) error {
+	// btrfs-progs would put the snapshot inside an existing directory dst
+	// instead of failing, and callers rely on dst being the snapshot.
+	if _, err := os.Lstat(dst); err == nil {
+		return fmt.Errorf("snapshot %s: %s: %w", src, dst, ErrExists)
+	}
 	args := []string{"subvolume", "snapshot"}
 	if readOnly {
 		args = append(args, "-r")
