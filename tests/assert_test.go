@@ -1,0 +1,137 @@
+package tests
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/internal/treecmp"
+)
+
+// snapshotsOf lists the snapshots snapjet keeps of source, oldest first.
+func snapshotsOf(t *testing.T, source string) []btrfs.Info {
+	t.Helper()
+	infos, err := btrfs.List(filepath.Join(filepath.Dir(source), ".snapjet", filepath.Base(source)))
+	if err != nil {
+		t.Fatalf("list snapshots of %s: %v", source, err)
+	}
+	return infos
+}
+
+// onlySnapshot returns the one snapshot snapjet keeps of source.
+func onlySnapshot(t *testing.T, source string) btrfs.Info {
+	t.Helper()
+	snaps := snapshotsOf(t, source)
+	if len(snaps) != 1 {
+		t.Fatalf("want exactly one snapshot of %s, have %d: %v", source, len(snaps), snapshotPaths(snaps))
+	}
+	return snaps[0]
+}
+
+func snapshotPaths(infos []btrfs.Info) []string {
+	var out []string
+	for _, in := range infos {
+		out = append(out, in.Path)
+	}
+	return out
+}
+
+// assertReplicated checks what a user checks after snapshot was replicated
+// to each target: exactly one subvolume there carries the snapshot as its
+// received UUID, it has the snapshot's name, it is read-only, its tree
+// equals the snapshot's (content, modes, owners, xattrs, links, times), and
+// no partial receive is left in the staging area.
+func assertReplicated(t *testing.T, snapshot string, targets ...string) {
+	t.Helper()
+	src, err := btrfs.Inspect(snapshot)
+	if err != nil {
+		t.Fatalf("inspect source snapshot: %v", err)
+	}
+	if !src.ReadOnly {
+		t.Errorf("source snapshot %s is writable", snapshot)
+	}
+	for _, target := range targets {
+		subs, err := btrfs.List(target)
+		if err != nil {
+			t.Fatalf("list %s: %v", target, err)
+		}
+		var got []btrfs.Info
+		for _, s := range subs {
+			if s.ReceivedUUID == src.UUID {
+				got = append(got, s)
+			}
+		}
+		if len(got) != 1 {
+			t.Errorf("%s: want exactly one subvolume received from %s (uuid %s), have %d: %v",
+				target, snapshot, src.UUID, len(got), snapshotPaths(got))
+			continue
+		}
+		dst := got[0]
+		if want := filepath.Join(target, filepath.Base(snapshot)); dst.Path != want {
+			t.Errorf("replica of %s is at %s, want %s", snapshot, dst.Path, want)
+		}
+		if !dst.ReadOnly {
+			t.Errorf("replica %s is writable", dst.Path)
+		}
+		assertSameTree(t, snapshot, dst.Path)
+		assertNoPartial(t, target)
+		t.Logf("%s: committed replica %s is read-only, received uuid %s, same tree as the source", target, dst.Path, dst.ReceivedUUID)
+	}
+}
+
+// assertSameTree compares two trees the way a replication user cares about.
+func assertSameTree(t *testing.T, want, got string) {
+	t.Helper()
+	diffs, err := treecmp.Compare(want, got, treecmp.Options{Times: true})
+	if err != nil {
+		t.Fatalf("compare %s with %s: %v", want, got, err)
+	}
+	for _, d := range diffs {
+		t.Errorf("%s vs %s: %s", want, got, d)
+	}
+}
+
+// assertNoPartial checks that target's staging area holds no subvolume.
+func assertNoPartial(t *testing.T, target string) {
+	t.Helper()
+	for _, p := range stagedSubvolumes(t, target) {
+		t.Errorf("partial receive left behind: %s", p)
+	}
+}
+
+// stagedSubvolumes lists the subvolumes under TARGET/.snapjet/incoming.
+func stagedSubvolumes(t *testing.T, target string) []string {
+	t.Helper()
+	var out []string
+	incoming := filepath.Join(target, ".snapjet", "incoming")
+	err := filepath.WalkDir(incoming, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() && p != incoming && btrfs.IsSubvolume(p) {
+			out = append(out, p)
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk %s: %v", incoming, err)
+	}
+	return out
+}
+
+// assertNotCommitted checks that nothing sits at TARGET/name yet: after a
+// crash mid-transfer, anything there would be a partial taken for complete.
+func assertNotCommitted(t *testing.T, target, name string) {
+	t.Helper()
+	p := filepath.Join(target, name)
+	if _, err := os.Lstat(p); err == nil {
+		info, ierr := btrfs.Inspect(p)
+		t.Errorf("%s exists although its transfer was interrupted: %+v %v", p, info, ierr)
+	}
+}

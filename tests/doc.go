@@ -1,0 +1,8 @@
+// Package tests holds snapjet's end-to-end failure scenarios: each test
+// drives the real snapjet binary against loop-backed btrfs filesystems and a
+// real NATS server, breaks something on purpose (a SIGKILL, a cut
+// connection, a full disk, bad input) and checks what a user would check
+// afterwards: the replicated snapshot is complete, read-only, carries the
+// source's UUID and has the same tree as the source, and no partial receive
+// is ever taken for complete.
+package tests

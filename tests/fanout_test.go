@@ -1,0 +1,112 @@
+package tests
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// btrfsRecorder puts a `btrfs` wrapper first on PATH that logs each
+// invocation before running the real btrfs-progs, so a test can count the
+// `btrfs send` processes snapjet starts.
+type btrfsRecorder struct {
+	log string
+	env []string
+}
+
+func newBTRFSRecorder(t *testing.T) btrfsRecorder {
+	t.Helper()
+	real, err := exec.LookPath("btrfs")
+	if err != nil {
+		t.Fatalf("btrfs-progs: %v", err)
+	}
+	dir := t.TempDir()
+	log := filepath.Join(dir, "calls.log")
+	script := fmt.Sprintf("#!/bin/sh\necho \"$*\" >> %q\nexec %q \"$@\"\n", log, real)
+	if err := os.WriteFile(filepath.Join(dir, "btrfs"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return btrfsRecorder{log: log, env: []string{"PATH=" + dir + ":" + os.Getenv("PATH")}}
+}
+
+// sends returns the recorded `btrfs send` command lines.
+func (b btrfsRecorder) sends(t *testing.T) []string {
+	t.Helper()
+	data, err := os.ReadFile(b.log)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "send ") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// One replication to two targets reads the source once: one `btrfs send`,
+// one replication in status, both targets committed with correct trees.
+func TestFanOutToTwoTargetsUsesOneSend(t *testing.T) {
+	source := filepath.Join(newSourceFS(t, 1<<30), "data")
+	first := newTarget(t, 1<<30, "backup-a")
+	second := newTarget(t, 1<<30, "backup-b")
+	dataSet{seed: 9, bulk: 32 * mib}.newSource(t, source)
+	rec := newBTRFSRecorder(t)
+	r := newReplicator(t)
+	r.env = rec.env
+
+	if res := r.run("replicate", nil, source, first, second); res.code != 0 {
+		t.Fatalf("replicate failed with code %d: %s", res.code, res.stderr)
+	}
+	doc := r.storedStatus()
+	if len(doc.Replications) != 1 {
+		t.Fatalf("status lists %d replications, want one for both targets", len(doc.Replications))
+	}
+	rep := assertDone(t, doc, filepath.Base(onlySnapshot(t, source).Path))
+	if len(rep.Targets) != 2 {
+		t.Errorf("replication %s has %d targets, want 2", rep.ID, len(rep.Targets))
+	}
+	if sends := rec.sends(t); len(sends) != 1 {
+		t.Errorf("snapjet ran btrfs send %d times, want once: %q", len(sends), sends)
+	}
+	assertReplicated(t, rep.Snapshot, first, second)
+}
+
+// One of two targets runs out of space. It must neither block nor corrupt
+// the other: the good target commits a correct replica, the full one is
+// failed with an out-of-space reason and keeps no partial.
+func TestFanOutFullTargetDoesNotHarmTheOther(t *testing.T) {
+	source := filepath.Join(newSourceFS(t, 1<<30), "data")
+	good := newTarget(t, 1<<30, "backup")
+	full := newTarget(t, 200*mib, "tiny") // holds about 120 MiB of data
+	size := dataSet{seed: 10, bulk: 160 * mib}.newSource(t, source)
+	r := newReplicator(t)
+
+	t.Logf("replicating %d MiB to %s and to the too small %s", size/mib, good, full)
+	res := r.run("replicate", nil, source, good, full)
+	if res.code == 0 {
+		t.Fatal("replicate reported success although one target could not hold the data")
+	}
+	if !strings.Contains(strings.ToLower(res.stderr), "no space") {
+		t.Errorf("stderr does not name the cause (no space): %q", res.stderr)
+	}
+	snap := onlySnapshot(t, source)
+	rep, ok := r.storedStatus().bySnapshot(filepath.Base(snap.Path))
+	if !ok {
+		t.Fatalf("status has no replication of %s", snap.Path)
+	}
+	if ts, ok := rep.target(good); !ok || ts.State != "committed" {
+		t.Errorf("good target: %+v (found %v), want committed", ts, ok)
+	}
+	ts, ok := rep.target(full)
+	if !ok || ts.State != "failed" || !strings.Contains(strings.ToLower(ts.Error), "space") {
+		t.Errorf("full target: %+v (found %v), want failed with an out-of-space error", ts, ok)
+	}
+	assertReplicated(t, snap.Path, good)
+	assertNoPartial(t, full)
+	assertNotCommitted(t, full, filepath.Base(snap.Path))
+}

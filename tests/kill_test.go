@@ -1,0 +1,229 @@
+package tests
+
+import (
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// killPoint is where the scenarios interrupt a transfer: about a third in,
+// so a real partial exists on the target and most of the stream is still
+// to come.
+const killPoint = 35
+
+// reachedSent reports whether the replication of a snapshot other than
+// skip has sent killPoint percent of size bytes.
+func reachedSent(size int64, skip string) func(replication) bool {
+	return func(r replication) bool {
+		return r.SnapshotName != skip && r.BytesSent >= size*killPoint/100
+	}
+}
+
+// reachedApplied reports whether target has applied killPoint percent of
+// size bytes.
+func reachedApplied(size int64, target string) func(replication) bool {
+	return func(r replication) bool {
+		ts, ok := r.target(target)
+		return ok && ts.BytesApplied >= size*killPoint/100
+	}
+}
+
+// assertDone checks the status of the replication of snapshot: done, with
+// every target committed, and returns it.
+func assertDone(t *testing.T, doc statusDoc, snapshotName string) replication {
+	t.Helper()
+	rep, ok := doc.bySnapshot(snapshotName)
+	if !ok {
+		t.Fatalf("status has no replication of %s", snapshotName)
+	}
+	if rep.State != "done" {
+		t.Errorf("replication %s is %q, want done", rep.ID, rep.State)
+	}
+	for name, ts := range rep.Targets {
+		if ts.State != "committed" {
+			t.Errorf("replication %s: target %s is %q, want committed (error %q)", rep.ID, name, ts.State, ts.Error)
+		}
+	}
+	return rep
+}
+
+// assertCaughtUp checks that the interrupted snapshot and the newest
+// snapshot of source are both complete on every target: a rerun may finish
+// the interrupted replication and then take a fresh snapshot.
+func assertCaughtUp(t *testing.T, interrupted replication, source string, targets ...string) {
+	t.Helper()
+	assertReplicated(t, interrupted.Snapshot, targets...)
+	snaps := snapshotsOf(t, source)
+	if len(snaps) == 0 {
+		t.Fatalf("no snapshot of %s is kept", source)
+	}
+	if newest := snaps[len(snaps)-1].Path; newest != interrupted.Snapshot {
+		assertReplicated(t, newest, targets...)
+	}
+}
+
+// killAndRerun starts replicate, SIGKILLs it once reached holds, checks
+// that nothing was committed, and runs the same command again, which must
+// succeed. It returns the interrupted replication.
+func killAndRerun(t *testing.T, r *replicator, reached func(replication) bool, source, target string) replication {
+	t.Helper()
+	p := r.start("replicate", nil, source, target)
+	rep := waitForReplication(t, p, r.liveStatus, "the kill point", reached)
+	p.kill()
+	assertNotCommitted(t, target, rep.SnapshotName)
+	t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
+
+	t.Log("running the same command again")
+	if res := r.run("replicate-rerun", nil, source, target); res.code != 0 {
+		t.Fatalf("rerun failed with code %d: %s", res.code, res.stderr)
+	}
+	return rep
+}
+
+// The original report: `snapjet replicate` was killed part-way and the next
+// run reported success without the data. The rerun must end with one
+// complete read-only replica and no partial.
+func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
+	source := filepath.Join(newSourceFS(t, 2<<30), "data")
+	target := newTarget(t, 2<<30, "backup")
+	size := dataSet{seed: 1, bulk: 256 * mib}.newSource(t, source)
+	r := newReplicator(t)
+
+	t.Logf("replicating %d MiB and killing snapjet replicate at %d%% of the send", size/mib, killPoint)
+	rep := killAndRerun(t, r, reachedSent(size, ""), source, target)
+	assertDone(t, r.storedStatus(), rep.SnapshotName)
+	assertCaughtUp(t, rep, source, target)
+}
+
+// The same for an incremental replication: after a full one, about 256 MiB
+// change along with renames and deletes; the incremental is killed and the
+// rerun must complete it as an incremental on top of the first snapshot.
+func TestIncrementalReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
+	source := filepath.Join(newSourceFS(t, 2<<30), "data")
+	target := newTarget(t, 2<<30, "backup")
+	dataSet{seed: 2, bulk: 48 * mib}.newSource(t, source)
+	r := newReplicator(t)
+
+	t.Log("first replication: a full send")
+	replicateOnce(t, r, "replicate-full", source, target)
+	base := onlySnapshot(t, source)
+	assertReplicated(t, base.Path, target)
+
+	changed := mutate(t, source, 22, 256*mib)
+	t.Logf("incremental replication of %d MiB of changes, killed at %d%%", changed/mib, killPoint)
+	rep := killAndRerun(t, r, reachedSent(changed, filepath.Base(base.Path)), source, target)
+	done := assertDone(t, r.storedStatus(), rep.SnapshotName)
+	if done.ParentUUID != base.UUID.String() {
+		t.Errorf("the resumed replication has parent %q, want the first snapshot %s", done.ParentUUID, base.UUID)
+	}
+	assertReplicated(t, base.Path, target)
+	assertCaughtUp(t, rep, source, target)
+}
+
+// The receiver is SIGKILLed mid-transfer. While the window still holds the
+// start of the stream, the restarted receiver discards its partial and
+// replays the stream from JetStream without the source sending again. With
+// a window smaller than what was already acknowledged the start is gone, so
+// the coordinator must restart the replication instead, and still finish.
+func TestReceiverKilledMidTransfer(t *testing.T) {
+	tests := []struct {
+		name        string
+		sendFlags   []string
+		wantAttempt int
+	}{
+		{name: "replayed from the stream", wantAttempt: 1},
+		{name: "window passed the start so the replication restarts", sendFlags: []string{"--window", strconv.Itoa(16 * mib)}, wantAttempt: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			source := filepath.Join(newSourceFS(t, 1<<30), "data")
+			target := newTarget(t, 1<<30, "backup")
+			size := dataSet{seed: 4, bulk: 80 * mib}.newSource(t, source)
+			srv := startServer(t)
+			recv := startReceiver(t, srv.url(), "backup", target)
+			args := append(append([]string{"send", "--server", srv.url(), "--to", "backup"}, tc.sendFlags...), source)
+			send := startSnapjet(t, "send", args...)
+
+			rep := waitForReplication(t, send, srv.liveStatus, "the receiver's kill point", reachedApplied(size, target))
+			t.Log("killing the receiver")
+			recv.kill()
+			assertNotCommitted(t, target, rep.SnapshotName)
+			t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
+			startReceiver(t, srv.url(), "backup", target)
+
+			if res := send.wait(transferTimeout); res.code != 0 {
+				t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
+			}
+			done := assertDone(t, srv.status(), rep.SnapshotName)
+			if done.Attempt != tc.wantAttempt {
+				t.Errorf("attempt = %d, want %d", done.Attempt, tc.wantAttempt)
+			}
+			if done.TotalChunks == 0 || done.ChunksSent > done.TotalChunks {
+				t.Errorf("chunks sent %d of %d: the source sent chunks again", done.ChunksSent, done.TotalChunks)
+			}
+			assertCaughtUp(t, rep, source, target)
+		})
+	}
+}
+
+// The sender is SIGKILLed mid-send and the same command is run again. No
+// chunk may reach the receiver twice or be missing: the replication can
+// only commit when the end marker's digest matches, and the target must
+// have applied exactly the stream's chunks.
+func TestSenderKilledMidSendResumes(t *testing.T) {
+	source := filepath.Join(newSourceFS(t, 1<<30), "data")
+	target := newTarget(t, 1<<30, "backup")
+	size := dataSet{seed: 5, bulk: 96 * mib}.newSource(t, source)
+	srv := startServer(t)
+	startReceiver(t, srv.url(), "backup", target)
+	args := []string{"send", "--server", srv.url(), "--to", "backup", source}
+	send := startSnapjet(t, "send", args...)
+
+	rep := waitForReplication(t, send, srv.liveStatus, "the sender's kill point", reachedSent(size, ""))
+	t.Log("killing the sender")
+	send.kill()
+	assertNotCommitted(t, target, rep.SnapshotName)
+
+	t.Log("running the same send command again")
+	if res := runSnapjet(t, transferTimeout, "send-rerun", args...); res.code != 0 {
+		t.Fatalf("rerun of send failed with code %d: %s", res.code, res.stderr)
+	}
+	done := assertDone(t, srv.status(), rep.SnapshotName)
+	ts, ok := done.target(target)
+	if !ok {
+		t.Fatalf("status of %s has no target for %s", done.ID, target)
+	}
+	if done.TotalChunks == 0 || ts.ChunksApplied != done.TotalChunks {
+		t.Errorf("target applied %d chunks, the stream has %d", ts.ChunksApplied, done.TotalChunks)
+	}
+	assertCaughtUp(t, rep, source, target)
+}
+
+// The NATS server goes away mid-transfer, cleanly or by a crash, and comes
+// back on the same port with the same store: nothing may be lost.
+func TestServerRestartedMidTransfer(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			source := filepath.Join(newSourceFS(t, 1<<30), "data")
+			target := newTarget(t, 1<<30, "backup")
+			size := dataSet{seed: 6, bulk: 64 * mib}.newSource(t, source)
+			srv := startServer(t)
+			startReceiver(t, srv.url(), "backup", target)
+			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", source)
+
+			rep := waitForReplication(t, send, srv.liveStatus, "the server's stop point", reachedApplied(size, target))
+			srv.stop(sig)
+			time.Sleep(2 * time.Second) // long enough for both clients to notice
+			t.Log("starting the server again on the same port and store")
+			srv.start()
+
+			if res := send.wait(transferTimeout); res.code != 0 {
+				t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
+			}
+			assertDone(t, srv.status(), rep.SnapshotName)
+			assertCaughtUp(t, rep, source, target)
+		})
+	}
+}

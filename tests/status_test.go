@@ -1,0 +1,162 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// statusDoc is `snapjet status --json` as the CLI contract defines it.
+type statusDoc struct {
+	Replications []replication `json:"replications"`
+}
+
+type replication struct {
+	ID           string                  `json:"id"`
+	Source       string                  `json:"source"`
+	Snapshot     string                  `json:"snapshot"`
+	SnapshotName string                  `json:"snapshot_name"`
+	SnapshotUUID string                  `json:"snapshot_uuid"`
+	ParentUUID   string                  `json:"parent_uuid"`
+	State        string                  `json:"state"`
+	Attempt      int                     `json:"attempt"`
+	ChunksSent   int64                   `json:"chunks_sent"`
+	BytesSent    int64                   `json:"bytes_sent"`
+	WireBytes    int64                   `json:"wire_bytes"`
+	TotalBytes   int64                   `json:"total_bytes"`
+	TotalChunks  int64                   `json:"total_chunks"`
+	Error        string                  `json:"error"`
+	Targets      map[string]targetStatus `json:"targets"`
+}
+
+type targetStatus struct {
+	State             string `json:"state"`
+	BytesApplied      int64  `json:"bytes_applied"`
+	ChunksApplied     int64  `json:"chunks_applied"`
+	RedeliveredChunks int64  `json:"redelivered_chunks"`
+	Path              string `json:"path"`
+	Error             string `json:"error"`
+}
+
+func (r replication) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s state=%s attempt=%d parent=%q sent=%d chunks/%d bytes wire=%d total=%d chunks/%d bytes",
+		r.ID, r.State, r.Attempt, r.ParentUUID, r.ChunksSent, r.BytesSent, r.WireBytes, r.TotalChunks, r.TotalBytes)
+	if r.Error != "" {
+		fmt.Fprintf(&b, " error=%q", r.Error)
+	}
+	for name, ts := range r.Targets {
+		fmt.Fprintf(&b, "; %s: %s applied=%d chunks/%d bytes redelivered=%d", name, ts.State, ts.ChunksApplied, ts.BytesApplied, ts.RedeliveredChunks)
+		if ts.Error != "" {
+			fmt.Fprintf(&b, " error=%q", ts.Error)
+		}
+	}
+	return b.String()
+}
+
+// target finds the state of the target whose directory is dir. replicate
+// derives target names from paths, so the committed path is the reliable
+// key; a lone target or one named like the directory is accepted too.
+func (r replication) target(dir string) (targetStatus, bool) {
+	for _, ts := range r.Targets {
+		if ts.Path != "" && filepath.Dir(ts.Path) == dir {
+			return ts, true
+		}
+	}
+	if ts, ok := r.Targets[filepath.Base(dir)]; ok {
+		return ts, true
+	}
+	if len(r.Targets) == 1 {
+		for _, ts := range r.Targets {
+			return ts, true
+		}
+	}
+	return targetStatus{}, false
+}
+
+// bySnapshot returns the replication of the source snapshot named name.
+func (d statusDoc) bySnapshot(name string) (replication, bool) {
+	for _, r := range d.Replications {
+		if r.SnapshotName == name {
+			return r, true
+		}
+	}
+	return replication{}, false
+}
+
+// newest returns the replication whose snapshot name sorts last; snapshot
+// names end in a UTC timestamp, so that is the newest one.
+func (d statusDoc) newest() (replication, bool) {
+	var best replication
+	for _, r := range d.Replications {
+		if r.SnapshotName > best.SnapshotName {
+			best = r
+		}
+	}
+	return best, best.ID != ""
+}
+
+// readStatus runs `snapjet status --json` with the given server selection
+// (--server URL, or --store DIR). It does not log: it is polled often.
+func readStatus(ctx context.Context, selection ...string) (statusDoc, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	args := append([]string{"status", "--json"}, selection...)
+	cmd := exec.CommandContext(ctx, snapjetBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return statusDoc{}, fmt.Errorf("snapjet %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	var doc statusDoc
+	if err := json.Unmarshal(stdout.Bytes(), &doc); err != nil {
+		return statusDoc{}, fmt.Errorf("snapjet %s: decode %q: %w", strings.Join(args, " "), stdout.String(), err)
+	}
+	return doc, nil
+}
+
+// mustStatus is readStatus for a point where status must work.
+func mustStatus(t *testing.T, selection ...string) statusDoc {
+	t.Helper()
+	doc, err := readStatus(t.Context(), selection...)
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	for _, r := range doc.Replications {
+		t.Logf("status: %v", r)
+	}
+	return doc
+}
+
+// waitForReplication polls live status until reached holds for the newest
+// replication and returns that replication. It fails the test if p exits
+// first: then the moment the scenario needs was never observed.
+func waitForReplication(t *testing.T, p *proc, live func(context.Context) (statusDoc, error), what string, reached func(replication) bool) replication {
+	t.Helper()
+	var last replication
+	var logged time.Time
+	waitUntil(t, p, transferTimeout, what, func(ctx context.Context) bool {
+		doc, err := live(ctx)
+		if err != nil {
+			return false // the server may be starting or restarting
+		}
+		rep, ok := doc.newest()
+		if !ok {
+			return false
+		}
+		last = rep
+		if time.Since(logged) > 3*time.Second {
+			t.Logf("progress: %v", rep)
+			logged = time.Now()
+		}
+		return reached(rep)
+	})
+	t.Logf("reached %s: %v", what, last)
+	return last
+}
