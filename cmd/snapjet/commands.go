@@ -1,0 +1,274 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/receiver"
+	"github.com/snapjet/snapjet/sender"
+)
+
+type sendFlags struct {
+	chunkSize int
+	window    int64
+	snapDir   string
+	wait      time.Duration
+}
+
+func (f *sendFlags) add(cmd *cobra.Command) {
+	cmd.Flags().IntVar(&f.chunkSize, "chunk-size", sender.DefaultChunkSize, "raw bytes of send stream per chunk")
+	cmd.Flags().Int64Var(&f.window, "window", sender.DefaultWindow, "bytes the replication stream may hold before the sender waits for receivers")
+	cmd.Flags().StringVar(&f.snapDir, "snapshot-dir", "", "where source snapshots are kept (default <dir of SOURCE>/.snapjet/<name>)")
+	cmd.Flags().DurationVar(&f.wait, "receiver-wait", 30*time.Second, "how long to wait for the targets' receivers to answer")
+}
+
+func (f *sendFlags) options(source string, targets []string) sender.Options {
+	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait}
+}
+
+func replicateCmd(g *globals) *cobra.Command {
+	f := &sendFlags{}
+	cmd := &cobra.Command{
+		Use:   "replicate [flags] SOURCE TARGET...",
+		Short: "Snapshot SOURCE and replicate it to every TARGET directory, then commit",
+		Long: `Takes a read-only snapshot of the btrfs subvolume SOURCE and replicates it to
+every TARGET directory (each on btrfs) through an embedded NATS server (or
+--server). Exits 0 only when every target committed. Running the same
+command again after a crash or interruption completes the unfinished
+replication first: it resumes, or discards the partial and starts over.`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if _, _, err := sender.CheckSource(args[0]); err != nil {
+				return err
+			}
+			var names []string
+			for _, t := range args[1:] {
+				if _, err := receiver.CheckTarget(t); err != nil {
+					return err
+				}
+				names = append(names, targetName(t))
+			}
+			b, err := g.connect("snapjet replicate", true)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			rctx, stopReceivers := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			defer func() { stopReceivers(); wg.Wait() }()
+			for i, t := range args[1:] {
+				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log)
+				if err != nil {
+					return err
+				}
+				wg.Add(1)
+				go func() { defer wg.Done(); _ = rc.Run(rctx) }()
+			}
+			return runSend(ctx, g, b, f.options(args[0], names))
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func sendCmd(g *globals) *cobra.Command {
+	f := &sendFlags{}
+	var to string
+	cmd := &cobra.Command{
+		Use:   "send --server URL --to NAME[,NAME...] SOURCE",
+		Short: "Snapshot SOURCE and send it to running receivers; return when all committed or failed",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return &exitError{2, fmt.Errorf("--to: name at least one target")}
+			}
+			if _, _, err := sender.CheckSource(args[0]); err != nil {
+				return err
+			}
+			b, err := g.connect("snapjet send", false)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			return runSend(cmd.Context(), g, b, f.options(args[0], strings.Split(to, ",")))
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "comma-separated target names")
+	f.add(cmd)
+	return cmd
+}
+
+// runSend runs the coordinator and the sender, and reports the outcome.
+func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Options) error {
+	coord, err := coordinator.New(ctx, b.NC, b.JS, g.log)
+	if err != nil {
+		return err
+	}
+	defer coord.Close()
+	prog := newProgress(g.log)
+	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update}
+	r, err := s.Run(ctx, opt)
+	prog.done()
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, name := range sender.SortedNames(r.Targets) {
+		t := r.Targets[name]
+		if t.State == coordinator.TCommitted {
+			fmt.Printf("%s: committed %s\n", name, t.Path)
+		} else {
+			failed++
+			fmt.Printf("%s: %s: %s\n", name, t.State, t.Error)
+		}
+	}
+	if failed > 0 {
+		return &exitError{1, fmt.Errorf("replication %s failed on %d of %d targets: %s", r.ID, failed, len(r.Targets), r.Error)}
+	}
+	return nil
+}
+
+func receiveCmd(g *globals) *cobra.Command {
+	var target string
+	cmd := &cobra.Command{
+		Use:   "receive --server URL --target NAME DIR",
+		Short: "Receive replications addressed to target NAME into DIR (long-running)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if target == "" {
+				return &exitError{2, fmt.Errorf("--target: name this target")}
+			}
+			if _, err := receiver.CheckTarget(args[0]); err != nil {
+				return err
+			}
+			b, err := g.connect("snapjet receive "+target, false)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			rc, err := receiver.New(cmd.Context(), b.NC, b.JS, target, args[0], g.log)
+			if err != nil {
+				return err
+			}
+			if err := rc.Run(cmd.Context()); err != nil && cmd.Context().Err() == nil {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "", "name of this target (letters, digits, - and _)")
+	return cmd
+}
+
+func serverCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "server [--store DIR] [--listen ADDR]",
+		Short: "Run the embedded NATS server with JetStream alone, until SIGTERM",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			srv, err := broker.StartServer(g.store, g.listen, g.log)
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			srv.Shutdown()
+			srv.WaitForShutdown()
+			return nil
+		},
+	}
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [--server URL | --store DIR] [--json]",
+		Short: "Show replications, the state of every target, bytes and the last error",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			b, err := g.connect("snapjet status", g.server == "")
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			store, err := coordinator.OpenStore(ctx, b.JS)
+			if err != nil {
+				return err
+			}
+			all, err := store.List(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				if all == nil {
+					all = []*coordinator.Replication{}
+				}
+				return enc.Encode(map[string]any{"replications": all})
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "REPLICATION\tSTATE\tATTEMPT\tSENT\tTARGET\tTARGET STATE\tAPPLIED\tERROR")
+			for _, r := range all {
+				for _, name := range sender.SortedNames(r.Targets) {
+					t := r.Targets[name]
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.State, r.Attempt, human(r.BytesSent), name, t.State, human(t.BytesApplied), firstNonEmpty(t.Error, r.Error))
+				}
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// targetName names a target directory stably across runs: its base name
+// plus a short hash of the absolute path, so two "backup" dirs differ.
+func targetName(dir string) string {
+	abs, _ := filepath.Abs(dir)
+	sum := sha256.Sum256([]byte(abs))
+	base := unsafeName.ReplaceAllString(filepath.Base(abs), "_")
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	return base + "-" + hex.EncodeToString(sum[:3])
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, x := range s {
+		if x != "" {
+			return x
+		}
+	}
+	return ""
+}
+
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

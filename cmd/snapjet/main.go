@@ -1,0 +1,109 @@
+// Command snapjet replicates btrfs snapshots over NATS JetStream. It only
+// wires the packages together; see docs/ARCHITECTURE.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/internal/broker"
+)
+
+// exitError carries the process exit code: 1 a replication failed, 2 the
+// input was wrong.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+type globals struct {
+	store, server, listen, logFormat, cpuprofile string
+	verbose                                      bool
+	log                                          *slog.Logger
+}
+
+func main() {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "snapjet",
+		Short:         "Replicate btrfs snapshots over NATS JetStream, resuming after every failure",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return g.setup()
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.store, "store", "/var/lib/snapjet", "JetStream file store of the embedded NATS server")
+	pf.StringVar(&g.server, "server", "", "URL of an external NATS server or cluster (default: embed one)")
+	pf.StringVar(&g.listen, "listen", "127.0.0.1:4222", "client address of the embedded server (port 0: any free port)")
+	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
+	pf.StringVar(&g.cpuprofile, "cpuprofile", "", "write a pprof CPU profile to this file")
+	root.AddCommand(replicateCmd(g), sendCmd(g), receiveCmd(g), serverCmd(g), statusCmd(g))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
+	stop()
+	if g.cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "snapjet:", err)
+		var ee *exitError
+		switch {
+		case errors.As(err, &ee):
+			os.Exit(ee.code)
+		case coordinator.IsPermanent(err):
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+func (g *globals) setup() error {
+	level := slog.LevelInfo
+	if g.verbose {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch g.logFormat {
+	case "text":
+		g.log = slog.New(slog.NewTextHandler(os.Stderr, opts))
+	case "json":
+		g.log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	default:
+		return &exitError{2, fmt.Errorf("--log-format %q: use text or json", g.logFormat)}
+	}
+	slog.SetDefault(g.log)
+	if g.cpuprofile != "" {
+		f, err := os.Create(g.cpuprofile)
+		if err != nil {
+			return err
+		}
+		return pprof.StartCPUProfile(f)
+	}
+	return nil
+}
+
+// connect reaches NATS: the external server when --server is set,
+// otherwise (when embed is true) an embedded one.
+func (g *globals) connect(name string, embed bool) (*broker.Broker, error) {
+	server := g.server
+	if server == "" && !embed {
+		server = "nats://127.0.0.1:4222"
+	}
+	return broker.Connect(broker.Options{Server: server, Store: g.store, Listen: g.listen, Name: name, Log: g.log})
+}

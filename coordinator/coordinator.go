@@ -1,0 +1,275 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/snapjet/snapjet/streams"
+)
+
+// DefaultMaxAttempts bounds the attempts of one run before the remaining
+// targets fail.
+const DefaultMaxAttempts = 3
+
+// Coordinator is the sole writer of the replications it serves. It runs in
+// the sending process; receivers reach it on streams.ReportSubject.
+type Coordinator struct {
+	js          jetstream.JetStream
+	store       *Store
+	svc         micro.Service
+	log         *slog.Logger
+	MaxAttempts int
+
+	mu      sync.Mutex // serialises read-modify-write of records
+	serving map[string]bool
+}
+
+// New binds the state bucket and registers the coordinator micro service.
+// Close stops the service.
+func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) (*Coordinator, error) {
+	store, err := OpenStore(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        streams.CoordinatorService,
+		Version:     "1.0.0",
+		Description: "snapjet replication coordinator: receivers report progress and ask for commit verdicts",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start coordinator service: %w", err)
+	}
+	return &Coordinator{js: js, store: store, svc: svc, log: log, MaxAttempts: DefaultMaxAttempts, serving: map[string]bool{}}, nil
+}
+
+// Store gives read access to the records.
+func (c *Coordinator) Store() *Store { return c.store }
+
+// Close stops answering receivers.
+func (c *Coordinator) Close() error { return c.svc.Stop() }
+
+// Create stores a new replication record in state Planned and starts serving it.
+func (c *Coordinator) Create(ctx context.Context, r *Replication) error {
+	r.State, r.Attempt = Planned, 1
+	r.Created, r.Updated = time.Now().UTC(), time.Now().UTC()
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := c.store.kv.Create(ctx, key(r.ID), b); err != nil {
+		return fmt.Errorf("create replication %s: %w", r.ID, err)
+	}
+	return c.Serve(r.ID)
+}
+
+// Serve starts answering the receivers of replication id. Idempotent.
+func (c *Coordinator) Serve(id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.serving[id] {
+		return nil
+	}
+	err := c.svc.AddEndpoint("report-"+id, micro.HandlerFunc(func(req micro.Request) {
+		v, err := c.handle(context.Background(), id, req.Data())
+		if err != nil {
+			c.log.Warn("receiver report refused", "replication", id, "error", err)
+			_ = req.Error("500", err.Error(), nil)
+			return
+		}
+		_ = req.RespondJSON(v)
+	}), micro.WithEndpointSubject(streams.ReportSubject(id)))
+	if err != nil {
+		return fmt.Errorf("serve replication %s: %w", id, err)
+	}
+	c.serving[id] = true
+	return nil
+}
+
+// update is the one place records change: read, apply fn, check, write with
+// compare-and-set on the revision.
+func (c *Coordinator) update(ctx context.Context, id string, fn func(*Replication) error) (*Replication, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		r, rev, err := c.store.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(r); err != nil {
+			return r, err
+		}
+		r.Updated = time.Now().UTC()
+		b, err := json.Marshal(r)
+		if err != nil {
+			return nil, err
+		}
+		_, err = c.store.kv.Update(ctx, key(id), b, rev)
+		if err == nil {
+			return r, nil
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			continue // changed under us (another process); read again
+		}
+		return nil, fmt.Errorf("store replication %s: %w", id, err)
+	}
+}
+
+// BeginAttempt makes sure the stream and the consumers of the current
+// attempt exist, and moves a planned replication to sending.
+func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication, jetstream.Stream, error) {
+	r, _, err := c.store.Get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := streams.EnsureStream(ctx, c.js, id, r.Window)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, name := range r.Active() {
+		if _, err := s.CreateOrUpdateConsumer(ctx, streams.ConsumerConfig(name)); err != nil {
+			return nil, nil, fmt.Errorf("create consumer for target %s: %w", name, err)
+		}
+	}
+	r, err = c.update(ctx, id, func(r *Replication) error {
+		if r.State == Planned {
+			return r.setState(Sending)
+		}
+		return nil
+	})
+	return r, s, err
+}
+
+// Progress records the sender's counters for the current attempt.
+func (c *Coordinator) Progress(ctx context.Context, id string, attempt int, chunks, bytes, wire int64) error {
+	_, err := c.update(ctx, id, func(r *Replication) error {
+		if r.Attempt != attempt {
+			return nil
+		}
+		r.ChunksSent, r.BytesSent, r.WireBytes = chunks, bytes, wire
+		return nil
+	})
+	return err
+}
+
+// MarkSent records that the end marker of attempt is stored.
+func (c *Coordinator) MarkSent(ctx context.Context, id string, attempt int, chunks, total, wire int64, digest string) error {
+	_, err := c.update(ctx, id, func(r *Replication) error {
+		if r.Attempt != attempt {
+			return fmt.Errorf("attempt %d is over (now %d)", attempt, r.Attempt)
+		}
+		r.ChunksSent, r.BytesSent, r.WireBytes = chunks, total, wire
+		r.TotalChunks, r.TotalBytes, r.Digest = chunks, total, digest
+		return r.setState(Sent)
+	})
+	return err
+}
+
+// Restart discards the current attempt and starts the next one from the
+// first chunk; full drops the incremental parent. Past MaxAttempts the
+// remaining targets fail instead.
+func (c *Coordinator) Restart(ctx context.Context, id, reason string, full bool) (*Replication, error) {
+	r, err := c.update(ctx, id, func(r *Replication) error {
+		if r.State.Terminal() {
+			return nil
+		}
+		if r.Attempt >= c.MaxAttempts {
+			return failActive(r, fmt.Sprintf("gave up after %d attempts: %s", r.Attempt, reason))
+		}
+		if full {
+			r.Parent, r.ParentUUID = "", ""
+		}
+		return r.newAttempt(reason)
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.log.Warn("replication restarts", "replication", id, "attempt", r.Attempt, "reason", reason, "full", full)
+	return r, c.resetStream(ctx, r)
+}
+
+// Retry starts a new run of a failed replication: every target that did not
+// commit tries again, from a fresh attempt.
+func (c *Coordinator) Retry(ctx context.Context, id string) (*Replication, error) {
+	r, err := c.update(ctx, id, func(r *Replication) error {
+		if r.State != Failed {
+			return nil
+		}
+		for name, t := range r.Targets {
+			if t.State == TFailed {
+				if err := r.setTarget(name, TPending, ""); err != nil {
+					return err
+				}
+			}
+		}
+		return r.newAttempt("retry after: " + r.Error)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, c.resetStream(ctx, r)
+}
+
+// Fail ends the replication: every target still active fails with reason.
+func (c *Coordinator) Fail(ctx context.Context, id, reason string) (*Replication, error) {
+	return c.update(ctx, id, func(r *Replication) error { return failActive(r, reason) })
+}
+
+func failActive(r *Replication, reason string) error {
+	for _, name := range r.Active() {
+		if err := r.setTarget(name, TFailed, reason); err != nil {
+			return err
+		}
+	}
+	if err := r.settle(); err != nil {
+		return err
+	}
+	r.Error = reason
+	return nil
+}
+
+// Finish deletes the stream of a replication that is done or failed.
+func (c *Coordinator) Finish(ctx context.Context, id string) error {
+	err := c.js.DeleteStream(ctx, streams.StreamName(id))
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("delete stream of %s: %w", id, err)
+	}
+	return nil
+}
+
+// resetStream empties the stream for a new attempt and gives every active
+// target a fresh consumer; failed targets lose theirs so they hold nothing back.
+func (c *Coordinator) resetStream(ctx context.Context, r *Replication) error {
+	s, err := c.js.Stream(ctx, streams.StreamName(r.ID))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reset stream of %s: %w", r.ID, err)
+	}
+	if err := s.Purge(ctx); err != nil {
+		return fmt.Errorf("purge stream of %s: %w", r.ID, err)
+	}
+	for name, t := range r.Targets {
+		switch {
+		case !t.State.Terminal():
+			if err := streams.ResetConsumer(ctx, s, name); err != nil {
+				return err
+			}
+		case t.State == TFailed:
+			if err := s.DeleteConsumer(ctx, streams.ConsumerName(name)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("drop consumer of %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,135 @@
+// Package broker provides snapjet's NATS connection: to an external server
+// or cluster when a URL is given, otherwise to a nats-server embedded in
+// the process with JetStream on a file store, so that one binary works
+// alone on an edge NAS.
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Options choose the server.
+type Options struct {
+	Server string // external server URL; empty to embed one
+	Store  string // embedded: JetStream file store directory
+	Listen string // embedded: client address, HOST:PORT (port 0: any free port)
+	Name   string // client connection name, shown by `nats server report connections`
+	Log    *slog.Logger
+}
+
+// Broker is a connected client, and the embedded server if there is one.
+type Broker struct {
+	NC  *nats.Conn
+	JS  jetstream.JetStream
+	srv *server.Server
+}
+
+// EmbeddedMaxPayload lets the embedded server carry 1 MiB chunks with room
+// to spare; an external server's max_payload limits the chunk size instead.
+const EmbeddedMaxPayload = 8 << 20
+
+// StartServer runs an embedded JetStream server. Shutdown with srv.Shutdown.
+func StartServer(store, listen string, log *slog.Logger) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q: %w", listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q: bad port", listen)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		return nil, fmt.Errorf("store %s: %w (choose another with --store)", store, err)
+	}
+	srv, err := server.NewServer(&server.Options{
+		ServerName: "snapjet",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   store,
+		MaxPayload: EmbeddedMaxPayload,
+		NoSigs:     true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS server: %w", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(30 * time.Second) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("embedded NATS server did not start on %s (is the port in use? choose another with --listen, or use --server)", listen)
+	}
+	log.Info("embedded NATS server ready", "url", srv.ClientURL(), "store", store)
+	return srv, nil
+}
+
+// Connect connects to the external server, or starts the embedded one.
+func Connect(opt Options) (*Broker, error) {
+	b := &Broker{}
+	url := opt.Server
+	if url == "" {
+		srv, err := StartServer(opt.Store, opt.Listen, opt.Log)
+		if err != nil {
+			return nil, err
+		}
+		b.srv, url = srv, srv.ClientURL()
+	}
+	log := opt.Log
+	nc, err := nats.Connect(url,
+		nats.Name(opt.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("NATS connection lost; reconnecting", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+	)
+	if err != nil {
+		b.Close()
+		var hint string
+		if errors.Is(err, nats.ErrNoServers) {
+			hint = ": is the server running and reachable? (start one with `snapjet server`, or leave out --server to embed one)"
+		}
+		return nil, fmt.Errorf("connect to NATS at %s: %w%s", url, err, hint)
+	}
+	b.NC = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("JetStream at %s: %w", url, err)
+	}
+	b.JS = js
+	return b, nil
+}
+
+// URL is where clients reach the server.
+func (b *Broker) URL() string { return b.NC.ConnectedUrl() }
+
+// Close drains the connection and stops an embedded server.
+func (b *Broker) Close() {
+	if b.NC != nil {
+		_ = b.NC.Drain()
+		for i := 0; i < 50 && !b.NC.IsClosed(); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if b.srv != nil {
+		b.srv.Shutdown()
+		b.srv.WaitForShutdown()
+	}
+}

@@ -1,0 +1,78 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/streams"
+)
+
+// isCommitted says whether path holds the complete copy of the snapshot
+// with the given UUID. Only the kernel's word counts: a read-only
+// subvolume whose received UUID is the source snapshot's. btrfs receive sets
+// both only after the whole stream applied.
+func isCommitted(path, snapshotUUID string) bool {
+	info, err := btrfs.Inspect(path)
+	return err == nil && info.ReadOnly && info.ReceivedUUID.String() == snapshotUUID
+}
+
+// alreadyCommitted handles a restart after the commit's rename but before
+// the coordinator heard of it.
+func (j *job) alreadyCommitted(ctx context.Context) (bool, error) {
+	final := filepath.Join(j.rc.dir, j.r.SnapshotName)
+	if !isCommitted(final, j.r.SnapshotUUID) {
+		return false, nil
+	}
+	if err := discard(ctx, j.staging); err != nil {
+		return true, err
+	}
+	rep := streams.Report{Event: streams.EvCommitted, Attempt: j.r.Attempt, Path: final}
+	_, err := j.rc.report(ctx, j.r.ID, rep)
+	return true, err
+}
+
+// commit moves the verified subvolume from staging to TARGET/<snapshot
+// name>. A writable subvolume without received UUID at that name is what an
+// interrupted plain `btrfs receive` leaves: it is deleted, never adopted.
+func (j *job) commit(ctx context.Context, got btrfs.Info) (string, error) {
+	final := filepath.Join(j.rc.dir, j.r.SnapshotName)
+	if _, err := os.Lstat(final); err == nil {
+		info, ierr := btrfs.Inspect(final)
+		switch {
+		case ierr == nil && info.ReceivedUUID.String() == j.r.SnapshotUUID:
+			// Our own commit, interrupted between rename and read-only.
+			if err := btrfs.SetReadOnlyFlag(final, true); err != nil {
+				return "", err
+			}
+			return final, discard(ctx, j.staging)
+		case ierr == nil && !info.ReadOnly && info.ReceivedUUID.IsZero():
+			j.log.Warn("deleting a partial subvolume left at the snapshot's name by an interrupted receive", "path", final)
+			if err := btrfs.DeleteSubvolume(ctx, final); err != nil {
+				return "", err
+			}
+		default:
+			return "", coordinator.Permanent(fmt.Errorf("%s already exists and is not this snapshot: move it away, then retry", final))
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	if err := btrfs.SetReadOnlyFlag(got.Path, false); err != nil {
+		return "", err
+	}
+	if err := os.Rename(got.Path, final); err != nil {
+		_ = btrfs.SetReadOnlyFlag(got.Path, true)
+		return "", fmt.Errorf("commit %s: %w", final, err)
+	}
+	if err := btrfs.SetReadOnlyFlag(final, true); err != nil {
+		return "", err
+	}
+	if err := btrfs.Sync(j.rc.dir); err != nil {
+		return "", err
+	}
+	return final, nil
+}

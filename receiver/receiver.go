@@ -1,0 +1,295 @@
+// Package receiver applies replications to one target directory: it
+// watches the coordinator's records for work addressed to its target,
+// consumes the replication stream with its own durable consumer, verifies
+// every chunk, feeds `btrfs receive` in a staging area, acks only what was
+// handed on, and carries out the coordinator's commit or discard.
+package receiver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/streams"
+)
+
+// Receiver serves one target. Create it with New, then Run it.
+type Receiver struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	store  *coordinator.Store
+	target string
+	dir    string
+	log    *slog.Logger
+	codec  *streams.Codec
+
+	mu   sync.Mutex
+	jobs map[string]*running // by replication id
+}
+
+type running struct {
+	attempt int
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// CheckTarget explains, in terms an operator can act on, why dir cannot
+// receive snapshots.
+func CheckTarget(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", coordinator.Permanent(fmt.Errorf("target %s: %w", dir, err))
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "", coordinator.Permanent(fmt.Errorf("target %s does not exist: create the directory on a btrfs filesystem first", abs))
+	case err != nil:
+		return "", coordinator.Permanent(fmt.Errorf("target %s: %w", abs, err))
+	case !fi.IsDir():
+		return "", coordinator.Permanent(fmt.Errorf("target %s is not a directory", abs))
+	}
+	if err := btrfs.IsBtrfs(abs); err != nil {
+		return "", coordinator.Permanent(fmt.Errorf("target %s is not on a btrfs filesystem: received snapshots must live on btrfs (%w)", abs, err))
+	}
+	return abs, nil
+}
+
+// New checks the target directory and prepares its staging area.
+func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir string, log *slog.Logger) (*Receiver, error) {
+	if !streams.ValidID(target) {
+		return nil, coordinator.Permanent(fmt.Errorf("target name %q: use letters, digits, '-' and '_'", target))
+	}
+	abs, err := CheckTarget(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(abs, ".snapjet", "incoming"), 0o700); err != nil {
+		return nil, fmt.Errorf("staging area of %s: %w", abs, err)
+	}
+	store, err := coordinator.OpenStore(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	codec, err := streams.NewCodec(zstd.SpeedDefault)
+	if err != nil {
+		return nil, err
+	}
+	return &Receiver{nc: nc, js: js, store: store, target: target, dir: abs, codec: codec,
+		log: log.With("target", target), jobs: map[string]*running{}}, nil
+}
+
+// Dir is the absolute target directory.
+func (rc *Receiver) Dir() string { return rc.dir }
+
+func (rc *Receiver) incoming(id string) string {
+	return filepath.Join(rc.dir, ".snapjet", "incoming", id)
+}
+
+// Run serves the target until ctx ends: it answers inventory requests,
+// cleans staging left by a crash, and runs a job for every replication
+// attempt addressed to this target.
+func (rc *Receiver) Run(ctx context.Context) error {
+	svc, err := micro.AddService(rc.nc, micro.Config{
+		Name:        streams.ReceiverService,
+		Version:     "1.0.0",
+		Description: "snapjet receiver of target " + rc.target,
+		Metadata:    map[string]string{"target": rc.target, "dir": rc.dir},
+	})
+	if err != nil {
+		return fmt.Errorf("start receiver service: %w", err)
+	}
+	defer svc.Stop()
+	err = svc.AddEndpoint("inventory-"+rc.target, micro.HandlerFunc(func(req micro.Request) {
+		inv, err := rc.Inventory()
+		if err != nil {
+			_ = req.Error("500", err.Error(), nil)
+			return
+		}
+		_ = req.RespondJSON(inv)
+	}), micro.WithEndpointSubject(streams.InventorySubject(rc.target)))
+	if err != nil {
+		return fmt.Errorf("serve inventory of %s: %w", rc.target, err)
+	}
+	if err := rc.cleanStaging(ctx); err != nil {
+		return err
+	}
+	watch, err := rc.store.Watch(ctx)
+	if err != nil {
+		return err
+	}
+	rc.log.Info("receiver ready", "dir", rc.dir)
+	for r := range watch {
+		rc.dispatch(ctx, r)
+	}
+	rc.mu.Lock()
+	jobs := make([]*running, 0, len(rc.jobs))
+	for _, j := range rc.jobs {
+		jobs = append(jobs, j)
+	}
+	rc.mu.Unlock()
+	for _, j := range jobs {
+		j.cancel()
+		<-j.done
+	}
+	return ctx.Err()
+}
+
+// wants reports whether r asks this target to receive now.
+func (rc *Receiver) wants(r *coordinator.Replication) bool {
+	t := r.Targets[rc.target]
+	return t != nil && !t.State.Terminal() && (r.State == coordinator.Sending || r.State == coordinator.Sent)
+}
+
+// dispatch starts, replaces or stops the job of one replication.
+func (rc *Receiver) dispatch(ctx context.Context, r *coordinator.Replication) {
+	rc.mu.Lock()
+	j := rc.jobs[r.ID]
+	rc.mu.Unlock()
+	if j != nil && (j.attempt != r.Attempt || !rc.wants(r)) {
+		if j.attempt != r.Attempt {
+			j.cancel()
+			<-j.done
+			j = nil
+		}
+	}
+	if j != nil || !rc.wants(r) {
+		return
+	}
+	jctx, cancel := context.WithCancel(ctx)
+	j = &running{attempt: r.Attempt, cancel: cancel, done: make(chan struct{})}
+	rc.mu.Lock()
+	rc.jobs[r.ID] = j
+	rc.mu.Unlock()
+	go func() {
+		defer close(j.done)
+		defer cancel()
+		rc.runJob(jctx, r)
+		rc.mu.Lock()
+		if rc.jobs[r.ID] == j {
+			delete(rc.jobs, r.ID)
+		}
+		rc.mu.Unlock()
+	}()
+}
+
+// runJob runs one attempt, retrying temporary trouble (a NATS outage) in place.
+func (rc *Receiver) runJob(ctx context.Context, r *coordinator.Replication) {
+	log := rc.log.With("replication", r.ID, "attempt", r.Attempt)
+	for {
+		err := (&job{rc: rc, r: r, log: log}).run(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		log.Warn("receive interrupted; retrying", "error", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return
+		}
+		cur, _, gerr := rc.store.Get(ctx, r.ID)
+		if gerr != nil || cur.Attempt != r.Attempt || !rc.wants(cur) {
+			return
+		}
+		r = cur
+	}
+}
+
+// Inventory lists the committed snapshots the target holds: read-only
+// subvolumes with a received UUID. Anything else at a snapshot's name (a
+// writable leftover of an interrupted receive) is not a base.
+func (rc *Receiver) Inventory() (streams.Inventory, error) {
+	inv := streams.Inventory{Target: rc.target, Dir: rc.dir, Snapshots: []streams.Held{}}
+	subs, err := btrfs.List(rc.dir)
+	if err != nil {
+		return inv, err
+	}
+	for _, s := range subs {
+		if s.ReadOnly && !s.ReceivedUUID.IsZero() {
+			inv.Snapshots = append(inv.Snapshots, streams.Held{Name: filepath.Base(s.Path), Path: s.Path, ReceivedUUID: s.ReceivedUUID.String()})
+		}
+	}
+	return inv, nil
+}
+
+// cleanStaging discards what a crash left in staging for replications that
+// are no longer active here; active ones are handled by their job.
+func (rc *Receiver) cleanStaging(ctx context.Context) error {
+	base := filepath.Join(rc.dir, ".snapjet", "incoming")
+	entries, err := os.ReadDir(base)
+	if err != nil {
+		return fmt.Errorf("read staging area %s: %w", base, err)
+	}
+	for _, e := range entries {
+		r, _, err := rc.store.Get(ctx, e.Name())
+		if err == nil && rc.wants(r) {
+			continue
+		}
+		rc.log.Info("discarding leftover staging", "replication", e.Name())
+		if err := discard(ctx, filepath.Join(base, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// discard deletes a staging directory and every subvolume in it.
+func discard(ctx context.Context, staging string) error {
+	subs, err := btrfs.List(staging)
+	if err != nil {
+		return err
+	}
+	for _, s := range subs {
+		if err := btrfs.DeleteSubvolume(ctx, s.Path); err != nil {
+			return fmt.Errorf("discard partial %s: %w", s.Path, err)
+		}
+	}
+	if err := os.RemoveAll(staging); err != nil {
+		return fmt.Errorf("discard staging %s: %w", staging, err)
+	}
+	return nil
+}
+
+// report sends one report to the coordinator. Reports other than progress
+// are retried until answered: the coordinator may be restarting.
+func (rc *Receiver) report(ctx context.Context, id string, rep streams.Report) (streams.Verdict, error) {
+	rep.Target = rc.target
+	body, _ := json.Marshal(rep)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		msg, err := rc.nc.RequestWithContext(rctx, streams.ReportSubject(id), body)
+		cancel()
+		if err == nil {
+			if e := msg.Header.Get("Nats-Service-Error"); e != "" {
+				err = errors.New(e)
+			} else {
+				var v streams.Verdict
+				if err = json.Unmarshal(msg.Data, &v); err == nil {
+					return v, nil
+				}
+			}
+		}
+		if rep.Event == streams.EvProgress || ctx.Err() != nil {
+			return streams.Verdict{}, fmt.Errorf("report %s of %s: %w", rep.Event, id, err)
+		}
+		rc.log.Debug("coordinator unreachable; retrying report", "replication", id, "event", rep.Event, "error", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return streams.Verdict{}, ctx.Err()
+		}
+	}
+}

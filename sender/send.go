@@ -1,0 +1,210 @@
+package sender
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/streams"
+)
+
+// errStreamChanged means a regenerated send stream does not match what was
+// already published, so the attempt cannot be continued.
+var errStreamChanged = errors.New("the regenerated send stream differs from the chunks already stored")
+
+// maxInflight bounds published-but-unconfirmed chunks, and with them memory.
+const maxInflight = 32
+
+type job struct {
+	idx, off int64
+	raw      []byte
+	msg      *nats.Msg
+	done     chan struct{}
+}
+
+// resumePoint is where an attempt continues: the first chunk not stored yet.
+type resumePoint struct {
+	idx, off int64
+	lastSum  uint64 // checksum of chunk idx-1, to prove the regenerated prefix
+	ended    bool   // the end marker is stored already
+	chunks   int64
+	total    int64
+	digest   string
+}
+
+func findResume(ctx context.Context, st jetstream.Stream, r *coordinator.Replication) (resumePoint, error) {
+	m, err := st.GetLastMsgForSubject(ctx, streams.Subject(r.ID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return resumePoint{}, nil
+	}
+	if err != nil {
+		return resumePoint{}, fmt.Errorf("find where the stream of %s left off: %w", r.ID, err)
+	}
+	h, err := streams.DecodeHeader(m.Header)
+	if err != nil || h.Attempt != r.Attempt {
+		return resumePoint{}, nil // left from another attempt; the coordinator purges those
+	}
+	if h.Kind == streams.KindEnd {
+		return resumePoint{ended: true, chunks: h.Chunks, total: h.TotalBytes, digest: h.Digest}, nil
+	}
+	rawLen, _ := strconv.ParseInt(m.Header.Get(streams.HdrRawLen), 10, 64)
+	return resumePoint{idx: h.Index + 1, off: h.Offset + rawLen, lastSum: h.Sum}, nil
+}
+
+// sendAttempt publishes the current attempt of r from where the stream
+// left off, then the end marker. It returns when the end marker is stored.
+func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st jetstream.Stream) error {
+	log := s.Log.With("replication", r.ID, "attempt", r.Attempt)
+	rp, err := findResume(ctx, st, r)
+	if err != nil {
+		return err
+	}
+	if rp.ended {
+		return s.Coord.MarkSent(ctx, r.ID, r.Attempt, rp.chunks, rp.total, r.WireBytes, rp.digest)
+	}
+	opt := btrfs.SendOptions{}
+	if r.ParentUUID != "" {
+		pinfo, err := btrfs.Inspect(r.Parent)
+		if err != nil || pinfo.UUID.String() != r.ParentUUID {
+			_, err := s.Coord.Restart(ctx, r.ID, fmt.Sprintf("incremental parent %s is gone from the source", r.Parent), true)
+			if err == nil {
+				err = errAttemptOver
+			}
+			return err
+		}
+		opt.Parent = r.Parent
+	}
+	if rp.idx > 0 {
+		log.Info("resuming send", "chunk", rp.idx, "offset", rp.off)
+	} else {
+		log.Info("sending", "snapshot", r.Snapshot, "parent", r.Parent)
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out, proc, err := btrfs.Send(sctx, r.Snapshot, opt)
+	if err != nil {
+		return coordinator.Permanent(fmt.Errorf("start btrfs send of %s: %w", r.Snapshot, err))
+	}
+	digest := sha256.New()
+	order := make(chan *job, 2*s.workers()+2)
+	work := make(chan *job, 2*s.workers()+2)
+	var readErr error
+	go func() {
+		defer close(order)
+		defer close(work)
+		readErr = s.readChunks(sctx, out, r, rp, digest, order, work)
+	}()
+	var wg sync.WaitGroup
+	for i := 0; i < s.workers(); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				try := s.compress.should()
+				j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, try, nil)
+				if try {
+					s.compress.observe(len(j.msg.Data), len(j.raw))
+				}
+				close(j.done)
+			}
+		}()
+	}
+	p := &publisher{s: s, r: r, st: st, log: log, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes}
+	pubErr := p.run(sctx, order)
+	cancel()
+	for range order { // let the reader finish after a publish failure
+	}
+	wg.Wait()
+	waitErr := proc.Wait()
+	switch {
+	case pubErr != nil:
+		return pubErr
+	case readErr != nil && !errors.Is(readErr, context.Canceled):
+		return readErr
+	case waitErr != nil:
+		if errors.Is(waitErr, btrfs.ErrNotFound) || errors.Is(waitErr, btrfs.ErrNotSubvolume) {
+			return coordinator.Permanent(fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr))
+		}
+		return fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr)
+	}
+	sum := "sha256:" + hex.EncodeToString(digest.Sum(nil))
+	end := streams.EncodeEnd(r.ID, r.Attempt, p.chunks, p.bytes, sum)
+	if _, err := s.JS.PublishMsg(ctx, end, jetstream.WithExpectStream(streams.StreamName(r.ID))); err != nil {
+		return fmt.Errorf("publish end marker of %s: %w", r.ID, err)
+	}
+	log.Info("send stream stored", "chunks", p.chunks, "bytes", p.bytes, "wire_bytes", p.wire, "digest", sum)
+	return s.Coord.MarkSent(ctx, r.ID, r.Attempt, p.chunks, p.bytes, p.wire, sum)
+}
+
+// readChunks cuts the send stream into fixed-size chunks (the same cut on
+// every run, so a restarted sender finds the same boundaries), hashes all of
+// it, skips what is stored already and proves the skipped prefix matches.
+func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.Replication, rp resumePoint, digest hash.Hash, order, work chan<- *job) error {
+	var off int64
+	for idx := int64(0); ; idx++ {
+		raw := make([]byte, r.ChunkSize)
+		n, err := io.ReadFull(out, raw)
+		if n == 0 && (err == io.EOF || err == io.ErrUnexpectedEOF) {
+			if idx < rp.idx {
+				return fmt.Errorf("%w: it ends at %d bytes, %d were stored", errStreamChanged, off, rp.off)
+			}
+			return nil
+		}
+		if err != nil && err != io.ErrUnexpectedEOF {
+			return fmt.Errorf("read btrfs send: %w", err)
+		}
+		raw = raw[:n]
+		digest.Write(raw)
+		if idx < rp.idx {
+			if idx == rp.idx-1 && xxhash.Sum64(raw) != rp.lastSum {
+				return fmt.Errorf("%w: chunk %d", errStreamChanged, idx)
+			}
+			off += int64(n)
+			continue
+		}
+		j := &job{idx: idx, off: off, raw: raw, done: make(chan struct{})}
+		off += int64(n)
+		select {
+		case order <- j:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		select {
+		case work <- j:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// compressGate skips compression for a while after chunks that did not
+// shrink: random data costs zstd time for nothing.
+type compressGate struct{ skip atomic.Int32 }
+
+func (g *compressGate) should() bool {
+	if g.skip.Load() > 0 {
+		g.skip.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (g *compressGate) observe(wire, raw int) {
+	if wire*100 >= raw*97 {
+		g.skip.Store(15) // probe again after 15 chunks
+	}
+}

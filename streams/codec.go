@@ -1,0 +1,182 @@
+package streams
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/klauspost/compress/zstd"
+	"github.com/nats-io/nats.go"
+)
+
+// Errors a receiver classifies as permanent for the message at hand: the
+// same bytes will be delivered again, so retrying the message cannot help.
+var (
+	ErrUnknownVersion = errors.New("unknown message format version")
+	ErrCorrupt        = errors.New("corrupt chunk")
+)
+
+// Kind tells a chunk from the end marker.
+type Kind string
+
+const (
+	KindChunk Kind = "chunk"
+	KindEnd   Kind = "end"
+)
+
+// Message is one decoded replication message.
+type Message struct {
+	Kind    Kind
+	Repl    string
+	Attempt int
+	// Chunk fields.
+	Index  int64
+	Offset int64
+	Raw    []byte // the verified, decompressed send-stream bytes
+	Sum    uint64
+	// End fields.
+	Chunks     int64
+	TotalBytes int64
+	Digest     string
+}
+
+// Codec encodes and decodes chunks. It is safe for concurrent use.
+type Codec struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+}
+
+// NewCodec builds a codec; level trades CPU for bytes on the wire.
+func NewCodec(level zstd.EncoderLevel) (*Codec, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunk), zstd.WithDecoderMaxWindow(MaxChunk))
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	return &Codec{enc: enc, dec: dec}, nil
+}
+
+// MsgID is the JetStream de-duplication id of chunk index of an attempt.
+func MsgID(repl string, attempt int, index int64) string {
+	return repl + "." + strconv.Itoa(attempt) + "." + strconv.FormatInt(index, 10)
+}
+
+// EncodeChunk builds the message for raw bytes at offset. The payload is
+// zstd unless compression would not make it smaller; compress=false skips
+// the attempt (the sender's choice for data it has seen to be incompressible).
+// dst, if given, is reused for the compressed payload.
+func (c *Codec) EncodeChunk(repl string, attempt int, index, offset int64, raw []byte, compress bool, dst []byte) *nats.Msg {
+	m := nats.NewMsg(Subject(repl))
+	m.Header.Set(HdrVersion, strconv.Itoa(Version))
+	m.Header.Set(HdrRepl, repl)
+	m.Header.Set(HdrAttempt, strconv.Itoa(attempt))
+	m.Header.Set(HdrKind, string(KindChunk))
+	m.Header.Set(HdrChunk, strconv.FormatInt(index, 10))
+	m.Header.Set(HdrOffset, strconv.FormatInt(offset, 10))
+	m.Header.Set(HdrRawLen, strconv.Itoa(len(raw)))
+	m.Header.Set(HdrSum, fmt.Sprintf("%016x", xxhash.Sum64(raw)))
+	m.Header.Set(nats.MsgIdHdr, MsgID(repl, attempt, index))
+	m.Data = raw
+	m.Header.Set(HdrEncoding, "none")
+	if compress {
+		if z := c.enc.EncodeAll(raw, dst[:0]); len(z) < len(raw) {
+			m.Data = z
+			m.Header.Set(HdrEncoding, "zstd")
+		}
+	}
+	return m
+}
+
+// EncodeEnd builds the end marker of an attempt.
+func EncodeEnd(repl string, attempt int, chunks, totalBytes int64, digest string) *nats.Msg {
+	m := nats.NewMsg(Subject(repl))
+	m.Header.Set(HdrVersion, strconv.Itoa(Version))
+	m.Header.Set(HdrRepl, repl)
+	m.Header.Set(HdrAttempt, strconv.Itoa(attempt))
+	m.Header.Set(HdrKind, string(KindEnd))
+	m.Header.Set(HdrChunks, strconv.FormatInt(chunks, 10))
+	m.Header.Set(HdrTotalBytes, strconv.FormatInt(totalBytes, 10))
+	m.Header.Set(HdrDigest, digest)
+	m.Header.Set(nats.MsgIdHdr, MsgID(repl, attempt, -1))
+	return m
+}
+
+// DecodeHeader reads a message's identity without touching its payload.
+// It refuses an unknown format version before anything else.
+func DecodeHeader(h nats.Header) (Message, error) {
+	var m Message
+	if v := h.Get(HdrVersion); v != strconv.Itoa(Version) {
+		return m, fmt.Errorf("%w %q (this snapjet reads version %d; upgrade snapjet on the receiving side)", ErrUnknownVersion, v, Version)
+	}
+	m.Kind = Kind(h.Get(HdrKind))
+	m.Repl = h.Get(HdrRepl)
+	var err error
+	if m.Attempt, err = strconv.Atoi(h.Get(HdrAttempt)); err != nil {
+		return m, fmt.Errorf("%w: bad %s header: %v", ErrCorrupt, HdrAttempt, err)
+	}
+	num := func(name string) int64 {
+		if err != nil {
+			return 0
+		}
+		var n int64
+		n, err = strconv.ParseInt(h.Get(name), 10, 64)
+		if err == nil && n < 0 {
+			err = fmt.Errorf("negative")
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: bad %s header: %v", ErrCorrupt, name, err)
+		}
+		return n
+	}
+	switch m.Kind {
+	case KindChunk:
+		m.Index, m.Offset = num(HdrChunk), num(HdrOffset)
+		if err == nil {
+			m.Sum, err = strconv.ParseUint(h.Get(HdrSum), 16, 64)
+			if err != nil {
+				err = fmt.Errorf("%w: bad %s header: %v", ErrCorrupt, HdrSum, err)
+			}
+		}
+	case KindEnd:
+		m.Chunks, m.TotalBytes = num(HdrChunks), num(HdrTotalBytes)
+		m.Digest = h.Get(HdrDigest)
+	default:
+		return m, fmt.Errorf("%w: unknown message kind %q", ErrCorrupt, m.Kind)
+	}
+	return m, err
+}
+
+// Decode verifies and decodes one message. A chunk's payload is
+// decompressed into dst (reused when large enough) and checked against its
+// length and checksum; nothing unverified is ever returned.
+func (c *Codec) Decode(h nats.Header, data []byte, dst []byte) (Message, error) {
+	m, err := DecodeHeader(h)
+	if err != nil || m.Kind != KindChunk {
+		return m, err
+	}
+	rawLen, err := strconv.Atoi(h.Get(HdrRawLen))
+	if err != nil || rawLen < 0 || rawLen > MaxChunk {
+		return m, fmt.Errorf("%w: chunk %d: bad raw length %q", ErrCorrupt, m.Index, h.Get(HdrRawLen))
+	}
+	switch h.Get(HdrEncoding) {
+	case "none":
+		m.Raw = data
+	case "zstd":
+		if m.Raw, err = c.dec.DecodeAll(data, dst[:0]); err != nil {
+			return m, fmt.Errorf("%w: chunk %d: decompress: %v", ErrCorrupt, m.Index, err)
+		}
+	default:
+		return m, fmt.Errorf("%w: chunk %d: unknown encoding %q", ErrCorrupt, m.Index, h.Get(HdrEncoding))
+	}
+	if len(m.Raw) != rawLen {
+		return m, fmt.Errorf("%w: chunk %d: %d bytes, header says %d", ErrCorrupt, m.Index, len(m.Raw), rawLen)
+	}
+	if sum := xxhash.Sum64(m.Raw); sum != m.Sum {
+		return m, fmt.Errorf("%w: chunk %d: checksum %016x, header says %016x", ErrCorrupt, m.Index, sum, m.Sum)
+	}
+	return m, nil
+}

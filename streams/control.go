@@ -1,0 +1,79 @@
+package streams
+
+// The control plane: small JSON request/replies between receivers, the
+// sender and the coordinator, served as NATS micro endpoints so that
+// `nats micro ls` shows them.
+
+// CoordinatorService and ReceiverService are the micro service names.
+const (
+	CoordinatorService = "snapjet-coordinator"
+	ReceiverService    = "snapjet-receiver"
+)
+
+// ReportSubject is where the receivers of a replication report to its coordinator.
+func ReportSubject(repl string) string { return "snapjet.coord." + repl }
+
+// InventorySubject is where the receiver of target answers what it holds.
+func InventorySubject(target string) string { return "snapjet.target." + target + ".inventory" }
+
+// Event names a receiver's report.
+type Event string
+
+const (
+	EvProgress  Event = "progress"  // counters only
+	EvReceived  Event = "received"  // whole stream applied; asks for the verdict
+	EvCommitted Event = "committed" // the verified subvolume is at its final place
+	EvFailed    Event = "failed"    // the attempt failed on this target; staging is clean
+	EvRewind    Event = "rewind"    // the receiver lost its partial; asks to replay from the start
+)
+
+// Report is a receiver's message to the coordinator.
+type Report struct {
+	Event         Event  `json:"event"`
+	Target        string `json:"target"`
+	Attempt       int    `json:"attempt"`
+	ChunksApplied int64  `json:"chunks_applied"`
+	BytesApplied  int64  `json:"bytes_applied"`
+	Redelivered   int64  `json:"redelivered_chunks"`
+	// EvReceived: what the receiver saw and what the kernel says.
+	Digest       string `json:"digest,omitempty"`
+	ReceivedUUID string `json:"received_uuid,omitempty"`
+	ReadOnly     bool   `json:"read_only,omitempty"`
+	// EvCommitted: the final path.
+	Path string `json:"path,omitempty"`
+	// EvFailed.
+	Reason        string `json:"reason,omitempty"`
+	Permanent     bool   `json:"permanent,omitempty"`
+	ParentMissing bool   `json:"parent_missing,omitempty"`
+}
+
+// Action is the coordinator's answer.
+type Action string
+
+const (
+	ActOK      Action = "ok"      // noted; carry on
+	ActCommit  Action = "commit"  // move the received subvolume to its final place
+	ActDiscard Action = "discard" // delete the partial; a new attempt follows (or the target failed)
+	ActStale   Action = "stale"   // the report is for an attempt that is over; stop it
+)
+
+// Verdict is the coordinator's reply to a Report.
+type Verdict struct {
+	Action  Action `json:"action"`
+	Attempt int    `json:"attempt"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// Held is one committed snapshot a target holds.
+type Held struct {
+	Name         string `json:"name"`
+	Path         string `json:"path"`
+	ReceivedUUID string `json:"received_uuid"`
+}
+
+// Inventory is a receiver's answer on InventorySubject.
+type Inventory struct {
+	Target    string `json:"target"`
+	Dir       string `json:"dir"`
+	Snapshots []Held `json:"snapshots"`
+}

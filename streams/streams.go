@@ -1,0 +1,118 @@
+// Package streams owns the wire layout of a replication on JetStream: the
+// names of streams, subjects, consumers and the state bucket, and the
+// encoding of send-stream chunks and the end marker into NATS messages.
+// docs/ARCHITECTURE.md describes the same layout for operators.
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Version is the message format this build writes and the only one it reads.
+const Version = 1
+
+// StateBucket is the KV bucket holding every replication's state.
+const StateBucket = "snapjet_state"
+
+// Message header names.
+const (
+	HdrVersion    = "Snapjet-Version"
+	HdrRepl       = "Snapjet-Repl"
+	HdrAttempt    = "Snapjet-Attempt"
+	HdrKind       = "Snapjet-Kind" // "chunk" or "end"
+	HdrChunk      = "Snapjet-Chunk"
+	HdrOffset     = "Snapjet-Offset"
+	HdrRawLen     = "Snapjet-Raw-Len"
+	HdrEncoding   = "Snapjet-Enc" // "zstd" or "none"
+	HdrSum        = "Snapjet-Sum" // xxh64 of the raw bytes, 16 hex digits
+	HdrTotalBytes = "Snapjet-Total-Bytes"
+	HdrChunks     = "Snapjet-Chunks"
+	HdrDigest     = "Snapjet-Digest" // "sha256:<hex>" of the whole send stream
+)
+
+// MaxChunk bounds the raw size of one chunk, so a hostile header cannot make
+// a receiver allocate without limit.
+const MaxChunk = 16 << 20
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,200}$`)
+
+// ValidID reports whether id can name a stream, a subject token and a KV key.
+func ValidID(id string) bool { return idRE.MatchString(id) }
+
+// StreamName is the JetStream stream of one replication.
+func StreamName(repl string) string { return "SNAPJET_" + repl }
+
+// Subject carries every chunk and the end marker of one replication, so that
+// their order in the stream is total.
+func Subject(repl string) string { return "snapjet.data." + repl }
+
+// ConsumerName is the durable pull consumer of one target on a replication stream.
+func ConsumerName(target string) string { return "target_" + target }
+
+// Stream settings that the sender's flow control relies on.
+const (
+	// DuplicateWindow is how long JetStream remembers message ids; a sender
+	// that restarts within it can never store a chunk twice.
+	DuplicateWindow = 10 * time.Minute
+	// MaxAckPending bounds the chunks a target has in flight unacked: at most
+	// this many cross the link twice after a cut.
+	MaxAckPending = 64
+	// AckWait is when the server redelivers an unacked chunk; receivers fill
+	// gaps earlier by fetching the missing sequence directly.
+	AckWait = 30 * time.Second
+)
+
+// EnsureStream creates (or updates) the stream of a replication. The stream
+// refuses publishes past twice the window: the sender keeps it within one
+// window, this is the hard backstop.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, repl string, window int64) (jetstream.Stream, error) {
+	cfg := jetstream.StreamConfig{
+		Name:        StreamName(repl),
+		Description: "snapjet send stream of replication " + repl,
+		Subjects:    []string{Subject(repl)},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    2 * window,
+		Storage:     jetstream.FileStorage,
+		Duplicates:  DuplicateWindow,
+		AllowDirect: true,
+	}
+	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// ConsumerConfig is the durable consumer of target. AckAll lets one ack
+// confirm everything up to a chunk, which is how receivers ack.
+func ConsumerConfig(target string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName(target),
+		Description:   "snapjet receiver of target " + target,
+		AckPolicy:     jetstream.AckAllPolicy,
+		AckWait:       AckWait,
+		MaxAckPending: MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxDeliver:    -1,
+	}
+}
+
+// ResetConsumer deletes and recreates target's consumer so that it delivers
+// the stream again from its first stored message.
+func ResetConsumer(ctx context.Context, s jetstream.Stream, target string) error {
+	err := s.DeleteConsumer(ctx, ConsumerName(target))
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("reset consumer of %s: %w", target, err)
+	}
+	if _, err := s.CreateOrUpdateConsumer(ctx, ConsumerConfig(target)); err != nil {
+		return fmt.Errorf("reset consumer of %s: %w", target, err)
+	}
+	return nil
+}
