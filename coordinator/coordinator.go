@@ -59,7 +59,7 @@ func (c *Coordinator) Close() error { return c.svc.Stop() }
 
 // Create stores a new replication record in state Planned and starts serving it.
 func (c *Coordinator) Create(ctx context.Context, r *Replication) error {
-	r.State, r.Attempt = Planned, 1
+	r.State, r.Attempt, r.RunStart = Planned, 1, 1
 	r.Created, r.Updated = time.Now().UTC(), time.Now().UTC()
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -182,8 +182,8 @@ func (c *Coordinator) Restart(ctx context.Context, id, reason string, full bool)
 		if r.State.Terminal() {
 			return nil
 		}
-		if r.Attempt >= c.MaxAttempts {
-			return failActive(r, fmt.Sprintf("gave up after %d attempts: %s", r.Attempt, reason))
+		if n := r.Attempt - r.RunStart + 1; n >= c.MaxAttempts {
+			return failActive(r, fmt.Sprintf("gave up after %d attempts: %s", n, reason))
 		}
 		if full {
 			r.Parent, r.ParentUUID = "", ""
@@ -211,7 +211,11 @@ func (c *Coordinator) Retry(ctx context.Context, id string) (*Replication, error
 				}
 			}
 		}
-		return r.newAttempt("retry after: " + r.Error)
+		if err := r.newAttempt("retry after: " + r.Error); err != nil {
+			return err
+		}
+		r.RunStart = r.Attempt
+		return nil
 	})
 	if err != nil {
 		return nil, err

@@ -19,8 +19,11 @@ type Replication struct {
 	ParentUUID   string `json:"parent_uuid"`
 	State        State  `json:"state"`
 	Attempt      int    `json:"attempt"`
-	ChunkSize    int    `json:"chunk_size"`
-	Window       int64  `json:"window"`
+	// RunStart is the first attempt of the current run; a retry of a failed
+	// replication starts a new run with a fresh attempt budget.
+	RunStart  int   `json:"run_start"`
+	ChunkSize int   `json:"chunk_size"`
+	Window    int64 `json:"window"`
 	// Progress of the current attempt's send.
 	ChunksSent  int64  `json:"chunks_sent"`
 	BytesSent   int64  `json:"bytes_sent"`
