@@ -186,8 +186,7 @@ func serverCmd(g *globals) *cobra.Command {
 				return err
 			}
 			<-cmd.Context().Done()
-			srv.Shutdown()
-			srv.WaitForShutdown()
+			srv.Stop()
 			return nil
 		},
 	}
@@ -201,7 +200,8 @@ func statusCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			b, err := g.connect("snapjet status", g.server == "")
+			b, err := broker.Connect(broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
+				Name: "snapjet status", JoinRunning: true, Log: g.log})
 			if err != nil {
 				return err
 			}

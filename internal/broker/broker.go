@@ -10,12 +10,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sys/unix"
 )
 
 // Options choose the server.
@@ -24,22 +26,64 @@ type Options struct {
 	Store  string // embedded: JetStream file store directory
 	Listen string // embedded: client address, HOST:PORT (port 0: any free port)
 	Name   string // client connection name, shown by `nats server report connections`
-	Log    *slog.Logger
+	// JoinRunning connects to the server of another snapjet process that
+	// holds Store, instead of failing (for read-only commands like status).
+	JoinRunning bool
+	Log         *slog.Logger
 }
 
 // Broker is a connected client, and the embedded server if there is one.
 type Broker struct {
 	NC  *nats.Conn
 	JS  jetstream.JetStream
-	srv *server.Server
+	srv *Embedded
+}
+
+// ErrStoreInUse means another process runs an embedded server on the store.
+var ErrStoreInUse = errors.New("store is in use by another snapjet process")
+
+// Embedded is a running in-process server and the lock on its store.
+type Embedded struct {
+	*server.Server
+	lock *os.File
+}
+
+// Stop shuts the server down and releases the store.
+func (e *Embedded) Stop() {
+	e.Shutdown()
+	e.WaitForShutdown()
+	_ = e.lock.Close()
+}
+
+const lockName = "snapjet.lock"
+
+// lockStore makes sure one process at a time serves a store: two servers
+// on one JetStream directory would corrupt it. The lock file holds the
+// client URL, so that others can join.
+func lockStore(store string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(store, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock store %s: %w", store, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		url, _ := os.ReadFile(filepath.Join(store, lockName))
+		return nil, fmt.Errorf("%w (%s, its server is at %s): pass --server %s to use it, or choose another --store", ErrStoreInUse, store, url, url)
+	}
+	return f, nil
+}
+
+func runningURL(store string) string {
+	b, _ := os.ReadFile(filepath.Join(store, lockName))
+	return string(b)
 }
 
 // EmbeddedMaxPayload lets the embedded server carry 1 MiB chunks with room
 // to spare; an external server's max_payload limits the chunk size instead.
 const EmbeddedMaxPayload = 8 << 20
 
-// StartServer runs an embedded JetStream server. Shutdown with srv.Shutdown.
-func StartServer(store, listen string, log *slog.Logger) (*server.Server, error) {
+// StartServer runs an embedded JetStream server on store. Stop it with Stop.
+func StartServer(store, listen string, log *slog.Logger) (*Embedded, error) {
 	host, portStr, err := net.SplitHostPort(listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen address %q: %w", listen, err)
@@ -54,6 +98,10 @@ func StartServer(store, listen string, log *slog.Logger) (*server.Server, error)
 	if err := os.MkdirAll(store, 0o700); err != nil {
 		return nil, fmt.Errorf("store %s: %w (choose another with --store)", store, err)
 	}
+	lock, err := lockStore(store)
+	if err != nil {
+		return nil, err
+	}
 	srv, err := server.NewServer(&server.Options{
 		ServerName: "snapjet",
 		Host:       host,
@@ -64,15 +112,19 @@ func StartServer(store, listen string, log *slog.Logger) (*server.Server, error)
 		NoSigs:     true,
 	})
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("embedded NATS server: %w", err)
 	}
 	srv.Start()
 	if !srv.ReadyForConnections(30 * time.Second) {
 		srv.Shutdown()
+		lock.Close()
 		return nil, fmt.Errorf("embedded NATS server did not start on %s (is the port in use? choose another with --listen, or use --server)", listen)
 	}
+	_ = lock.Truncate(0)
+	_, _ = lock.WriteAt([]byte(srv.ClientURL()), 0)
 	log.Info("embedded NATS server ready", "url", srv.ClientURL(), "store", store)
-	return srv, nil
+	return &Embedded{Server: srv, lock: lock}, nil
 }
 
 // Connect connects to the external server, or starts the embedded one.
@@ -81,10 +133,14 @@ func Connect(opt Options) (*Broker, error) {
 	url := opt.Server
 	if url == "" {
 		srv, err := StartServer(opt.Store, opt.Listen, opt.Log)
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrStoreInUse) && opt.JoinRunning:
+			url = runningURL(opt.Store)
+		case err != nil:
 			return nil, err
+		default:
+			b.srv, url = srv, srv.ClientURL()
 		}
-		b.srv, url = srv, srv.ClientURL()
 	}
 	log := opt.Log
 	nc, err := nats.Connect(url,
@@ -129,7 +185,6 @@ func (b *Broker) Close() {
 		}
 	}
 	if b.srv != nil {
-		b.srv.Shutdown()
-		b.srv.WaitForShutdown()
+		b.srv.Stop()
 	}
 }
