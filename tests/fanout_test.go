@@ -99,10 +99,10 @@ func TestFanOutFullTargetDoesNotHarmTheOther(t *testing.T) {
 	if !ok {
 		t.Fatalf("status has no replication of %s", snap.Path)
 	}
-	if ts, ok := rep.target(good); !ok || ts.State != "committed" {
+	if _, ts, ok := rep.target(good); !ok || ts.State != "committed" {
 		t.Errorf("good target: %+v (found %v), want committed", ts, ok)
 	}
-	ts, ok := rep.target(full)
+	_, ts, ok := rep.target(full)
 	if !ok || ts.State != "failed" || !strings.Contains(strings.ToLower(ts.Error), "space") {
 		t.Errorf("full target: %+v (found %v), want failed with an out-of-space error", ts, ok)
 	}

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -13,22 +14,8 @@ import (
 // to come.
 const killPoint = 35
 
-// reachedSent reports whether the replication of a snapshot other than
-// skip has sent killPoint percent of size bytes.
-func reachedSent(size int64, skip string) func(replication) bool {
-	return func(r replication) bool {
-		return r.SnapshotName != skip && r.BytesSent >= size*killPoint/100
-	}
-}
-
-// reachedApplied reports whether target has applied killPoint percent of
-// size bytes.
-func reachedApplied(size int64, target string) func(replication) bool {
-	return func(r replication) bool {
-		ts, ok := r.target(target)
-		return ok && ts.BytesApplied >= size*killPoint/100
-	}
-}
+// chunkSize is snapjet's default chunk size.
+const chunkSize = 1 * mib
 
 // assertDone checks the status of the replication of snapshot: done, with
 // every target committed, and returns it.
@@ -67,7 +54,7 @@ func assertCaughtUp(t *testing.T, interrupted replication, source string, target
 // killAndRerun starts replicate, SIGKILLs it once reached holds, checks
 // that nothing was committed, and runs the same command again, which must
 // succeed. It returns the interrupted replication.
-func killAndRerun(t *testing.T, r *replicator, reached func(replication) bool, source, target string) replication {
+func killAndRerun(t *testing.T, r *replicator, reached func(context.Context, replication) bool, source, target string) replication {
 	t.Helper()
 	p := r.start("replicate", nil, source, target)
 	rep := waitForReplication(t, p, r.liveStatus, "the kill point", reached)
@@ -92,7 +79,8 @@ func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
 	r := newReplicator(t)
 
 	t.Logf("replicating %d MiB and killing snapjet replicate at %d%% of the send", size/mib, killPoint)
-	rep := killAndRerun(t, r, reachedSent(size, ""), source, target)
+	probe := newProbe(t, "nats://"+r.listen)
+	rep := killAndRerun(t, r, probe.sentAtLeast(killPoint, size, chunkSize, ""), source, target)
 	assertDone(t, r.storedStatus(), rep.SnapshotName)
 	assertCaughtUp(t, rep, source, target)
 }
@@ -113,7 +101,8 @@ func TestIncrementalReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) 
 
 	changed := mutate(t, source, 22, 256*mib)
 	t.Logf("incremental replication of %d MiB of changes, killed at %d%%", changed/mib, killPoint)
-	rep := killAndRerun(t, r, reachedSent(changed, filepath.Base(base.Path)), source, target)
+	probe := newProbe(t, "nats://"+r.listen)
+	rep := killAndRerun(t, r, probe.sentAtLeast(killPoint, changed, chunkSize, filepath.Base(base.Path)), source, target)
 	done := assertDone(t, r.storedStatus(), rep.SnapshotName)
 	if done.ParentUUID != base.UUID.String() {
 		t.Errorf("the resumed replication has parent %q, want the first snapshot %s", done.ParentUUID, base.UUID)
@@ -146,7 +135,7 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 			args := append(append([]string{"send", "--server", srv.url(), "--to", "backup"}, tc.sendFlags...), source)
 			send := startSnapjet(t, "send", args...)
 
-			rep := waitForReplication(t, send, srv.liveStatus, "the receiver's kill point", reachedApplied(size, target))
+			rep := waitForReplication(t, send, srv.liveStatus, "the receiver's kill point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, target))
 			t.Log("killing the receiver")
 			recv.kill()
 			assertNotCommitted(t, target, rep.SnapshotName)
@@ -181,7 +170,7 @@ func TestSenderKilledMidSendResumes(t *testing.T) {
 	args := []string{"send", "--server", srv.url(), "--to", "backup", source}
 	send := startSnapjet(t, "send", args...)
 
-	rep := waitForReplication(t, send, srv.liveStatus, "the sender's kill point", reachedSent(size, ""))
+	rep := waitForReplication(t, send, srv.liveStatus, "the sender's kill point", newProbe(t, srv.url()).sentAtLeast(killPoint, size, chunkSize, ""))
 	t.Log("killing the sender")
 	send.kill()
 	assertNotCommitted(t, target, rep.SnapshotName)
@@ -191,7 +180,7 @@ func TestSenderKilledMidSendResumes(t *testing.T) {
 		t.Fatalf("rerun of send failed with code %d: %s", res.code, res.stderr)
 	}
 	done := assertDone(t, srv.status(), rep.SnapshotName)
-	ts, ok := done.target(target)
+	_, ts, ok := done.target(target)
 	if !ok {
 		t.Fatalf("status of %s has no target for %s", done.ID, target)
 	}
@@ -213,7 +202,7 @@ func TestServerRestartedMidTransfer(t *testing.T) {
 			startReceiver(t, srv.url(), "backup", target)
 			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", source)
 
-			rep := waitForReplication(t, send, srv.liveStatus, "the server's stop point", reachedApplied(size, target))
+			rep := waitForReplication(t, send, srv.liveStatus, "the server's stop point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, target))
 			srv.stop(sig)
 			time.Sleep(2 * time.Second) // long enough for both clients to notice
 			t.Log("starting the server again on the same port and store")

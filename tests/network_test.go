@@ -13,7 +13,7 @@ import (
 // proxy's byte count confirms independently of snapjet's own counters.
 func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 	const (
-		chunkSize     = 256 << 10
+		smallChunk    = 256 << 10
 		maxAckPending = 64 // chunks a receiver's consumer may hold unacknowledged
 		// Per delivered message NATS adds a MSG line, a reply subject and
 		// headers; the receiver also sends acks and progress of its own.
@@ -27,9 +27,9 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 	proxy := startProxy(t, srv.addr)
 	t.Logf("receiver connects through a proxy at %s, the sender directly to %s", proxy.addr(), srv.addr)
 	startReceiver(t, "nats://"+proxy.addr(), "backup", target)
-	send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", "--chunk-size", strconv.Itoa(chunkSize), source)
+	send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", "--chunk-size", strconv.Itoa(smallChunk), source)
 
-	rep := waitForReplication(t, send, srv.liveStatus, "the cut point", reachedApplied(size, target))
+	rep := waitForReplication(t, send, srv.liveStatus, "the cut point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, smallChunk, target))
 	cut := proxy.cut()
 	t.Logf("cut %d receiver connections after %d bytes had passed to the receiver", cut, proxy.down.Load())
 	if cut == 0 {
@@ -40,7 +40,7 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 		t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
 	}
 	done := assertDone(t, srv.status(), rep.SnapshotName)
-	ts, ok := done.target(target)
+	_, ts, ok := done.target(target)
 	if !ok {
 		t.Fatalf("status of %s has no target for %s", done.ID, target)
 	}
@@ -49,7 +49,7 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 	if ts.RedeliveredChunks > maxAckPending {
 		t.Errorf("%d chunks were redelivered, more than one window of %d unacknowledged chunks", ts.RedeliveredChunks, maxAckPending)
 	}
-	limit := done.WireBytes + maxAckPending*chunkSize + done.TotalChunks*overheadPerChunk + overheadFixed
+	limit := done.WireBytes + maxAckPending*smallChunk + done.TotalChunks*overheadPerChunk + overheadFixed
 	if down := proxy.down.Load(); down > limit {
 		t.Errorf("%d bytes reached the receiver, more than the %d wire bytes plus one window (limit %d): the transfer restarted instead of resuming",
 			down, done.WireBytes, limit)

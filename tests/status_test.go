@@ -60,24 +60,25 @@ func (r replication) String() string {
 	return b.String()
 }
 
-// target finds the state of the target whose directory is dir. replicate
-// derives target names from paths, so the committed path is the reliable
-// key; a lone target or one named like the directory is accepted too.
-func (r replication) target(dir string) (targetStatus, bool) {
-	for _, ts := range r.Targets {
+// target finds the name and state of the target whose directory is dir.
+// replicate derives target names from paths, so the committed path is the
+// reliable key; a lone target or one named like the directory is accepted
+// too.
+func (r replication) target(dir string) (string, targetStatus, bool) {
+	for name, ts := range r.Targets {
 		if ts.Path != "" && filepath.Dir(ts.Path) == dir {
-			return ts, true
+			return name, ts, true
 		}
 	}
 	if ts, ok := r.Targets[filepath.Base(dir)]; ok {
-		return ts, true
+		return filepath.Base(dir), ts, true
 	}
 	if len(r.Targets) == 1 {
-		for _, ts := range r.Targets {
-			return ts, true
+		for name, ts := range r.Targets {
+			return name, ts, true
 		}
 	}
-	return targetStatus{}, false
+	return "", targetStatus{}, false
 }
 
 // bySnapshot returns the replication of the source snapshot named name.
@@ -137,7 +138,7 @@ func mustStatus(t *testing.T, selection ...string) statusDoc {
 // waitForReplication polls live status until reached holds for the newest
 // replication and returns that replication. It fails the test if p exits
 // first: then the moment the scenario needs was never observed.
-func waitForReplication(t *testing.T, p *proc, live func(context.Context) (statusDoc, error), what string, reached func(replication) bool) replication {
+func waitForReplication(t *testing.T, p *proc, live func(context.Context) (statusDoc, error), what string, reached func(context.Context, replication) bool) replication {
 	t.Helper()
 	var last replication
 	var logged time.Time
@@ -155,7 +156,7 @@ func waitForReplication(t *testing.T, p *proc, live func(context.Context) (statu
 			t.Logf("progress: %v", rep)
 			logged = time.Now()
 		}
-		return reached(rep)
+		return reached(ctx, rep)
 	})
 	t.Logf("reached %s: %v", what, last)
 	return last
