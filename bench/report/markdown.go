@@ -39,14 +39,14 @@ func Markdown(r *Results) string {
 	p("| Set | Method | Wall s | MB/s | × raw | Wire MB | Wire/stream | CPU s | Peak RSS (MiB) | Check |\n|---|---|--:|--:|--:|--:|--:|--:|---|---|\n")
 	for _, row := range r.Rows {
 		if row.Error != "" {
-			p("| %s | %s | failed | | | | | | | %s |\n", row.Dataset, row.Method, cell(row.Error))
+			p("| %s | %s | failed | | | | | | | %s |\n", row.Dataset, cell(row.Method), cell(row.Error))
 			continue
 		}
 		ratio := ""
 		if row.StreamBytes > 0 {
 			ratio = fmt.Sprintf("%.3f", float64(row.WireBytes)/float64(row.StreamBytes))
 		}
-		p("| %s | %s | %.2f | %.0f | %.2f | %.1f | %s | %.1f | %s | %s |\n", row.Dataset, row.Method, row.WallSeconds, row.MBps, row.VsRaw,
+		p("| %s | %s | %.2f | %.0f | %.2f | %.1f | %s | %.1f | %s | %s |\n", row.Dataset, cell(row.Method), row.WallSeconds, row.MBps, row.VsRaw,
 			float64(row.WireBytes)/mb, ratio, row.CPUSeconds, rss(row), cell(row.Verified))
 	}
 	notes := false
@@ -56,7 +56,7 @@ func Markdown(r *Results) string {
 				p("\nWire notes:\n")
 				notes = true
 			}
-			p("- %s, %s: %s\n", row.Dataset, row.Method, row.WireNote)
+			p("- %s, `%s`: %s\n", row.Dataset, row.Method, row.WireNote)
 		}
 	}
 

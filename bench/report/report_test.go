@@ -45,14 +45,14 @@ func TestMarkdownRows(t *testing.T) {
 		Rows: []Row{
 			{Dataset: "a", Method: "raw", WallSeconds: 2, StreamBytes: 200e6, MBps: 100, VsRaw: 1, WireBytes: 100e6,
 				CPUSeconds: 1.5, Procs: []proctree.Proc{{Label: "btrfs send", Count: 1, PeakRSS: 3 << 20}}, Verified: "ok"},
-			{Dataset: "a", Method: "broken", Error: "exit 1 | stderr"},
+			{Dataset: "a", Method: "x | y", Error: "exit 1 | stderr"},
 		},
 		Targets: []Target{{Goal: "g", Figure: "f", Met: true}},
 	}
 	md := Markdown(r)
 	for _, want := range []string{
 		"| a | raw | 2.00 | 100 | 1.00 | 100.0 | 0.500 | 1.5 | btrfs send 3.0 | ok |",
-		"| a | broken | failed | | | | | | | exit 1 \\| stderr |",
+		"| a | x \\| y | failed | | | | | | | exit 1 \\| stderr |",
 		"| g | f | yes |",
 	} {
 		if !strings.Contains(md, want) {

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/snapjet/snapjet/bench/wire"
 )
 
 // Server is a generated sshd configuration in a directory of its own.
@@ -56,7 +58,7 @@ func Setup(ctx context.Context, dir string) (*Server, error) {
 	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := wire.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -124,13 +126,4 @@ func (s *Server) Client(remote string) *exec.Cmd {
 		"-o", "BatchMode=yes",
 		"-o", "LogLevel=ERROR",
 		"root@127.0.0.1", remote)
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }

@@ -159,3 +159,14 @@ func (r *Relay) pump(p *pair, dst io.Writer, src io.Reader, n *atomic.Int64) {
 	r.mu.Unlock()
 	p.close()
 }
+
+// FreePort returns a loopback TCP port that was free a moment ago, for a
+// server that must be told its port up front.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
