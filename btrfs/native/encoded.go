@@ -88,8 +88,11 @@ func decompress(compression uint32, data []byte, size int) ([]byte, error) {
 	case compression == sendstream.CompressZstd:
 		var zr *zstd.Decoder
 		if zr, err = zstd.NewReader(bytes.NewReader(data), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxUnencoded)); err == nil {
-			_, err = io.ReadFull(zr, out)
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			var n int
+			n, err = io.ReadFull(zr, out)
+			// btrfs pads the frame with zeros to a sector; the decoder
+			// reads them as a next frame with a bad magic.
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || (n > 0 && errors.Is(err, zstd.ErrMagicMismatch)) {
 				err = nil
 			}
 			zr.Close()

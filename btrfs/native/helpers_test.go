@@ -51,6 +51,7 @@ func receiveNative(t testing.TB, dir string, stream []byte, opt Options) Result 
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer r.Abort() // releases the fds when the test fails half-way
 	feed(t, r, stream, 1<<20, rand.New(rand.NewSource(int64(len(stream)))))
 	res, err := r.Finish()
 	if err != nil {
