@@ -119,8 +119,9 @@ func (r *Receiver) beginSubvolume(c *sendstream.Command) error {
 	} else {
 		err = createSubvolume(r.dirfd, name)
 	}
+	adopted := errors.Is(err, unix.EEXIST) && r.lenient
 	switch {
-	case errors.Is(err, unix.EEXIST) && r.lenient:
+	case adopted:
 		// Only our own earlier attempt can have created it: adopt checks.
 	case errors.Is(err, unix.EEXIST):
 		return fmt.Errorf("create subvolume %s: %w", path, btrfs.ErrExists)
@@ -136,10 +137,12 @@ func (r *Receiver) beginSubvolume(c *sendstream.Command) error {
 	if err := r.adopt(len(r.subs) - 1); err != nil {
 		return err
 	}
-	r.lenient = false
-	if r.skipStream {
+	if adopted {
+		// Its journal tells how far the old process got; keep it.
+		r.log.Info("resuming subvolume", "path", path, "skip_to", r.skipTo, "finished", r.skipStream)
 		return nil
 	}
+	r.lenient = false
 	r.log.Info("receiving subvolume", "path", path, "stream_uuid", btrfs.UUID(uuid), "parent", sv.ParentUUID)
 	return r.journal()
 }
