@@ -61,17 +61,20 @@ func (r replication) String() string {
 }
 
 // target finds the name and state of the target whose directory is dir.
-// replicate derives target names from paths, so the committed path is the
-// reliable key; a lone target or one named like the directory is accepted
-// too.
+// replicate derives target names from paths (the directory's name and a
+// suffix), and only a committed target has a path, so this matches the
+// path first, then the name; a lone target is the one.
 func (r replication) target(dir string) (string, targetStatus, bool) {
+	base := filepath.Base(dir)
 	for name, ts := range r.Targets {
 		if ts.Path != "" && filepath.Dir(ts.Path) == dir {
 			return name, ts, true
 		}
 	}
-	if ts, ok := r.Targets[filepath.Base(dir)]; ok {
-		return filepath.Base(dir), ts, true
+	for name, ts := range r.Targets {
+		if name == base || strings.HasPrefix(name, base+"-") {
+			return name, ts, true
+		}
 	}
 	if len(r.Targets) == 1 {
 		for name, ts := range r.Targets {
