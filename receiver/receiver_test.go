@@ -1,0 +1,574 @@
+package receiver_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sys/unix"
+
+	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/internal/loopfs"
+	"github.com/snapjet/snapjet/internal/treecmp"
+	"github.com/snapjet/snapjet/receiver"
+	"github.com/snapjet/snapjet/streams"
+)
+
+const (
+	target    = "nas"
+	chunkSize = 64 << 10
+)
+
+// env is one btrfs filesystem holding a source subvolume and a target
+// directory, a JetStream server, a coordinator in the test (playing the
+// sender's process) and a receiver for the target on its own connection.
+type env struct {
+	t      *testing.T
+	ctx    context.Context
+	src    string // source subvolume
+	target string // target directory
+	b      *broker.Broker
+	coord  *coordinator.Coordinator
+	codec  *streams.Codec
+	rc     *receiver.Receiver
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	fs := loopfs.New(t, 384<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	t.Cleanup(cancel)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	e := &env{t: t, ctx: ctx, src: filepath.Join(fs.Dir, "src"), target: filepath.Join(fs.Dir, "target")}
+	if err := btrfs.CreateSubvolume(ctx, e.src); err != nil {
+		t.Fatal(err)
+	}
+	fillSource(t, e.src)
+	if err := os.Mkdir(e.target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	b, err := broker.Connect(broker.Options{Store: t.TempDir(), Listen: "127.0.0.1:0", Name: "sender", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	e.b = b
+	if e.coord, err = coordinator.New(ctx, b.NC, b.JS, log); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.coord.Close() })
+	if e.codec, err = streams.NewCodec(zstd.SpeedDefault); err != nil {
+		t.Fatal(err)
+	}
+
+	nc, err := nats.Connect(b.URL(), nats.Name("receiver"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.rc, err = receiver.New(ctx, nc, js, target, e.target, log); err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.rc.Run(rctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("receiver: %v", err)
+		}
+	})
+	return e
+}
+
+// fillSource writes what a user cares about: compressible and random
+// content, modes, owners, an xattr, a symlink and a hard link.
+func fillSource(t *testing.T, dir string) {
+	t.Helper()
+	rng := rand.New(rand.NewSource(42))
+	random := make([]byte, 1<<20)
+	rng.Read(random)
+	var text bytes.Buffer
+	for text.Len() < 1<<20 {
+		text.WriteString("snapjet replicates btrfs snapshots over NATS JetStream; line ")
+		text.WriteString(time.Duration(rng.Int63n(1e12)).String())
+		text.WriteByte('\n')
+	}
+	write := func(name string, data []byte, mode os.FileMode) {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("text.log", text.Bytes(), 0o644)
+	write("random.bin", random, 0o600)
+	write("etc/secret.conf", []byte("key=value\n"), 0o640)
+	if err := os.Chown(filepath.Join(dir, "etc/secret.conf"), 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(dir, "text.log"), "user.origin", []byte("test"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("etc/secret.conf", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(dir, "random.bin"), filepath.Join(dir, "random.hardlink")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// snapshot is one read-only source snapshot and its full send stream.
+type snapshot struct {
+	path   string
+	name   string
+	uuid   string
+	stream []byte
+}
+
+func (e *env) snapshot(name string) snapshot {
+	e.t.Helper()
+	path := filepath.Join(filepath.Dir(e.src), "snaps", name)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := btrfs.Snapshot(e.ctx, e.src, path, true); err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := btrfs.Inspect(path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out, proc, err := btrfs.Send(e.ctx, path, btrfs.SendOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	stream, rerr := io.ReadAll(out)
+	if err := proc.Wait(); err != nil || rerr != nil {
+		e.t.Fatalf("btrfs send %s: %v %v", path, err, rerr)
+	}
+	return snapshot{path: path, name: name, uuid: info.UUID.String(), stream: stream}
+}
+
+// plan creates the replication of s to the target and begins attempt 1,
+// as the sender does before publishing.
+func (e *env) plan(id string, s snapshot) {
+	e.t.Helper()
+	r := &coordinator.Replication{ID: id, Source: e.src, Snapshot: s.path, SnapshotName: s.name, SnapshotUUID: s.uuid,
+		ChunkSize: chunkSize, Window: 256 << 20, Targets: map[string]*coordinator.Target{target: {State: coordinator.TPending}}}
+	if err := e.coord.Create(e.ctx, r); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, _, err := e.coord.BeginAttempt(e.ctx, id); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// chunks encodes the stream of s as the sender would.
+func (e *env) chunks(id string, attempt int, s snapshot) []*nats.Msg {
+	var out []*nats.Msg
+	for off := 0; off < len(s.stream); off += chunkSize {
+		raw := s.stream[off:min(off+chunkSize, len(s.stream))]
+		out = append(out, e.codec.EncodeChunk(id, attempt, int64(len(out)), int64(off), raw, true, nil))
+	}
+	return out
+}
+
+func (e *env) publish(msgs ...*nats.Msg) {
+	e.t.Helper()
+	for _, m := range msgs {
+		if _, err := e.b.JS.PublishMsg(e.ctx, m); err != nil {
+			e.t.Fatalf("publish: %v", err)
+		}
+	}
+}
+
+// end publishes the end marker of a correctly sent stream.
+func (e *env) end(id string, attempt int, s snapshot, chunks []*nats.Msg) {
+	e.t.Helper()
+	e.publish(streams.EncodeEnd(id, attempt, int64(len(chunks)), int64(len(s.stream)), digest(s)))
+}
+
+func digest(s snapshot) string {
+	sum := sha256.Sum256(s.stream)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// markSent records the stored end marker with the coordinator, the
+// sender's step after publishing it. It fails when the attempt is over.
+func (e *env) markSent(id string, attempt int, s snapshot, chunks []*nats.Msg) error {
+	var wire int64
+	for _, m := range chunks {
+		wire += int64(len(m.Data))
+	}
+	return e.coord.MarkSent(e.ctx, id, attempt, int64(len(chunks)), int64(len(s.stream)), wire, digest(s))
+}
+
+// send publishes a whole attempt intact. It records the end with the
+// coordinator before storing the end marker, the reverse of the sender's
+// order, so that these tests do not hinge on the race that
+// TestReceiveCommitsWhenMarkSentIsLate shows.
+func (e *env) send(id string, attempt int, s snapshot) []*nats.Msg {
+	e.t.Helper()
+	chunks := e.chunks(id, attempt, s)
+	e.publish(chunks...)
+	if err := e.markSent(id, attempt, s, chunks); err != nil {
+		e.t.Fatalf("MarkSent: %v", err)
+	}
+	e.end(id, attempt, s, chunks)
+	return chunks
+}
+
+// wait polls the record until cond holds.
+func (e *env) wait(id, what string, cond func(*coordinator.Replication) bool) *coordinator.Replication {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, _, err := e.coord.Store().Get(e.ctx, id)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if cond(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			b, _ := json.MarshalIndent(r, "", "  ")
+			e.t.Fatalf("waiting for %s; record is now:\n%s", what, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// watch collects every stored version of the replication from now on.
+func (e *env) watch(id string) func() []coordinator.Replication {
+	ctx, cancel := context.WithCancel(e.ctx)
+	e.t.Cleanup(cancel)
+	ch, err := e.coord.Store().Watch(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []coordinator.Replication
+	go func() {
+		for r := range ch {
+			if r.ID == id {
+				mu.Lock()
+				seen = append(seen, *r)
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() []coordinator.Replication {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]coordinator.Replication(nil), seen...)
+	}
+}
+
+// assertNothingApplied checks that no snapshot was committed under name and
+// that staging holds nothing.
+func (e *env) assertNothingApplied(name string) {
+	e.t.Helper()
+	if _, err := os.Lstat(filepath.Join(e.target, name)); !errors.Is(err, os.ErrNotExist) {
+		e.t.Errorf("%s exists in the target after a refused stream (%v)", name, err)
+	}
+	subs, err := btrfs.List(e.target)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, s := range subs {
+		e.t.Errorf("subvolume %s in the target after a refused stream", s.Path)
+	}
+	e.assertStagingEmpty()
+}
+
+// assertStagingEmpty checks that no subvolume is left in staging (an empty
+// directory may linger for a moment after a commit).
+func (e *env) assertStagingEmpty() {
+	e.t.Helper()
+	incoming := filepath.Join(e.target, ".snapjet", "incoming")
+	entries, err := os.ReadDir(incoming)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, en := range entries {
+		p := filepath.Join(incoming, en.Name())
+		subs, err := btrfs.List(p)
+		if err != nil || btrfs.IsSubvolume(p) {
+			e.t.Errorf("staging holds %s (%v)", p, err)
+		}
+		for _, s := range subs {
+			e.t.Errorf("staging holds subvolume %s", s.Path)
+		}
+	}
+}
+
+// assertCommitted checks the committed copy of s the way a user would.
+func (e *env) assertCommitted(r *coordinator.Replication, s snapshot) {
+	e.t.Helper()
+	final := filepath.Join(e.target, s.name)
+	if got := r.Targets[target]; got.State != coordinator.TCommitted || got.Path != final {
+		e.t.Errorf("target %s at %q, want committed at %s", got.State, got.Path, final)
+	}
+	info, err := btrfs.Inspect(final)
+	if err != nil {
+		e.t.Fatalf("committed snapshot: %v", err)
+	}
+	if !info.ReadOnly {
+		e.t.Error("committed snapshot is writable")
+	}
+	if info.ReceivedUUID.String() != s.uuid {
+		e.t.Errorf("received UUID %q, want the source snapshot's %s", info.ReceivedUUID, s.uuid)
+	}
+	diffs, err := treecmp.Compare(s.path, final, treecmp.Options{Times: true})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, d := range diffs {
+		e.t.Errorf("committed tree differs: %s", d)
+	}
+	e.assertStagingEmpty()
+}
+
+func TestReceiveCommitsAVerifiedStream(t *testing.T) {
+	e := newEnv(t)
+	s := e.snapshot("src.1")
+	e.plan("src-1", s)
+	chunks := e.send("src-1", 1, s)
+	if len(chunks) < 4 {
+		t.Fatalf("the test stream has only %d chunks", len(chunks))
+	}
+	r := e.wait("src-1", "done", func(r *coordinator.Replication) bool { return r.State.Terminal() })
+	if r.State != coordinator.Done || r.Attempt != 1 {
+		t.Fatalf("replication %s after attempt %d: %s", r.State, r.Attempt, r.Error)
+	}
+	if got := r.Targets[target]; got.ChunksApplied != int64(len(chunks)) || got.BytesApplied != int64(len(s.stream)) {
+		t.Errorf("applied %d chunks / %d bytes, sent %d / %d", got.ChunksApplied, got.BytesApplied, len(chunks), len(s.stream))
+	}
+	e.assertCommitted(r, s)
+}
+
+// Inventory lists what can serve as an incremental base: read-only
+// subvolumes with a received UUID, and nothing else.
+func TestInventoryListsOnlyCommittedSnapshots(t *testing.T) {
+	e := newEnv(t)
+	s1 := e.snapshot("src.1")
+	e.plan("src-1", s1)
+	e.send("src-1", 1, s1)
+	e.wait("src-1", "done", func(r *coordinator.Replication) bool { return r.State == coordinator.Done })
+
+	// What an interrupted plain `btrfs receive` leaves: a writable
+	// subvolume at the next snapshot's name, without received UUID.
+	s2 := e.snapshot("src.2")
+	in, proc, err := btrfs.StartReceive(e.ctx, e.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = in.Write(s2.stream[:len(s2.stream)/2])
+	in.Close()
+	if err := proc.Wait(); err == nil {
+		t.Fatal("btrfs receive of half a stream succeeded")
+	}
+	left, err := btrfs.Inspect(filepath.Join(e.target, "src.2"))
+	if err != nil || left.ReadOnly || !left.ReceivedUUID.IsZero() {
+		t.Fatalf("the interrupted receive left %+v, %v; want a writable subvolume", left, err)
+	}
+	// A read-only snapshot made on the target is not a received copy either.
+	if err := btrfs.Snapshot(e.ctx, filepath.Join(e.target, "src.2"), filepath.Join(e.target, "src.3"), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(e.target, "src.4"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	msg, err := e.b.NC.Request(streams.InventorySubject(target), nil, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inv streams.Inventory
+	if err := json.Unmarshal(msg.Data, &inv); err != nil {
+		t.Fatal(err)
+	}
+	want := streams.Held{Name: "src.1", Path: filepath.Join(e.target, "src.1"), ReceivedUUID: s1.uuid}
+	if inv.Target != target || inv.Dir != e.target || len(inv.Snapshots) != 1 || inv.Snapshots[0] != want {
+		t.Errorf("inventory %+v, want only %+v", inv, want)
+	}
+}
+
+// corrupt returns a copy of m whose payload has one byte flipped such that
+// it no longer decodes to the sender's bytes. (Some bits of a zstd frame do
+// not change its output; flipping those is no corruption.)
+func (e *env) corrupt(m *nats.Msg) *nats.Msg {
+	e.t.Helper()
+	for i := len(m.Data) / 2; i < len(m.Data); i++ {
+		c := nats.NewMsg(m.Subject)
+		for k, v := range m.Header {
+			c.Header[k] = append([]string(nil), v...)
+		}
+		c.Data = bytes.Clone(m.Data)
+		c.Data[i] ^= 0x20
+		if _, err := e.codec.Decode(c.Header, c.Data, nil); errors.Is(err, streams.ErrCorrupt) {
+			return c
+		}
+	}
+	e.t.Fatal("no byte flip of the chunk changes its content")
+	return nil
+}
+
+// A chunk altered after the sender checksummed it is never applied: the
+// attempt is discarded with a reason naming the chunk, staging is emptied,
+// and a clean attempt then commits.
+func TestReceiveRefusesCorruptChunk(t *testing.T) {
+	tests := []struct {
+		name string
+		enc  string // payload encoding of the chunk to corrupt
+	}{
+		{"zstd payload", "zstd"},
+		{"raw payload", "none"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			id := "src-" + tc.enc
+			s := e.snapshot("src." + tc.enc)
+			e.plan(id, s)
+			history := e.watch(id)
+			chunks := e.chunks(id, 1, s)
+			bad := -1
+			for k := 2; k < len(chunks); k++ {
+				if chunks[k].Header.Get(streams.HdrEncoding) == tc.enc {
+					bad = k
+					break
+				}
+			}
+			if bad < 0 {
+				t.Fatalf("the test stream has no %s chunk past chunk 1", tc.enc)
+			}
+			e.publish(chunks[:bad]...)
+			e.publish(e.corrupt(chunks[bad]))
+			e.publish(chunks[bad+1:]...)
+			if err := e.markSent(id, 1, s, chunks); err != nil {
+				t.Logf("MarkSent refused: %v", err) // the receiver may have ended the attempt first
+			}
+			e.end(id, 1, s, chunks)
+
+			r := e.wait(id, "the attempt to end", func(r *coordinator.Replication) bool {
+				return r.Attempt > 1 || r.State.Terminal()
+			})
+			chunkName := "chunk " + strconv.Itoa(bad) + ":"
+			if r.Attempt != 2 || r.State != coordinator.Planned || !strings.Contains(r.Error, chunkName) || !strings.Contains(r.Error, "corrupt") {
+				t.Errorf("after the corrupt chunk: %s attempt %d, error %q; want a new attempt naming %q", r.State, r.Attempt, r.Error, chunkName)
+			}
+			// The stored history shows the target discarded in attempt 1
+			// with exactly the chunks before the corrupt one applied.
+			var discarded *coordinator.Target
+			for _, v := range history() {
+				if tg := v.Targets[target]; v.Attempt == 1 && tg.State == coordinator.TDiscarded {
+					discarded = tg
+				}
+			}
+			if discarded == nil {
+				t.Errorf("the target was never discarded in attempt 1")
+			} else if discarded.ChunksApplied != int64(bad) || !strings.Contains(discarded.Error, chunkName) {
+				t.Errorf("discarded after %d chunks with %q; want %d chunks and a reason naming %q",
+					discarded.ChunksApplied, discarded.Error, bad, chunkName)
+			}
+			e.assertNothingApplied(s.name)
+
+			// The next attempt, sent intact, commits.
+			if _, _, err := e.coord.BeginAttempt(e.ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			e.send(id, 2, s)
+			r = e.wait(id, "done", func(r *coordinator.Replication) bool { return r.State.Terminal() })
+			if r.State != coordinator.Done || r.Attempt != 2 {
+				t.Fatalf("replication %s after attempt %d: %s", r.State, r.Attempt, r.Error)
+			}
+			e.assertCommitted(r, s)
+		})
+	}
+}
+
+// A message in a format this build does not know fails the target for good
+// with advice to upgrade; nothing of it is applied.
+func TestReceiveRefusesUnknownVersion(t *testing.T) {
+	e := newEnv(t)
+	s := e.snapshot("src.1")
+	e.plan("src-1", s)
+	chunks := e.chunks("src-1", 1, s)
+	const bad = 3
+	chunks[bad].Header.Set(streams.HdrVersion, "99")
+	e.publish(chunks...)
+	if err := e.markSent("src-1", 1, s, chunks); err != nil {
+		t.Logf("MarkSent refused: %v", err) // the target may have failed first
+	}
+	e.end("src-1", 1, s, chunks)
+
+	r := e.wait("src-1", "the target to fail", func(r *coordinator.Replication) bool {
+		return r.State.Terminal() || r.Attempt > 1
+	})
+	got := r.Targets[target]
+	if r.State != coordinator.Failed || r.Attempt != 1 || got.State != coordinator.TFailed {
+		t.Fatalf("replication %s attempt %d, target %s; want failed in attempt 1", r.State, r.Attempt, got.State)
+	}
+	if !strings.Contains(got.Error, "upgrade") || !strings.Contains(got.Error, `"99"`) {
+		t.Errorf("target error %q does not name the version and ask to upgrade", got.Error)
+	}
+	if !strings.Contains(r.Error, "upgrade") {
+		t.Errorf("replication error %q does not ask to upgrade", r.Error)
+	}
+	if got.ChunksApplied != bad {
+		t.Errorf("%d chunks applied; want the %d before the unknown one", got.ChunksApplied, bad)
+	}
+	e.assertNothingApplied(s.name)
+}
+
+// The receiver may see the end marker before the sender has recorded it
+// with the coordinator: the sender stores the end marker first and calls
+// MarkSent after. A complete, intact stream must then still be committed
+// once MarkSent arrives, not thrown away for a resend.
+func TestReceiveCommitsWhenMarkSentIsLate(t *testing.T) {
+	e := newEnv(t)
+	s := e.snapshot("src.1")
+	e.plan("src-1", s)
+	chunks := e.chunks("src-1", 1, s)
+	e.publish(chunks...)
+	e.end("src-1", 1, s, chunks)
+	time.Sleep(2 * time.Second) // the sender is slow between its two steps
+	if err := e.markSent("src-1", 1, s, chunks); err != nil {
+		t.Errorf("MarkSent of the intact attempt 1: %v", err)
+	}
+	r := e.wait("src-1", "the attempt to end", func(r *coordinator.Replication) bool { return r.State.Terminal() || r.Attempt > 1 })
+	if r.State != coordinator.Done || r.Attempt != 1 {
+		t.Fatalf("replication %s in attempt %d: %q", r.State, r.Attempt, r.Error)
+	}
+	e.assertCommitted(r, s)
+}
