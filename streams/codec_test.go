@@ -200,6 +200,35 @@ func TestDecodeRefuses(t *testing.T) {
 	}
 }
 
+// Whatever byte of a payload is altered, Decode either refuses the chunk
+// or returns exactly the sender's bytes (a few bits of a zstd frame do not
+// change its output).
+func TestDecodeNeverAcceptsAlteredBytes(t *testing.T) {
+	codec := newCodec(t)
+	for _, raw := range [][]byte{textBytes(16<<10, 11), randomBytes(2<<10, 12)} {
+		msg := codec.EncodeChunk("r1", 1, 0, 0, raw, true, nil)
+		refused := 0
+		for i := range msg.Data {
+			for _, bit := range []byte{0x01, 0x80} {
+				data := bytes.Clone(msg.Data)
+				data[i] ^= bit
+				m, err := codec.Decode(msg.Header, data, nil)
+				switch {
+				case errors.Is(err, streams.ErrCorrupt):
+					refused++
+				case err != nil:
+					t.Fatalf("%s payload, byte %d: error %v is not ErrCorrupt", msg.Header.Get(streams.HdrEncoding), i, err)
+				case !bytes.Equal(m.Raw, raw):
+					t.Fatalf("%s payload, byte %d: altered bytes accepted", msg.Header.Get(streams.HdrEncoding), i)
+				}
+			}
+		}
+		if refused == 0 {
+			t.Errorf("%s payload: no alteration refused", msg.Header.Get(streams.HdrEncoding))
+		}
+	}
+}
+
 // The header check alone must already refuse unknown versions and bad
 // numbers, since the coordinator reads headers without payloads.
 func TestDecodeHeaderRefusesBeforePayload(t *testing.T) {
