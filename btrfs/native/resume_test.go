@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"os"
 	"sort"
+	"strconv"
 	"testing"
 
 	"github.com/snapjet/snapjet/btrfs"
@@ -50,7 +51,7 @@ func resumeRun(t *testing.T, dir string, stream []byte, kills []int64, chunk, ev
 		t.Fatal(err)
 	}
 	defer func() { crash(r) }() // releases the mount when the test fails
-	var cp Checkpoint // the zero checkpoint restarts from the beginning
+	var cp Checkpoint           // the zero checkpoint restarts from the beginning
 	pos, chunks := int64(0), 0
 	for pos < int64(len(stream)) {
 		end := min(pos+int64(chunk), int64(len(stream)))
@@ -110,7 +111,6 @@ func commandOffsets(t testing.TB, stream []byte) (offs []int64, types []sendstre
 	t.Helper()
 	r := sendstream.NewReader(bytes.NewReader(stream), 0)
 	for {
-		start := r.Offset()
 		c, err := r.Next()
 		if err != nil {
 			break
@@ -123,9 +123,7 @@ func commandOffsets(t testing.TB, stream []byte) (offs []int64, types []sendstre
 			n, _ := c.U64(sendstream.AttrUnencodedFileLen)
 			data += int64(n)
 		}
-		// A command right after a header starts after the header.
 		offs = append(offs, r.Offset()-int64(c.Len))
-		_ = start
 		types = append(types, c.Type)
 	}
 	return offs, types, data
@@ -171,14 +169,14 @@ func TestResumeLargeStream(t *testing.T) {
 	src := subvolume(t, join(fs.Dir, "src"))
 	mkdirs(t, join(src, "big"), join(src, "small"))
 	for i := 0; i < 66; i++ {
-		writeRandom(t, join(src, "big", "f"+itoa(i)), 8<<20, int64(i))
+		writeRandom(t, join(src, "big", "f"+strconv.Itoa(i)), 8<<20, int64(i))
 	}
 	for i := 0; i < 3000; i++ {
-		writeRandom(t, join(src, "small", "s"+itoa(i)), 100+i%4000, int64(1000+i))
+		writeRandom(t, join(src, "small", "s"+strconv.Itoa(i)), 100+i%4000, int64(1000+i))
 	}
 	for i := 0; i < 8; i++ {
-		sh(t, "cp --reflink=always "+join(src, "big", "f"+itoa(i))+" "+join(src, "small", "clone"+itoa(i)))
-		cloneRange(t, join(src, "big", "f"+itoa(i+8)), 1<<20, 2<<20, join(src, "big", "f"+itoa(i+16)), 4<<20)
+		sh(t, "cp --reflink=always "+join(src, "big", "f"+strconv.Itoa(i))+" "+join(src, "small", "clone"+strconv.Itoa(i)))
+		cloneRange(t, join(src, "big", "f"+strconv.Itoa(i+8)), 1<<20, 2<<20, join(src, "big", "f"+strconv.Itoa(i+16)), 4<<20)
 	}
 	snap1 := snapshot(t, src, join(fs.Dir, "snap1"))
 	stream := sendStream(t, snap1, btrfs.SendOptions{Proto: 2})
@@ -257,4 +255,3 @@ func TestResumeEveryCommand(t *testing.T) {
 	}
 }
 
-func itoa(i int) string { return string(rune('0'+i/1000%10)) + string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10)) }

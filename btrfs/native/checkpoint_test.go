@@ -1,0 +1,166 @@
+package native
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"testing"
+
+	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/internal/loopfs"
+	"golang.org/x/sys/unix"
+)
+
+// TestCheckpointSyncOrdering injects the sync hook and proves that every
+// checkpoint comes after a sync that already covered everything the
+// checkpoint claims, with no write in between; that a failing sync gives
+// no checkpoint; and that Finish syncs the data before the subvolume
+// becomes read-only.
+func TestCheckpointSyncOrdering(t *testing.T) {
+	fs := loopfs.New(t, 1<<30)
+	src := subvolume(t, join(fs.Dir, "src"))
+	for i := 0; i < 20; i++ {
+		writeRandom(t, join(src, fmt.Sprint("f", i)), 300<<10, int64(i))
+	}
+	snap := snapshot(t, src, join(fs.Dir, "snap1"))
+	stream := sendStream(t, snap, btrfs.SendOptions{})
+	nat := join(fs.Dir, "nat")
+	mkdirs(t, nat)
+
+	var r *Receiver
+	type event struct {
+		kind    string // "write", "sync", "checkpoint"
+		applied int64  // stream bytes applied when it happened
+		ro      bool   // subvolume read-only at sync time
+	}
+	var events []event
+	failNext := false
+	opt := Options{Sync: func(dir string) error {
+		if dir != nat {
+			t.Errorf("sync of %s, want %s", dir, nat)
+		}
+		if failNext {
+			failNext = false
+			return errors.New("injected sync failure")
+		}
+		if err := btrfs.Sync(dir); err != nil {
+			return err
+		}
+		ev := event{kind: "sync", applied: r.offset}
+		if info, err := btrfs.Inspect(join(nat, "snap1")); err == nil {
+			ev.ro = info.ReadOnly
+		}
+		events = append(events, ev)
+		return nil
+	}}
+	var err error
+	if r, err = New(context.Background(), nat, opt); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Abort()
+	rng := rand.New(rand.NewSource(1))
+	checkpoints := 0
+	for pos := 0; pos < len(stream); {
+		n := min(len(stream)-pos, 1+rng.Intn(512<<10))
+		if _, err := r.Write(stream[pos : pos+n]); err != nil {
+			t.Fatal(err)
+		}
+		pos += n
+		events = append(events, event{kind: "write", applied: r.offset})
+		if checkpoints == 3 {
+			failNext = true
+			if _, err := r.Checkpoint(); err == nil {
+				t.Fatal("checkpoint succeeded although the sync failed")
+			}
+		}
+		cp, err := r.Checkpoint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkpoints++
+		last := events[len(events)-1]
+		if last.kind != "sync" || last.applied < cp.Offset {
+			t.Fatalf("checkpoint at %d not directly preceded by a sync covering it (last event %+v)", cp.Offset, last)
+		}
+		events = append(events, event{kind: "checkpoint", applied: cp.Offset})
+	}
+	if _, err := r.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	// Finish: one sync while writable (data), one after read-only (flags).
+	tail := events[len(events)-2:]
+	if tail[0].kind != "sync" || tail[0].ro || tail[1].kind != "sync" || !tail[1].ro {
+		t.Fatalf("Finish syncs: %+v, want data sync while writable, then one after read-only", tail)
+	}
+	if checkpoints < 5 {
+		t.Fatalf("only %d checkpoints", checkpoints)
+	}
+	sameTree(t, snap, join(nat, "snap1"))
+}
+
+// TestResumeAfterReboot: the journal records the boot it was written in.
+// If the machine restarted after namespace changes beyond the checkpoint,
+// unsynced data before them may be gone, and resuming must refuse.
+func TestResumeAfterReboot(t *testing.T) {
+	fs := loopfs.New(t, 1<<30)
+	src := subvolume(t, join(fs.Dir, "src"))
+	sh(t, "cd "+src+" && for i in $(seq 1 50); do echo $i > f$i; done")
+	snap := snapshot(t, src, join(fs.Dir, "snap1"))
+	stream := sendStream(t, snap, btrfs.SendOptions{})
+	offs, _, _ := commandOffsets(t, stream)
+	for _, tc := range []struct {
+		name    string
+		more    bool // the old process applied commands past the checkpoint
+		journal func(cp Checkpoint) string
+		wantErr error
+	}{
+		{"journal past checkpoint, other boot", true, func(cp Checkpoint) string { return fmt.Sprint("other-boot ", offs[40]) }, ErrNotResumable},
+		// After a reboot the state is the last commit; here it holds
+		// nothing past the checkpoint, so the resume is exact.
+		{"journal at checkpoint, other boot", false, func(cp Checkpoint) string { return fmt.Sprint("other-boot ", cp.Offset) }, nil},
+		{"journal past checkpoint, same boot", true, func(cp Checkpoint) string { return fmt.Sprint(bootID(), " ", offs[40]) }, nil},
+		{"unreadable journal", true, func(cp Checkpoint) string { return "garbage" }, ErrNotResumable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := join(fs.Dir, fmt.Sprint("nat", len(tc.name)))
+			mkdirs(t, dir)
+			r, err := New(context.Background(), dir, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Write(stream[:offs[10]]); err != nil {
+				t.Fatal(err)
+			}
+			cp, err := r.Checkpoint()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.more {
+				if _, err := r.Write(stream[offs[10]:offs[40]]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			crash(r)
+			if err := unix.Setxattr(join(dir, "snap1"), journalXattr, []byte(tc.journal(cp)), 0); err != nil {
+				t.Fatal(err)
+			}
+			r, err = Resume(context.Background(), dir, cp, Options{})
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("resume: %v, want %v", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			defer r.Abort()
+			if _, err := r.Write(stream[cp.Fed():]); err != nil {
+				t.Fatal(err)
+			}
+			res, err := r.Finish()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameTree(t, snap, res.Path)
+		})
+	}
+}
