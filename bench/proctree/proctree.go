@@ -2,7 +2,8 @@
 // them: CPU time of the whole tree from the wait4 rusage of the direct
 // children, and the peak RSS of every process in the tree, including the
 // ones the children start themselves (btrfs send under snapjet, the remote
-// side under sshd), by sampling VmHWM in /proc.
+// side under sshd), by sampling VmHWM in /proc. A process that lives for
+// less than one sampling interval may go unseen; it then shows no peak.
 package proctree
 
 import (
@@ -54,7 +55,6 @@ type proc struct {
 	hwm       int64 // bytes
 	cpu       time.Duration
 	direct    bool
-	parent    bool // seen with children of its own
 	done      bool // reaped (direct) or vanished
 }
 
@@ -126,13 +126,12 @@ func (g *Group) Wait(cmd *exec.Cmd) error {
 		if p := g.procs[cmd.Process.Pid]; p != nil && p.direct {
 			p.done = true
 			p.cpu = cpu
-			// Maxrss covers the reaped descendants too, so it is this
-			// process's own peak only when it never had children.
-			if !p.parent && ru.Maxrss*1024 > p.hwm {
-				p.hwm = ru.Maxrss * 1024
-			}
 		}
 	}
+	// ru.Maxrss is no measure of the child's own memory: it also covers the
+	// descendants it reaped, and, since Go starts children with vfork,
+	// the memory of the Go parent whose address space the child borrowed
+	// until exec. Only the sampled VmHWM is the child's own.
 	return err
 }
 
@@ -244,7 +243,6 @@ func (g *Group) Sample() {
 		}
 		g.update(p, s)
 		if kids := children[pid]; len(kids) > 0 {
-			p.parent = true
 			for _, k := range kids {
 				if q := g.procs[k]; q == nil || q.done || q.start != all[k].start {
 					if q != nil && q.done {

@@ -46,7 +46,11 @@ func Markdown(r *Results) string {
 		if row.StreamBytes > 0 {
 			ratio = fmt.Sprintf("%.3f", float64(row.WireBytes)/float64(row.StreamBytes))
 		}
-		p("| %s | %s | %.2f | %.0f | %.2f | %.1f | %s | %.1f | %s | %s |\n", row.Dataset, cell(row.Method), row.WallSeconds, row.MBps, row.VsRaw,
+		vsRaw := "–"
+		if row.VsRaw > 0 {
+			vsRaw = fmt.Sprintf("%.2f", row.VsRaw)
+		}
+		p("| %s | %s | %.2f | %.0f | %s | %.1f | %s | %.1f | %s | %s |\n", row.Dataset, cell(row.Method), row.WallSeconds, row.MBps, vsRaw,
 			float64(row.WireBytes)/mb, ratio, row.CPUSeconds, rss(row), cell(row.Verified))
 	}
 	notes := false
@@ -62,13 +66,13 @@ func Markdown(r *Results) string {
 
 	if len(r.Resume) > 0 {
 		p("\n#### Resume after an interruption at 50%%\n\nAgainst the uninterrupted three-process run of the same set; wire counts both hops (sender→server and server→receiver).\n\n")
-		p("| Scenario | Interrupted at | Wall s | Extra s | Wire MB | Extra bytes | Check |\n|---|--:|--:|--:|--:|--:|---|\n")
+		p("| Scenario | Interrupted at | What happened | Wall s | Extra s | Wire MB | Extra bytes | Check |\n|---|--:|---|--:|--:|--:|--:|---|\n")
 		for _, x := range r.Resume {
 			if x.Error != "" {
-				p("| %s | | failed | | | | %s |\n", x.Scenario, cell(x.Error))
+				p("| %s | | %s | failed | | | | %s |\n", x.Scenario, cell(x.Detail), cell(x.Error))
 				continue
 			}
-			p("| %s | %s | %.2f | %+.2f | %.1f | %+.2f%% | %s |\n", x.Scenario, size(x.InterruptedAt), x.WallSeconds, x.ExtraSeconds,
+			p("| %s | %s | %s | %.2f | %+.2f | %.1f | %+.2f%% | %s |\n", x.Scenario, size(x.InterruptedAt), cell(x.Detail), x.WallSeconds, x.ExtraSeconds,
 				float64(x.WireBytes)/mb, x.ExtraPercent, cell(x.Verified))
 		}
 	}

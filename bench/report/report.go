@@ -67,6 +67,7 @@ type Resume struct {
 	ExtraBytes      int64   `json:"extra_bytes"`
 	ExtraPercent    float64 `json:"extra_percent"`
 	InterruptedAt   int64   `json:"interrupted_at_bytes"`
+	Detail          string  `json:"detail"` // what the interruption did, e.g. how many connections it cut
 	Verified        string  `json:"verified"`
 	Error           string  `json:"error,omitempty"`
 }

@@ -257,7 +257,9 @@ func (b *bench) row(ctx context.Context, ds *dataSet, method string, fn func(ctx
 	r := report.Row{Dataset: ds.Key, Method: method, StreamBytes: ds.StreamBytes}
 	slog.Info("row", "set", ds.Key, "method", method)
 	t0 := time.Now()
-	defer func() { slog.Info("row finished", "set", ds.Key, "method", method, "took", time.Since(t0).Round(time.Millisecond)) }()
+	defer func() {
+		slog.Info("row finished", "set", ds.Key, "method", method, "took", time.Since(t0).Round(time.Millisecond))
+	}()
 	if err := b.emptyTarget(ctx); err != nil {
 		r.Error = err.Error()
 		return r

@@ -20,9 +20,10 @@ type interruption struct {
 	// baseline's count in the same place.
 	progress func(t *threeRun) int64
 	half     func(base *baseline) int64
-	// act breaks the replication; it may replace the sender it is given
-	// (a killed sender is re-run by hand, as the user would).
-	act func(ctx context.Context, b *bench, g *proctree.Group, t *threeRun, ds *dataSet, send *proc, done <-chan error) (*proc, <-chan error, error)
+	// act breaks the replication and says what it did; it may replace the
+	// sender's exit channel (a killed sender is re-run by hand, as the user
+	// would).
+	act func(ctx context.Context, b *bench, g *proctree.Group, t *threeRun, ds *dataSet, send *proc, done <-chan error) (<-chan error, string, error)
 }
 
 var interruptions = []interruption{
@@ -30,41 +31,54 @@ var interruptions = []interruption{
 		name:     "cut sender↔server connection",
 		progress: func(t *threeRun) int64 { return t.up.Up() },
 		half:     func(base *baseline) int64 { return base.up / 2 },
-		act: func(_ context.Context, _ *bench, _ *proctree.Group, t *threeRun, _ *dataSet, send *proc, done <-chan error) (*proc, <-chan error, error) {
-			t.up.Cut()
-			return send, done, nil
+		act: func(_ context.Context, _ *bench, _ *proctree.Group, t *threeRun, _ *dataSet, _ *proc, done <-chan error) (<-chan error, string, error) {
+			what, err := cutDetail(t.up.Cut())
+			return done, what, err
 		},
 	},
 	{
 		name:     "cut server↔receiver connection",
 		progress: func(t *threeRun) int64 { return t.down.Down() },
 		half:     func(base *baseline) int64 { return base.down / 2 },
-		act: func(_ context.Context, _ *bench, _ *proctree.Group, t *threeRun, _ *dataSet, send *proc, done <-chan error) (*proc, <-chan error, error) {
-			t.down.Cut()
-			return send, done, nil
+		act: func(_ context.Context, _ *bench, _ *proctree.Group, t *threeRun, _ *dataSet, _ *proc, done <-chan error) (<-chan error, string, error) {
+			what, err := cutDetail(t.down.Cut())
+			return done, what, err
 		},
 	},
 	{
 		name:     "kill -9 receiver, start it again",
 		progress: func(t *threeRun) int64 { return t.down.Down() },
 		half:     func(base *baseline) int64 { return base.down / 2 },
-		act: func(ctx context.Context, b *bench, g *proctree.Group, t *threeRun, _ *dataSet, send *proc, done <-chan error) (*proc, <-chan error, error) {
-			_ = t.receiver.cmd.Process.Signal(syscall.SIGKILL)
-			_ = g.Wait(t.receiver.cmd)
-			return send, done, t.startReceiver(ctx, g, b, "")
+		act: func(ctx context.Context, b *bench, g *proctree.Group, t *threeRun, _ *dataSet, _ *proc, done <-chan error) (<-chan error, string, error) {
+			pid := t.receiver.cmd.Process.Pid
+			if err := t.receiver.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				return done, "", fmt.Errorf("kill receiver: %w", err)
+			}
+			err := g.Wait(t.receiver.cmd)
+			what := fmt.Sprintf("receiver pid %d: %v; restarted", pid, err)
+			return done, what, t.startReceiver(ctx, g, b, "")
 		},
 	},
 	{
 		name:     "kill -9 sender, run the same send again",
 		progress: func(t *threeRun) int64 { return t.up.Up() },
 		half:     func(base *baseline) int64 { return base.up / 2 },
-		act: func(_ context.Context, b *bench, g *proctree.Group, t *threeRun, ds *dataSet, send *proc, done <-chan error) (*proc, <-chan error, error) {
-			_ = send.cmd.Process.Signal(syscall.SIGKILL)
-			<-done
-			again := t.send(b, ds, "")
-			return again, startWait(g, again), nil
+		act: func(_ context.Context, b *bench, g *proctree.Group, t *threeRun, ds *dataSet, send *proc, done <-chan error) (<-chan error, string, error) {
+			pid := send.cmd.Process.Pid
+			if err := send.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				return done, "", fmt.Errorf("kill sender: %w", err)
+			}
+			err := <-done
+			return startWait(g, t.send(b, ds, "")), fmt.Sprintf("sender pid %d: %v; send run again", pid, errors.Unwrap(err)), nil
 		},
 	},
+}
+
+func cutDetail(n int) (string, error) {
+	if n == 0 {
+		return "", errors.New("no open connection to cut")
+	}
+	return fmt.Sprintf("%d connection(s) cut", n), nil
 }
 
 // startWait starts p and reports its exit on the returned channel.
@@ -138,7 +152,8 @@ func (b *bench) resumeOne(ctx context.Context, ds *dataSet, in interruption) rep
 					break
 				}
 			}
-			_, done, err := in.act(ctx, b, g, t, ds, send, done)
+			done, what, err := in.act(ctx, b, g, t, ds, send, done)
+			x.Detail = what
 			if err != nil {
 				return err
 			}

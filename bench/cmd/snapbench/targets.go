@@ -108,6 +108,8 @@ func (b *bench) attachProfiles(row string) {
 		top := string(out)
 		if err != nil {
 			top = fmt.Sprintf("pprof failed: %v\n%s", err, out)
+		} else if i := strings.Index(top, "Duration:"); i >= 0 {
+			top = top[i:] // drop the file, build ID and date lines
 		}
 		b.res.Profiles = append(b.res.Profiles, report.Profile{Row: row + " (snapjet " + p.proc + ")", File: p.path, Top: strings.TrimSpace(top)})
 	}
