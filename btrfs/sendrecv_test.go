@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/snapjet/snapjet/btrfs"
@@ -20,10 +22,11 @@ func TestSendReceiveRoundTrip(t *testing.T) {
 		name        string
 		compression string // btrfs.compression property of the source
 		opt         btrfs.SendOptions
+		wantCommand string // a send stream command that proves the option took effect
 	}{
-		{"protocol 1", "", btrfs.SendOptions{}},
-		{"protocol 2", "", btrfs.SendOptions{Proto: 2}},
-		{"compressed extents passed through", "zstd", btrfs.SendOptions{CompressedData: true}},
+		{"protocol 1", "", btrfs.SendOptions{}, "write"},
+		{"protocol 2", "", btrfs.SendOptions{Proto: 2}, "write"},
+		{"compressed extents passed through", "zstd", btrfs.SendOptions{CompressedData: true}, "encoded_write"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -39,6 +42,10 @@ func TestSendReceiveRoundTrip(t *testing.T) {
 			mutate(t, src)
 			snap2 := filepath.Join(srcFS, "snaps", "src.2")
 			must(t, btrfs.Snapshot(ctx, src, snap2, true))
+
+			if n := streamCommands(t, snap1, tt.opt)[tt.wantCommand]; n == 0 {
+				t.Errorf("the send stream has no %s command", tt.wantCommand)
+			}
 
 			target := mkdir(t, filepath.Join(dstFS, "target"))
 			got1 := sendReceive(t, snap1, tt.opt, target)
@@ -211,6 +218,24 @@ func TestMissingBinary(t *testing.T) {
 			}
 		})
 	}
+}
+
+// streamCommands counts the commands in the send stream of snap, as
+// `btrfs receive --dump` names them. The stream goes through a file: dump
+// stops reading at the end command, and btrfs send, still waiting for EOF
+// on its internal pipe, would then die of SIGPIPE.
+func streamCommands(t *testing.T, snap string, opt btrfs.SendOptions) map[string]int {
+	t.Helper()
+	stream := sendToFile(t, snap, opt, filepath.Join(t.TempDir(), "stream"))
+	out, err := exec.Command("btrfs", "receive", "--dump", "-f", stream).Output()
+	must(t, err)
+	counts := map[string]int{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			counts[f[0]]++
+		}
+	}
+	return counts
 }
 
 // sendToFile writes the send stream of snap to path and returns path.
