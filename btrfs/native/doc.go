@@ -21,6 +21,11 @@
 // expects the stream from cp.Fed() on. Checkpoint is a plain struct with a
 // JSON form (Marshal, UnmarshalCheckpoint).
 //
+// Persist a first checkpoint before feeding the first byte (Checkpoint on
+// a new Receiver returns the start). Without one, a crash right after the
+// subvolume was created leaves a partial subvolume that New refuses to
+// take over (btrfs.ErrExists): the caller must delete it and start over.
+//
 // Finish requires the stream to have ended with END and nothing left
 // over; it syncs, sets the received UUID and stransid
 // (BTRFS_IOC_SET_RECEIVED_SUBVOL) and makes the subvolume read-only,

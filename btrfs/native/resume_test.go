@@ -254,4 +254,3 @@ func TestResumeEveryCommand(t *testing.T) {
 		}
 	}
 }
-
