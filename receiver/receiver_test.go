@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/btrfs/sendstream"
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
 	"github.com/snapjet/snapjet/internal/loopfs"
@@ -250,7 +252,7 @@ func (e *env) send(id string, attempt int, s snapshot) []*nats.Msg {
 // wait polls the record until cond holds.
 func (e *env) wait(id, what string, cond func(*coordinator.Replication) bool) *coordinator.Replication {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for {
 		r, _, err := e.coord.Store().Get(e.ctx, id)
 		if err != nil {
@@ -571,4 +573,138 @@ func TestReceiveCommitsWhenMarkSentIsLate(t *testing.T) {
 		t.Fatalf("replication %s in attempt %d: %q", r.State, r.Attempt, r.Error)
 	}
 	e.assertCommitted(r, s)
+}
+
+// forgeWrite returns a copy of a send stream with one byte of file data
+// changed and the command's CRC fixed up, so that btrfs receive applies it
+// without complaint: only the end-to-end digest can tell.
+func forgeWrite(t *testing.T, stream []byte) []byte {
+	t.Helper()
+	forged := bytes.Clone(stream)
+	var d sendstream.Decoder
+	for pos := 0; pos < len(forged); {
+		cmd, n, err := d.Decode(forged[pos:])
+		if err != nil || n == 0 {
+			t.Fatalf("decode send stream at %d: %v", pos, err)
+		}
+		if cmd != nil && cmd.Type == sendstream.CmdWrite && pos > 4*chunkSize {
+			data, err := cmd.Bytes(sendstream.AttrData)
+			if err != nil || len(data) < 2 {
+				t.Fatalf("write command without data: %v", err)
+			}
+			// data aliases forged: its capacity tells where it starts.
+			forged[cap(forged)-cap(data)+len(data)/2] ^= 0x01
+			command := forged[pos : pos+n]
+			binary.LittleEndian.PutUint32(command[6:10], 0)
+			binary.LittleEndian.PutUint32(command[6:10], sendstream.Checksum(command))
+			return forged
+		}
+		pos += n
+	}
+	t.Fatal("the send stream has no write command past chunk 4")
+	return nil
+}
+
+// What reaches the stream besides the sender's clean sequence: the target
+// must commit exactly when the complete, intact stream arrived.
+func TestReceiveStreamAnomalies(t *testing.T) {
+	const k = 5 // the chunk the anomaly is about
+	tests := []struct {
+		name   string
+		build  func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg
+		commit bool
+		says   string // a refusal's reason names this
+	}{
+		{
+			name: "forged chunk with a matching checksum",
+			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
+				off := k * chunkSize
+				forged := bytes.Clone(s.stream[off : off+chunkSize])
+				for i := range forged {
+					forged[i] ^= 0x55
+				}
+				out := append([]*nats.Msg(nil), chunks[:k]...)
+				out = append(out, e.codec.EncodeChunk(id, 1, k, int64(off), forged, true, nil))
+				return append(out, chunks[k+1:]...)
+			},
+			says: "crc32 mismatch",
+		},
+		{
+			name: "forged file data that btrfs receive accepts",
+			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
+				return e.chunks(id, 1, snapshot{stream: forgeWrite(e.t, s.stream)})
+			},
+			says: "digest",
+		},
+		{
+			name: "chunk missing",
+			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
+				return append(append([]*nats.Msg(nil), chunks[:k]...), chunks[k+1:]...)
+			},
+			says: "chunk 5",
+		},
+		{
+			name: "premature end marker",
+			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
+				sum := sha256.Sum256(s.stream[:k*chunkSize])
+				end := streams.EncodeEnd(id, 1, k, k*chunkSize, "sha256:"+hex.EncodeToString(sum[:]))
+				return append(append([]*nats.Msg(nil), chunks[:k]...), end)
+			},
+			says: "short read",
+		},
+		{
+			name: "chunks of another attempt in between are ignored",
+			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
+				other := e.chunks(id, 7, s)
+				out := append([]*nats.Msg(nil), chunks[:k]...)
+				out = append(out, other[k], other[k+1])
+				return append(out, chunks[k:]...)
+			},
+			commit: true,
+		},
+		{
+			name: "a chunk stored twice is applied once",
+			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
+				again := e.chunks(id, 1, s)[k-1]
+				again.Header.Set(nats.MsgIdHdr, "republished-after-the-dedup-window")
+				out := append([]*nats.Msg(nil), chunks[:k]...)
+				out = append(out, again)
+				return append(out, chunks[k:]...)
+			},
+			commit: true,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			s := e.snapshot("src.1")
+			e.plan("src-1", s)
+			chunks := e.chunks("src-1", 1, s)
+			msgs := tc.build(e, "src-1", s, chunks)
+			e.publish(msgs...)
+			if err := e.markSent("src-1", 1, s, chunks); err != nil {
+				t.Logf("MarkSent refused: %v", err)
+			}
+			if msgs[len(msgs)-1].Header.Get(streams.HdrKind) != string(streams.KindEnd) {
+				e.end("src-1", 1, s, chunks)
+			}
+			r := e.wait("src-1", "the attempt to end", func(r *coordinator.Replication) bool {
+				return r.State.Terminal() || r.Attempt > 1
+			})
+			if tc.commit {
+				if r.State != coordinator.Done || r.Attempt != 1 {
+					t.Fatalf("replication %s in attempt %d: %q", r.State, r.Attempt, r.Error)
+				}
+				e.assertCommitted(r, s)
+				return
+			}
+			if r.State == coordinator.Done {
+				t.Fatalf("committed a stream that was not the sender's")
+			}
+			if !strings.Contains(r.Error, tc.says) {
+				t.Errorf("refused with %q, want a reason naming %q", r.Error, tc.says)
+			}
+			e.assertNothingApplied(s.name)
+		})
+	}
 }
