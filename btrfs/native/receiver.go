@@ -155,7 +155,7 @@ func Resume(ctx context.Context, dir string, cp Checkpoint, opt Options) (*Recei
 			return nil, fmt.Errorf("resume receive in %s: %w", dir, err)
 		}
 	}
-	r.log.Info("resuming btrfs receive", "dir", dir, "offset", r.offset, "index", r.index, "skip_to", r.skipTo)
+	r.log.Info("resuming btrfs receive", "dir", dir, "offset", r.offset, "index", r.index, "skip_to", r.skipTo, "subvolume_finished", r.skipStream)
 	// The tail may already complete commands the old process applied.
 	if _, err := r.Write(nil); err != nil {
 		return nil, err
@@ -198,14 +198,20 @@ func (r *Receiver) Write(p []byte) (int, error) {
 	if r.err != nil {
 		return 0, r.err
 	}
-	r.buf = append(r.buf, p...)
+	// Decode straight from p unless a partial command is pending, which
+	// saves copying every byte once.
+	data := p
+	if len(r.buf) > 0 {
+		r.buf = append(r.buf, p...)
+		data = r.buf
+	}
 	pos := 0
 	for {
 		if err := r.ctx.Err(); err != nil {
 			r.err = fmt.Errorf("btrfs receive at stream offset %d: %w", r.offset, err)
 			break
 		}
-		cmd, n, err := r.dec.Decode(r.buf[pos:])
+		cmd, n, err := r.dec.Decode(data[pos:])
 		if err != nil {
 			r.err = fmt.Errorf("btrfs receive at stream offset %d: %w", r.offset, err)
 			break
@@ -223,7 +229,11 @@ func (r *Receiver) Write(p []byte) (int, error) {
 		pos += n
 		r.offset += int64(n)
 	}
-	r.buf = r.buf[:copy(r.buf, r.buf[pos:])]
+	if len(r.buf) > 0 {
+		r.buf = r.buf[:copy(r.buf, data[pos:])]
+	} else {
+		r.buf = append(r.buf, data[pos:]...)
+	}
 	if r.err != nil {
 		return 0, r.err
 	}

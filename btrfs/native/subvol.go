@@ -76,24 +76,6 @@ func (r *Receiver) beginSubvolume(c *sendstream.Command) error {
 	if err != nil {
 		return err
 	}
-	sv := Subvolume{Name: name, StreamUUID: uuid, CTransID: ctransid}
-	var parent *btrfs.Info
-	if c.Type == sendstream.CmdSnapshot {
-		puuid, err := c.UUID(sendstream.AttrCloneUUID)
-		if err != nil {
-			return err
-		}
-		pctransid, err := c.U64(sendstream.AttrCloneCTransID)
-		if err != nil {
-			return err
-		}
-		parent, err = r.findSubvolume(puuid, pctransid)
-		if err != nil {
-			return fmt.Errorf("snapshot parent: %w", err)
-		}
-		sv.ParentUUID = parent.UUID
-	}
-
 	if n := len(r.subs); n > 0 {
 		prev := &r.subs[n-1]
 		if !prev.Ended {
@@ -111,6 +93,24 @@ func (r *Receiver) beginSubvolume(c *sendstream.Command) error {
 			r.cur.close()
 			r.cur = nil
 		}
+	}
+
+	sv := Subvolume{Name: name, StreamUUID: uuid, CTransID: ctransid}
+	var parent *btrfs.Info
+	if c.Type == sendstream.CmdSnapshot {
+		puuid, err := c.UUID(sendstream.AttrCloneUUID)
+		if err != nil {
+			return err
+		}
+		pctransid, err := c.U64(sendstream.AttrCloneCTransID)
+		if err != nil {
+			return err
+		}
+		parent, err = r.findSubvolume(puuid, pctransid)
+		if err != nil {
+			return fmt.Errorf("snapshot parent: %w", err)
+		}
+		sv.ParentUUID = parent.UUID
 	}
 
 	path := filepath.Join(r.dir, name)
