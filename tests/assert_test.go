@@ -101,6 +101,20 @@ func assertNoPartial(t *testing.T, target string) {
 	}
 }
 
+// assertStagingEmpty checks that target's staging area holds nothing at
+// all, after a failure that must clean up after itself.
+func assertStagingEmpty(t *testing.T, target string) {
+	t.Helper()
+	incoming := filepath.Join(target, ".snapjet", "incoming")
+	entries, err := os.ReadDir(incoming)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		t.Errorf("staging area %s is not empty: %s", incoming, e.Name())
+	}
+}
+
 // stagedSubvolumes lists the subvolumes under TARGET/.snapjet/incoming.
 func stagedSubvolumes(t *testing.T, target string) []string {
 	t.Helper()

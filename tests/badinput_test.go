@@ -102,7 +102,7 @@ func TestTargetOutOfSpaceKeepsSnapshotForRetry(t *testing.T) {
 	if !strings.Contains(strings.ToLower(res.stderr), "no space") {
 		t.Errorf("stderr does not name the cause (no space): %q", res.stderr)
 	}
-	assertNoPartial(t, target)
+	assertStagingEmpty(t, target)
 	snap := onlySnapshot(t, source)
 	assertNotCommitted(t, target, filepath.Base(snap.Path))
 	if !snap.ReadOnly {
