@@ -327,12 +327,18 @@ func readStat(pid int) (stat, error) {
 }
 
 func readHWM(pid int) int64 {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	return ReadKB("/proc/"+strconv.Itoa(pid)+"/status", "VmHWM")
+}
+
+// ReadKB reads a "Key:   N kB" line of a /proc file such as status or
+// meminfo and returns N in bytes, or 0 when there is none.
+func ReadKB(path, key string) int64 {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return kb * 1024
 		}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snapjet/snapjet/bench/proctree"
 )
 
 // Machine is what the figures were measured on.
@@ -31,7 +33,7 @@ type Machine struct {
 func Describe(ctx context.Context, dir string, tools map[string][]string) Machine {
 	m := Machine{Cores: runtime.NumCPU(), Versions: map[string]string{"go": runtime.Version()}}
 	m.CPU = cpuModel()
-	m.MemoryBytes = memTotal()
+	m.MemoryBytes = proctree.ReadKB("/proc/meminfo", "MemTotal")
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
 		m.Kernel = unix.ByteSliceToString(u.Release[:])
@@ -56,20 +58,6 @@ func cpuModel() string {
 		}
 	}
 	return ""
-}
-
-func memTotal() int64 {
-	data, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
 }
 
 // disk names the block device holding dir, with its size and whether it

@@ -342,9 +342,3 @@ func (b *bench) verify(ctx context.Context, snap string) string {
 	}
 	return fmt.Sprintf("FAILED: no read-only subvolume with received UUID %s in the target", info.UUID)
 }
-
-// scratch makes a fresh directory on the local disk (not on the loop
-// filesystems), for a JetStream store or similar.
-func (b *bench) scratch(name string) (string, error) {
-	return os.MkdirTemp(b.work, name+"-")
-}

@@ -11,65 +11,65 @@ import (
 
 	"github.com/snapjet/snapjet/bench/proctree"
 	"github.com/snapjet/snapjet/bench/report"
+	"github.com/snapjet/snapjet/bench/wire"
 )
 
 // interruption is one way a replication can be broken at 50%.
 type interruption struct {
 	name string
-	// progress is the byte count watched for the 50% point, half the
-	// baseline's count in the same place.
-	progress func(t *threeRun) int64
-	half     func(base *baseline) int64
-	// act breaks the replication and says what it did; it may replace the
-	// sender's exit channel (a killed sender is re-run by hand, as the user
-	// would).
-	act func(ctx context.Context, b *bench, g *proctree.Group, t *threeRun, ds *dataSet, send *proc, done <-chan error) (<-chan error, string, error)
+	// senderSide puts the 50% point on the sender's hop (bytes from the
+	// sender to the server), otherwise on the receiver's (server to
+	// receiver); it is half of what the baseline moved on that hop.
+	senderSide bool
+	// act breaks the replication and says what it did. It returns the
+	// channel the sender's exit arrives on, a new one when it ran the
+	// sender again (after a kill, as the user would).
+	act func(s *scene) (<-chan error, string, error)
+}
+
+// scene is what an interruption acts on.
+type scene struct {
+	ctx  context.Context
+	b    *bench
+	g    *proctree.Group
+	t    *threeRun
+	ds   *dataSet
+	hop  *wire.Relay // the relay of the interrupted side
+	send *proc
+	done <-chan error
+}
+
+func cutHop(s *scene) (<-chan error, string, error) {
+	what, err := cutDetail(s.hop.Cut())
+	return s.done, what, err
 }
 
 var interruptions = []interruption{
+	{name: "cut sender↔server connection", senderSide: true, act: cutHop},
+	{name: "cut server↔receiver connection", act: cutHop},
 	{
-		name:     "cut sender↔server connection",
-		progress: func(t *threeRun) int64 { return t.up.Up() },
-		half:     func(base *baseline) int64 { return base.up / 2 },
-		act: func(_ context.Context, _ *bench, _ *proctree.Group, t *threeRun, _ *dataSet, _ *proc, done <-chan error) (<-chan error, string, error) {
-			what, err := cutDetail(t.up.Cut())
-			return done, what, err
-		},
-	},
-	{
-		name:     "cut server↔receiver connection",
-		progress: func(t *threeRun) int64 { return t.down.Down() },
-		half:     func(base *baseline) int64 { return base.down / 2 },
-		act: func(_ context.Context, _ *bench, _ *proctree.Group, t *threeRun, _ *dataSet, _ *proc, done <-chan error) (<-chan error, string, error) {
-			what, err := cutDetail(t.down.Cut())
-			return done, what, err
-		},
-	},
-	{
-		name:     "kill -9 receiver, start it again",
-		progress: func(t *threeRun) int64 { return t.down.Down() },
-		half:     func(base *baseline) int64 { return base.down / 2 },
-		act: func(ctx context.Context, b *bench, g *proctree.Group, t *threeRun, _ *dataSet, _ *proc, done <-chan error) (<-chan error, string, error) {
-			pid := t.receiver.cmd.Process.Pid
-			if err := t.receiver.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				return done, "", fmt.Errorf("kill receiver: %w", err)
+		name: "kill -9 receiver, start it again",
+		act: func(s *scene) (<-chan error, string, error) {
+			p := s.t.receiver.cmd.Process
+			if err := p.Signal(syscall.SIGKILL); err != nil {
+				return s.done, "", fmt.Errorf("kill receiver: %w", err)
 			}
-			err := g.Wait(t.receiver.cmd)
-			what := fmt.Sprintf("receiver pid %d: %v; restarted", pid, err)
-			return done, what, t.startReceiver(ctx, g, b, "")
+			err := s.g.Wait(s.t.receiver.cmd)
+			what := fmt.Sprintf("receiver pid %d: %v; restarted", p.Pid, err)
+			return s.done, what, s.t.startReceiver(s.ctx, s.g, s.b, "")
 		},
 	},
 	{
-		name:     "kill -9 sender, run the same send again",
-		progress: func(t *threeRun) int64 { return t.up.Up() },
-		half:     func(base *baseline) int64 { return base.up / 2 },
-		act: func(_ context.Context, b *bench, g *proctree.Group, t *threeRun, ds *dataSet, send *proc, done <-chan error) (<-chan error, string, error) {
-			pid := send.cmd.Process.Pid
-			if err := send.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				return done, "", fmt.Errorf("kill sender: %w", err)
+		name:       "kill -9 sender, run the same send again",
+		senderSide: true,
+		act: func(s *scene) (<-chan error, string, error) {
+			p := s.send.cmd.Process
+			if err := p.Signal(syscall.SIGKILL); err != nil {
+				return s.done, "", fmt.Errorf("kill sender: %w", err)
 			}
-			err := <-done
-			return startWait(g, t.send(b, ds, "")), fmt.Sprintf("sender pid %d: %v; send run again", pid, errors.Unwrap(err)), nil
+			err := <-s.done
+			again := startWait(s.g, s.t.send(s.b, s.ds, ""))
+			return again, fmt.Sprintf("sender pid %d: %v; send run again", p.Pid, errors.Unwrap(err)), nil
 		},
 	},
 }
@@ -118,10 +118,7 @@ func (b *bench) resumeOne(ctx context.Context, ds *dataSet, in interruption) rep
 	x := report.Resume{Scenario: in.name, BaselineSeconds: base.wall.Seconds(), BaselineWire: base.up + base.down}
 	var upDown [2]int64
 	row := b.row(ctx, ds, in.name, func(ctx context.Context, g *proctree.Group, r *report.Row) (time.Duration, string, error) {
-		if err := b.resetSnapjetSource(ctx, ds); err != nil {
-			return 0, "", err
-		}
-		store, err := b.scratch("nats")
+		store, err := b.freshStore(ctx, ds)
 		if err != nil {
 			return 0, "", err
 		}
@@ -132,7 +129,10 @@ func (b *bench) resumeOne(ctx context.Context, ds *dataSet, in interruption) rep
 		}
 		defer t.close(g)
 		up0, down0 := t.up.Up(), t.down.Down()
-		half := in.half(base)
+		hop, progress, half := t.down, t.down.Down, base.down/2
+		if in.senderSide {
+			hop, progress, half = t.up, t.up.Up, base.up/2
+		}
 		wall, err := b.timed(func() error {
 			send := t.send(b, ds, "")
 			done := startWait(g, send)
@@ -147,12 +147,12 @@ func (b *bench) resumeOne(ctx context.Context, ds *dataSet, in interruption) rep
 					return fmt.Errorf("finished before the 50%% point (%d bytes)", half)
 				case <-tick.C:
 				}
-				if at := in.progress(t); at >= half {
+				if at := progress(); at >= half {
 					x.InterruptedAt = at
 					break
 				}
 			}
-			done, what, err := in.act(ctx, b, g, t, ds, send, done)
+			done, what, err := in.act(&scene{ctx: ctx, b: b, g: g, t: t, ds: ds, hop: hop, send: send, done: done})
 			x.Detail = what
 			if err != nil {
 				return err

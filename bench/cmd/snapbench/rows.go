@@ -143,12 +143,19 @@ func (b *bench) resetSnapjetSource(ctx context.Context, ds *dataSet) error {
 	return settle(ctx, b.src.Dir)
 }
 
+// freshStore prepares a snapjet row: the source as no snapjet row touched
+// it, and an empty JetStream store on the local disk for the caller to
+// remove.
+func (b *bench) freshStore(ctx context.Context, ds *dataSet) (string, error) {
+	if err := b.resetSnapjetSource(ctx, ds); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(b.work, "store-")
+}
+
 func (b *bench) replicateRow(ctx context.Context, ds *dataSet) report.Row {
 	return b.row(ctx, ds, methodReplicate, func(ctx context.Context, g *proctree.Group, r *report.Row) (time.Duration, string, error) {
-		if err := b.resetSnapjetSource(ctx, ds); err != nil {
-			return 0, "", err
-		}
-		store, err := b.scratch("store")
+		store, err := b.freshStore(ctx, ds)
 		if err != nil {
 			return 0, "", err
 		}
@@ -318,10 +325,7 @@ func (t *threeRun) close(g *proctree.Group) {
 
 func (b *bench) threeRow(ctx context.Context, ds *dataSet) report.Row {
 	return b.row(ctx, ds, methodThree, func(ctx context.Context, g *proctree.Group, r *report.Row) (time.Duration, string, error) {
-		if err := b.resetSnapjetSource(ctx, ds); err != nil {
-			return 0, "", err
-		}
-		store, err := b.scratch("nats")
+		store, err := b.freshStore(ctx, ds)
 		if err != nil {
 			return 0, "", err
 		}

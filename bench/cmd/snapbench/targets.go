@@ -69,10 +69,12 @@ func (b *bench) evaluateTargets() {
 			name       string
 			small, big int64
 		}{{"snapjet send", small.SenderRSS, large.SenderRSS}, {"snapjet receive", small.ReceiverRSS, large.ReceiverRSS}} {
-			// Within 10% or 8 MiB: what a garbage-collected process varies
-			// by between runs of the same size.
-			ok := x.big <= x.small+max(x.small/10, 8*mib)
-			add(x.name+" peak RSS does not grow with the stream", fmt.Sprintf("%.1f MiB at %.2f GiB, %.1f MiB at %.2f GiB", float64(x.small)/mib, float64(small.StreamBytes)/(1<<30), float64(x.big)/mib, float64(large.StreamBytes)/(1<<30)), ok, "")
+			// Within 10% or 16 MiB, whichever is more: what a garbage-collected
+			// process varies by between runs of one size (seen in repeated
+			// quick runs), far below the 4× of memory that grows with the
+			// stream.
+			ok := x.big <= x.small+max(x.small/10, 16*mib)
+			add(x.name+" peak RSS does not grow with the stream (4× the stream: within +10% or +16 MiB)", fmt.Sprintf("%.1f MiB at %.2f GiB, %.1f MiB at %.2f GiB", float64(x.small)/mib, float64(small.StreamBytes)/(1<<30), float64(x.big)/mib, float64(large.StreamBytes)/(1<<30)), ok, "")
 		}
 	}
 	for _, x := range b.res.Resume {
