@@ -50,10 +50,13 @@ type env struct {
 	b      *broker.Broker
 	coord  *coordinator.Coordinator
 	codec  *streams.Codec
-	rc     *receiver.Receiver
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { t.Helper(); return newEnvBefore(t, nil) }
+
+// newEnvBefore runs before, if given, when the source and the target
+// directory exist but the receiver has not started yet.
+func newEnvBefore(t *testing.T, before func(*env)) *env {
 	t.Helper()
 	fs := loopfs.New(t, 384<<20)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
@@ -82,6 +85,9 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 
+	if before != nil {
+		before(e)
+	}
 	nc, err := nats.Connect(b.URL(), nats.Name("receiver"))
 	if err != nil {
 		t.Fatal(err)
@@ -91,12 +97,13 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.rc, err = receiver.New(ctx, nc, js, target, e.target, log); err != nil {
+	rc, err := receiver.New(ctx, nc, js, target, e.target, log)
+	if err != nil {
 		t.Fatal(err)
 	}
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- e.rc.Run(rctx) }()
+	go func() { done <- rc.Run(rctx) }()
 	t.Cleanup(func() {
 		stop()
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
@@ -390,19 +397,7 @@ func TestInventoryListsOnlyCommittedSnapshots(t *testing.T) {
 	// What an interrupted plain `btrfs receive` leaves: a writable
 	// subvolume at the next snapshot's name, without received UUID.
 	s2 := e.snapshot("src.2")
-	in, proc, err := btrfs.StartReceive(e.ctx, e.target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = in.Write(s2.stream[:len(s2.stream)/2])
-	in.Close()
-	if err := proc.Wait(); err == nil {
-		t.Fatal("btrfs receive of half a stream succeeded")
-	}
-	left, err := btrfs.Inspect(filepath.Join(e.target, "src.2"))
-	if err != nil || left.ReadOnly || !left.ReceivedUUID.IsZero() {
-		t.Fatalf("the interrupted receive left %+v, %v; want a writable subvolume", left, err)
-	}
+	e.partialReceive(e.target, s2)
 	// A read-only snapshot made on the target is not a received copy either.
 	if err := btrfs.Snapshot(e.ctx, filepath.Join(e.target, "src.2"), filepath.Join(e.target, "src.3"), true); err != nil {
 		t.Fatal(err)
@@ -707,4 +702,134 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 			e.assertNothingApplied(s.name)
 		})
 	}
+}
+
+// partialReceive leaves what an interrupted plain `btrfs receive` leaves in
+// dir: a writable subvolume named like the snapshot, without received UUID.
+func (e *env) partialReceive(dir string, s snapshot) {
+	e.t.Helper()
+	in, proc, err := btrfs.StartReceive(e.ctx, dir)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	_, _ = in.Write(s.stream[:len(s.stream)/2])
+	in.Close()
+	if err := proc.Wait(); err == nil {
+		e.t.Fatal("btrfs receive of half a stream succeeded")
+	}
+	left, err := btrfs.Inspect(filepath.Join(dir, s.name))
+	if err != nil || left.ReadOnly || !left.ReceivedUUID.IsZero() {
+		e.t.Fatalf("the interrupted receive left %+v, %v; want a writable subvolume", left, err)
+	}
+}
+
+// What sits at the snapshot's final name decides the commit: the partial of
+// an interrupted plain receive is replaced; anything else is the user's and
+// stays untouched while the target fails with a reason.
+func TestCommitOverWhatIsAtTheFinalName(t *testing.T) {
+	tests := []struct {
+		name   string
+		put    func(e *env, final string, s snapshot)
+		commit bool
+	}{
+		{
+			name:   "partial of an interrupted receive",
+			put:    func(e *env, final string, s snapshot) { e.partialReceive(e.target, s) },
+			commit: true,
+		},
+		{
+			name: "a directory with the user's files",
+			put: func(e *env, final string, s snapshot) {
+				if err := os.Mkdir(final, 0o755); err != nil {
+					e.t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(final, "mine.txt"), []byte("keep me"), 0o644); err != nil {
+					e.t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "a read-only snapshot that was not received",
+			put: func(e *env, final string, s snapshot) {
+				sub := filepath.Join(e.target, "work")
+				if err := btrfs.CreateSubvolume(e.ctx, sub); err != nil {
+					e.t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(sub, "mine.txt"), []byte("keep me"), 0o644); err != nil {
+					e.t.Fatal(err)
+				}
+				if err := btrfs.Snapshot(e.ctx, sub, final, true); err != nil {
+					e.t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "a file",
+			put: func(e *env, final string, s snapshot) {
+				if err := os.WriteFile(final, []byte("keep me"), 0o644); err != nil {
+					e.t.Fatal(err)
+				}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var s snapshot
+			var final string
+			e := newEnvBefore(t, func(e *env) {
+				s = e.snapshot("src.1")
+				final = filepath.Join(e.target, s.name)
+				tc.put(e, final, s)
+			})
+			before, _ := os.ReadFile(filepath.Join(final, "mine.txt"))
+			beforeFile, _ := os.ReadFile(final)
+			e.plan("src-1", s)
+			e.send("src-1", 1, s)
+			r := e.wait("src-1", "the attempt to end", func(r *coordinator.Replication) bool {
+				return r.State.Terminal() || r.Attempt > 1
+			})
+			if tc.commit {
+				if r.State != coordinator.Done {
+					t.Fatalf("replication %s in attempt %d: %q", r.State, r.Attempt, r.Error)
+				}
+				e.assertCommitted(r, s)
+				return
+			}
+			got := r.Targets[target]
+			if r.State != coordinator.Failed || got.State != coordinator.TFailed || !strings.Contains(got.Error, "already exists") {
+				t.Errorf("replication %s, target %s %q; want the target failed saying %s already exists", r.State, got.State, got.Error, final)
+			}
+			after, _ := os.ReadFile(filepath.Join(final, "mine.txt"))
+			afterFile, _ := os.ReadFile(final)
+			if !bytes.Equal(before, after) || !bytes.Equal(beforeFile, afterFile) {
+				t.Errorf("what was at %s changed: %q%q, now %q%q", final, before, beforeFile, after, afterFile)
+			}
+			e.assertStagingEmpty()
+		})
+	}
+}
+
+// Staging that a crashed receiver left for a replication it no longer
+// serves is deleted when the receiver starts.
+func TestStartupDiscardsStaleStaging(t *testing.T) {
+	var stale string
+	e := newEnvBefore(t, func(e *env) {
+		s := e.snapshot("src.old")
+		stale = filepath.Join(e.target, ".snapjet", "incoming", "src-old")
+		if err := os.MkdirAll(stale, 0o700); err != nil {
+			e.t.Fatal(err)
+		}
+		e.partialReceive(stale, s)
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(stale); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stale staging %s is still there", stale)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.assertStagingEmpty()
 }
