@@ -187,7 +187,9 @@ func (j *job) fillGap(ctx context.Context, msg jetstream.Msg, upto int64) error 
 			return j.rejected(ctx, nil, err)
 		}
 		if m.Kind != streams.KindChunk || m.Index != k || m.Attempt != j.r.Attempt {
-			return fmt.Errorf("missing chunk %d of %s is not at seq %d", k, j.r.ID, seq)
+			// Replaying this stream would meet the same hole: only a new
+			// attempt can mend it.
+			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq))
 		}
 		if err := j.apply(ctx, m); err != nil {
 			return err

@@ -639,6 +639,25 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 			says: "chunk 5",
 		},
 		{
+			name: "chunk index far ahead",
+			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
+				off := k * chunkSize
+				ahead := e.codec.EncodeChunk(id, 1, 1<<40, int64(off), s.stream[off:off+chunkSize], true, nil)
+				out := append([]*nats.Msg(nil), chunks[:k]...)
+				out = append(out, ahead)
+				return append(out, chunks[k+1:]...)
+			},
+			says: "chunk 5",
+		},
+		{
+			name: "end marker counts more chunks than stored",
+			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
+				end := streams.EncodeEnd(id, 1, int64(len(chunks)+100), int64(len(s.stream)), digest(s))
+				return append(append([]*nats.Msg(nil), chunks...), end)
+			},
+			says: "chunk " + "33",
+		},
+		{
 			name: "premature end marker",
 			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
 				sum := sha256.Sum256(s.stream[:k*chunkSize])

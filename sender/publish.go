@@ -31,6 +31,17 @@ type pending struct {
 	j   *job
 }
 
+// publishOpts makes the server refuse a chunk unless its predecessor is the
+// last message stored: a publish lost in a server restart while later ones
+// were replayed from the client's reconnect buffer can never leave a hole.
+func publishOpts(r *coordinator.Replication, idx int64) []jetstream.PublishOpt {
+	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(streams.StreamName(r.ID))}
+	if idx > 0 {
+		opts = append(opts, jetstream.WithExpectLastMsgID(streams.MsgID(r.ID, r.Attempt, idx-1)))
+	}
+	return opts
+}
+
 // msgOverhead approximates the stored size of a chunk's headers.
 const msgOverhead = 400
 
@@ -49,7 +60,7 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 		if err := p.makeRoom(ctx, int64(len(j.msg.Data))+msgOverhead); err != nil {
 			return err
 		}
-		fut, err := p.s.JS.PublishMsgAsync(j.msg, jetstream.WithExpectStream(streams.StreamName(p.r.ID)))
+		fut, err := p.s.JS.PublishMsgAsync(j.msg, publishOpts(p.r, j.idx)...)
 		if err != nil {
 			return fmt.Errorf("publish chunk %d of %s: %w", j.idx, p.r.ID, err)
 		}

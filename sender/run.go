@@ -28,6 +28,8 @@ var errAttemptOver = errors.New("attempt is over")
 const (
 	DefaultChunkSize = 1 << 20
 	DefaultWindow    = 1 << 30
+	// DefaultOutageTimeout bounds how long a dead server is waited for.
+	DefaultOutageTimeout = 5 * time.Minute
 )
 
 // Options describe one replication run.
@@ -39,6 +41,9 @@ type Options struct {
 	Window      int64
 	// InventoryTimeout is how long to wait for receivers to answer.
 	InventoryTimeout time.Duration
+	// OutageTimeout is how long the sender keeps retrying without progress
+	// (a NATS server that is down) before it gives up.
+	OutageTimeout time.Duration
 }
 
 // Progress is a sender's view of a running attempt.
@@ -98,7 +103,7 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*coordinator.Replication
 			}
 		}
 	}
-	return s.drive(ctx, r.ID)
+	return s.drive(ctx, r.ID, opt.OutageTimeout)
 }
 
 // unfinished finds the latest run of src to the same targets that did not
@@ -197,52 +202,72 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 }
 
 // drive runs attempts until the replication is done or failed, then deletes
-// its stream.
-func (s *Sender) drive(ctx context.Context, id string) (*coordinator.Replication, error) {
+// its stream. Temporary trouble (a NATS outage, a killed process) is retried
+// where the stream left off, until OutageTimeout passes without progress.
+func (s *Sender) drive(ctx context.Context, id string, outage time.Duration) (*coordinator.Replication, error) {
+	if outage <= 0 {
+		outage = DefaultOutageTimeout
+	}
+	var troubleSince time.Time
 	for {
-		r, _, err := s.Coord.Store().Get(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if r.State.Terminal() {
-			if err := s.Coord.Finish(ctx, id); err != nil {
-				s.Log.Warn("delete stream", "replication", id, "error", err)
-			}
-			return r, nil
-		}
-		if r.State == coordinator.Sent {
-			if err := s.waitChange(ctx, r); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		r, st, err := s.Coord.BeginAttempt(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		err = s.attemptWatched(ctx, r, st)
+		r, err := s.step(ctx, id)
 		switch {
-		case err == nil, errors.Is(err, errAttemptOver):
+		case err == nil && r != nil:
+			return r, nil
+		case err == nil:
+			troubleSince = time.Time{}
+			continue
 		case coordinator.IsPermanent(err):
 			s.Log.Error("replication failed", "replication", id, "error", err)
-			if _, err := s.Coord.Fail(ctx, id, err.Error()); err != nil {
-				return nil, err
+			if _, ferr := s.Coord.Fail(ctx, id, err.Error()); ferr != nil {
+				return nil, fmt.Errorf("%w (and recording the failure: %v)", err, ferr)
 			}
-		case errors.Is(err, errStreamChanged):
-			if _, err := s.Coord.Restart(ctx, id, err.Error(), false); err != nil {
-				return nil, err
-			}
+			continue
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
-		default:
-			s.Log.Warn("send attempt interrupted; continuing where the stream left off", "replication", id, "error", err)
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
+		}
+		if troubleSince.IsZero() {
+			troubleSince = time.Now()
+		} else if time.Since(troubleSince) > outage {
+			return nil, fmt.Errorf("replication %s made no progress for %v: %w (is the NATS server running and reachable?)", id, outage, err)
+		}
+		s.Log.Warn("send interrupted; continuing where the stream left off", "replication", id, "error", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 	}
+}
+
+// step advances the replication by one attempt or one state change. It
+// returns the final record once the replication is over.
+func (s *Sender) step(ctx context.Context, id string) (*coordinator.Replication, error) {
+	r, _, err := s.Coord.Store().Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.State.Terminal() {
+		if err := s.Coord.Finish(ctx, id); err != nil {
+			s.Log.Warn("delete stream", "replication", id, "error", err)
+		}
+		return r, nil
+	}
+	if r.State == coordinator.Sent {
+		return nil, s.waitChange(ctx, r)
+	}
+	r, st, err := s.Coord.BeginAttempt(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	err = s.attemptWatched(ctx, r, st)
+	switch {
+	case errors.Is(err, errAttemptOver):
+		return nil, nil
+	case errors.Is(err, errStreamChanged):
+		_, err = s.Coord.Restart(ctx, id, err.Error(), false)
+	}
+	return nil, err
 }
 
 // attemptWatched sends one attempt and abandons it as soon as the

@@ -143,7 +143,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	}
 	sum := "sha256:" + hex.EncodeToString(digest.Sum(nil))
 	end := streams.EncodeEnd(r.ID, r.Attempt, p.chunks, p.bytes, sum)
-	if _, err := s.JS.PublishMsg(ctx, end, jetstream.WithExpectStream(streams.StreamName(r.ID))); err != nil {
+	if _, err := s.JS.PublishMsg(ctx, end, publishOpts(r, p.chunks)...); err != nil {
 		return fmt.Errorf("publish end marker of %s: %w", r.ID, err)
 	}
 	log.Info("send stream stored", "chunks", p.chunks, "bytes", p.bytes, "wire_bytes", p.wire, "digest", sum)
