@@ -27,6 +27,7 @@ type sendFlags struct {
 	window    int64
 	snapDir   string
 	wait      time.Duration
+	outage    time.Duration
 }
 
 func (f *sendFlags) add(cmd *cobra.Command) {
@@ -34,10 +35,11 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 	cmd.Flags().Int64Var(&f.window, "window", sender.DefaultWindow, "bytes the replication stream may hold before the sender waits for receivers")
 	cmd.Flags().StringVar(&f.snapDir, "snapshot-dir", "", "where source snapshots are kept (default <dir of SOURCE>/.snapjet/<name>)")
 	cmd.Flags().DurationVar(&f.wait, "receiver-wait", 30*time.Second, "how long to wait for the targets' receivers to answer")
+	cmd.Flags().DurationVar(&f.outage, "outage-timeout", sender.DefaultOutageTimeout, "give up after the NATS server was unreachable this long")
 }
 
 func (f *sendFlags) options(source string, targets []string) sender.Options {
-	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait}
+	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage}
 }
 
 func replicateCmd(g *globals) *cobra.Command {
