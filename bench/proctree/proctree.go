@@ -35,6 +35,10 @@ type Proc struct {
 	Count   int           `json:"count"`
 	PeakRSS int64         `json:"peak_rss_bytes"`
 	CPU     time.Duration `json:"cpu_ns"`
+	// Written is the bytes the processes sent towards storage (write_bytes
+	// in /proc/PID/io, counted when pages are dirtied), as of their last
+	// sample: a process's final 50 ms may be missing.
+	Written int64 `json:"written_bytes"`
 }
 
 // Group is the process tree of one row. Start its processes with Start,
@@ -53,6 +57,7 @@ type proc struct {
 	comm      string
 	label     string
 	hwm       int64 // bytes
+	written   int64 // write_bytes of /proc/PID/io: what it sent towards storage
 	cpu       time.Duration
 	direct    bool
 	done      bool // reaped (direct) or vanished
@@ -157,6 +162,7 @@ func (g *Group) Procs() []Proc {
 		s.Count++
 		s.CPU += p.cpu
 		s.PeakRSS = max(s.PeakRSS, p.hwm)
+		s.Written += p.written
 	}
 	out := make([]Proc, 0, len(by))
 	for _, s := range by {
@@ -270,9 +276,13 @@ func (g *Group) update(p *proc, s stat) {
 			p.label = label(args, s.comm)
 		}
 		p.hwm = 0
+		p.written = 0
 	}
 	if hwm := readHWM(p.pid); hwm > p.hwm {
 		p.hwm = hwm
+	}
+	if w := readWritten(p.pid); w > p.written {
+		p.written = w
 	}
 	if !p.direct || !p.done {
 		p.cpu = time.Duration(s.ticks) * clockTick
@@ -328,6 +338,20 @@ func readStat(pid int) (stat, error) {
 
 func readHWM(pid int) int64 {
 	return ReadKB("/proc/"+strconv.Itoa(pid)+"/status", "VmHWM")
+}
+
+func readWritten(pid int) int64 {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "write_bytes:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // ReadKB reads a "Key:   N kB" line of a /proc file such as status or

@@ -15,6 +15,14 @@ func TestMain(m *testing.M) {
 		for i := range b {
 			b[i] = byte(i)
 		}
+		// 8 MiB towards storage, fsynced so nothing is cancelled before writeback.
+		f, err := os.CreateTemp("", "proctree-written-")
+		if err == nil {
+			f.Write(b[:8<<20])
+			f.Sync()
+			f.Close()
+			os.Remove(f.Name())
+		}
 		time.Sleep(300 * time.Millisecond)
 		runtime.KeepAlive(b)
 		os.Exit(0)
@@ -77,6 +85,9 @@ func TestGroupMeasuresGrandchildren(t *testing.T) {
 	}
 	if helper.PeakRSS < 64<<20 {
 		t.Errorf("helper peak RSS %d, want at least 64 MiB", helper.PeakRSS)
+	}
+	if helper.Written < 8<<20 {
+		t.Errorf("helper wrote %d bytes, want at least 8 MiB", helper.Written)
 	}
 	if sh.PeakRSS >= 64<<20 {
 		t.Errorf("sh peak RSS %d includes its child's", sh.PeakRSS)

@@ -35,11 +35,11 @@ func Markdown(r *Results) string {
 	}
 
 	p("\n#### Throughput, bytes on the wire, CPU and memory\n\n")
-	p("MB/s is send-stream bytes (10^6) per wall second; × raw is that throughput relative to the raw pipe on the same set. Wire is what crossed the connection. CPU is user+system of the whole process tree. Peak RSS is per process, in MiB.\n\n")
-	p("| Set | Method | Wall s | MB/s | × raw | Wire MB | Wire/stream | CPU s | Peak RSS (MiB) | Check |\n|---|---|--:|--:|--:|--:|--:|--:|---|---|\n")
+	p("MB/s is send-stream bytes (10^6) per wall second; × raw is that throughput relative to the raw pipe on the same set. Wire is what crossed the connection. CPU is user+system of the whole process tree. Written is what the process tree wrote towards disk (receive target and broker store). Peak RSS is per process, in MiB.\n\n")
+	p("| Set | Method | Wall s | MB/s | × raw | Wire MB | Wire/stream | CPU s | Written MB | Peak RSS (MiB) | Check |\n|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|\n")
 	for _, row := range r.Rows {
 		if row.Error != "" {
-			p("| %s | %s | failed | | | | | | | %s |\n", row.Dataset, cell(row.Method), cell(row.Error))
+			p("| %s | %s | failed | | | | | | | | %s |\n", row.Dataset, cell(row.Method), cell(row.Error))
 			continue
 		}
 		ratio := ""
@@ -50,8 +50,12 @@ func Markdown(r *Results) string {
 		if row.VsRaw > 0 {
 			vsRaw = fmt.Sprintf("%.2f", row.VsRaw)
 		}
-		p("| %s | %s | %.2f | %.0f | %s | %.1f | %s | %.1f | %s | %s |\n", row.Dataset, cell(row.Method), row.WallSeconds, row.MBps, vsRaw,
-			float64(row.WireBytes)/mb, ratio, row.CPUSeconds, rss(row), cell(row.Verified))
+		var written int64
+		for _, pr := range row.Procs {
+			written += pr.Written
+		}
+		p("| %s | %s | %.2f | %.0f | %s | %.1f | %s | %.1f | %.0f | %s | %s |\n", row.Dataset, cell(row.Method), row.WallSeconds, row.MBps, vsRaw,
+			float64(row.WireBytes)/mb, ratio, row.CPUSeconds, float64(written)/mb, rss(row), cell(row.Verified))
 	}
 	notes := false
 	for _, row := range r.Rows {

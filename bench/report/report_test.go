@@ -44,15 +44,15 @@ func TestMarkdownRows(t *testing.T) {
 		Machine: Machine{CPU: "cpu", Cores: 2, Versions: map[string]string{"go": "go1"}},
 		Rows: []Row{
 			{Dataset: "a", Method: "raw", WallSeconds: 2, StreamBytes: 200e6, MBps: 100, VsRaw: 1, WireBytes: 100e6,
-				CPUSeconds: 1.5, Procs: []proctree.Proc{{Label: "btrfs send", Count: 1, PeakRSS: 3 << 20}}, Verified: "ok"},
+				CPUSeconds: 1.5, Procs: []proctree.Proc{{Label: "btrfs send", Count: 1, PeakRSS: 3 << 20}, {Label: "btrfs receive", Count: 1, Written: 150e6}}, Verified: "ok"},
 			{Dataset: "a", Method: "x | y", Error: "exit 1 | stderr"},
 		},
 		Targets: []Target{{Goal: "g", Figure: "f", Met: true}},
 	}
 	md := Markdown(r)
 	for _, want := range []string{
-		"| a | raw | 2.00 | 100 | 1.00 | 100.0 | 0.500 | 1.5 | btrfs send 3.0 | ok |",
-		"| a | x \\| y | failed | | | | | | | exit 1 \\| stderr |",
+		"| a | raw | 2.00 | 100 | 1.00 | 100.0 | 0.500 | 1.5 | 150 | btrfs send 3.0 | ok |",
+		"| a | x \\| y | failed | | | | | | | | exit 1 \\| stderr |",
 		"| g | f | yes |",
 	} {
 		if !strings.Contains(md, want) {
