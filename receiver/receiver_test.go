@@ -259,7 +259,7 @@ func (e *env) send(id string, attempt int, s snapshot) []*nats.Msg {
 // wait polls the record until cond holds.
 func (e *env) wait(id, what string, cond func(*coordinator.Replication) bool) *coordinator.Replication {
 	e.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(12 * time.Second)
 	for {
 		r, _, err := e.coord.Store().Get(e.ctx, id)
 		if err != nil {
@@ -655,7 +655,7 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 				end := streams.EncodeEnd(id, 1, int64(len(chunks)+100), int64(len(s.stream)), digest(s))
 				return append(append([]*nats.Msg(nil), chunks...), end)
 			},
-			says: "chunk " + "33",
+			says: "chunk 33",
 		},
 		{
 			name: "premature end marker",
