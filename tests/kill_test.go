@@ -202,7 +202,9 @@ func TestServerRestartedMidTransfer(t *testing.T) {
 			startReceiver(t, srv.url(), "backup", target)
 			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", source)
 
-			rep := waitForReplication(t, send, srv.liveStatus, "the server's stop point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, target))
+			// Stop while the sender is still publishing, so that both sides
+			// lose their connection in the middle of their work.
+			rep := waitForReplication(t, send, srv.liveStatus, "the server's stop point", newProbe(t, srv.url()).sentAtLeast(killPoint, size, chunkSize, ""))
 			srv.stop(sig)
 			time.Sleep(2 * time.Second) // long enough for both clients to notice
 			t.Log("starting the server again on the same port and store")
