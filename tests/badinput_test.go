@@ -66,6 +66,7 @@ func TestBadInputFailsClearly(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			source, target := tc.source(t), tc.target(t)
+			t.Logf("%s: replicate must refuse and say so", tc.name)
 			r := newReplicator(t)
 			res := r.run("replicate", nil, source, target)
 			if res.code == 0 {

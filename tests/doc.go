@@ -5,4 +5,11 @@
 // afterwards: the replicated snapshot is complete, read-only, carries the
 // source's UUID and has the same tree as the source, and no partial receive
 // is ever taken for complete.
+//
+// The suite needs root (loop devices, mount) and btrfs-progs; it builds
+// ./cmd/snapjet once and runs in about a minute and a half:
+//
+//	sudo go test ./tests -v
+//
+// tests/FINDINGS.md records the implementation faults it found.
 package tests

@@ -71,18 +71,32 @@ func killAndRerun(t *testing.T, r *replicator, reached func(context.Context, rep
 
 // The original report: `snapjet replicate` was killed part-way and the next
 // run reported success without the data. The rerun must end with one
-// complete read-only replica and no partial.
+// complete read-only replica and no partial. Besides the reported point,
+// a kill just before the end catches the sender done while the receiver
+// still applies or commits.
 func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
-	source := filepath.Join(newSourceFS(t, 2<<30), "data")
-	target := newTarget(t, 2<<30, "backup")
-	size := dataSet{seed: 1, bulk: 256 * mib}.newSource(t, source)
-	r := newReplicator(t)
+	tests := []struct {
+		name    string
+		bulk    int64
+		percent int
+	}{
+		{name: "at a third of 256 MiB", bulk: 256 * mib, percent: killPoint},
+		{name: "near the end", bulk: 96 * mib, percent: 90},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			source := filepath.Join(newSourceFS(t, 2<<30), "data")
+			target := newTarget(t, 2<<30, "backup")
+			size := dataSet{seed: 1, bulk: tc.bulk}.newSource(t, source)
+			r := newReplicator(t)
 
-	t.Logf("replicating %d MiB and killing snapjet replicate at %d%% of the send", size/mib, killPoint)
-	probe := newProbe(t, "nats://"+r.listen)
-	rep := killAndRerun(t, r, probe.sentAtLeast(killPoint, size, chunkSize, ""), source, target)
-	assertDone(t, r.storedStatus(), rep.SnapshotName)
-	assertCaughtUp(t, rep, source, target)
+			t.Logf("replicating %d MiB and killing snapjet replicate at %d%% of the send", size/mib, tc.percent)
+			probe := newProbe(t, "nats://"+r.listen)
+			rep := killAndRerun(t, r, probe.sentAtLeast(tc.percent, size, chunkSize, ""), source, target)
+			assertDone(t, r.storedStatus(), rep.SnapshotName)
+			assertCaughtUp(t, rep, source, target)
+		})
+	}
 }
 
 // The same for an incremental replication: after a full one, about 256 MiB
