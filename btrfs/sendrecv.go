@@ -5,9 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strconv"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // SendOptions select what `btrfs send` emits.
@@ -25,12 +28,15 @@ type Process struct {
 	stderr *lockedBuffer
 	once   sync.Once
 	err    error
+	pipe   *os.File // our end of the stdin/stdout pipe, closed by Wait
 }
 
 // Wait waits for the process to exit and returns its classified error.
 func (p *Process) Wait() error {
 	p.once.Do(func() {
-		if err := p.cmd.Wait(); err != nil {
+		err := p.cmd.Wait()
+		_ = p.pipe.Close()
+		if err != nil {
 			p.err = cmdError(p.args, p.stderr.String(), err)
 		}
 	})
@@ -53,11 +59,15 @@ func Send(ctx context.Context, snap string, opt SendOptions) (io.ReadCloser, *Pr
 	}
 	args = append(args, snap)
 	p := newProcess(ctx, args)
-	out, err := p.cmd.StdoutPipe()
+	out, w, err := bigPipe()
 	if err != nil {
 		return nil, nil, fmt.Errorf("btrfs send %s: %w", snap, err)
 	}
-	if err := p.cmd.Start(); err != nil {
+	p.cmd.Stdout, p.pipe = w, out
+	err = p.cmd.Start()
+	w.Close() // the child holds its copy; EOF comes when it exits
+	if err != nil {
+		out.Close()
 		return nil, nil, cmdError(args, "", err)
 	}
 	return out, p, nil
@@ -69,11 +79,15 @@ func Send(ctx context.Context, snap string, opt SendOptions) (io.ReadCloser, *Pr
 func StartReceive(ctx context.Context, dir string) (io.WriteCloser, *Process, error) {
 	args := []string{"receive", dir}
 	p := newProcess(ctx, args)
-	in, err := p.cmd.StdinPipe()
+	r, in, err := bigPipe()
 	if err != nil {
 		return nil, nil, fmt.Errorf("btrfs receive %s: %w", dir, err)
 	}
-	if err := p.cmd.Start(); err != nil {
+	p.cmd.Stdin, p.pipe = r, in
+	err = p.cmd.Start()
+	r.Close()
+	if err != nil {
+		in.Close()
 		return nil, nil, cmdError(args, "", err)
 	}
 	return in, p, nil
@@ -94,6 +108,20 @@ func Receive(ctx context.Context, dir string, r io.Reader) error {
 		return fmt.Errorf("btrfs receive %s: feed stream: %w", dir, copyErr)
 	}
 	return nil
+}
+
+// pipeSize is what the send and receive pipes are grown to: the default
+// 64 KiB costs a context switch every 64 KiB of stream.
+const pipeSize = 1 << 20
+
+// bigPipe is an os.Pipe grown to pipeSize where the system allows it.
+func bigPipe() (r, w *os.File, err error) {
+	r, w, err = os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	_, _ = unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, pipeSize) // best effort: pipe-max-size may be lower
+	return r, w, nil
 }
 
 func newProcess(ctx context.Context, args []string) *Process {

@@ -109,7 +109,8 @@ func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) 
 		}
 	}()
 	j.digest = sha256.New()
-	it, err := cons.Messages(jetstream.PullMaxMessages(streams.MaxAckPending))
+	// Bounded in bytes as well, so the client buffers at most 16 MiB of chunks.
+	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(streams.MaxAckPending, 16<<20))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", j.r.ID, err)
 	}

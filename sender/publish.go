@@ -95,6 +95,12 @@ func (p *publisher) confirmOldest(ctx context.Context) error {
 	p.chunks = o.j.idx + 1
 	p.bytes = o.j.off + int64(len(o.j.raw))
 	p.wire += int64(len(o.j.msg.Data))
+	// The client wrote both buffers to the socket before the server could
+	// confirm, so they are free again.
+	if len(o.j.msg.Data) > 0 && len(o.j.raw) > 0 && &o.j.msg.Data[0] != &o.j.raw[0] {
+		p.s.bufs.put(o.j.msg.Data)
+	}
+	p.s.bufs.put(o.j.raw)
 	return nil
 }
 

@@ -65,6 +65,7 @@ type Sender struct {
 
 	codec    *streams.Codec
 	compress compressGate
+	bufs     bufPool
 }
 
 func (s *Sender) workers() int { return max(2, runtime.GOMAXPROCS(0)) }
