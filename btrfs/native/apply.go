@@ -162,97 +162,89 @@ func sameTarget(e entry, target string) bool {
 }
 
 func (r *Receiver) rename(c *sendstream.Command) error {
-	from, err := r.entry(c, sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
-	defer from.close()
-	to, err := r.entry(c, sendstream.AttrPathTo)
-	if err != nil {
-		return err
-	}
-	defer to.close()
-	if from.name == "." || to.name == "." {
-		return fmt.Errorf("%w: rename of the subvolume root", ErrUnsafePath)
-	}
-	err = unix.Renameat(from.dir, from.name, to.dir, to.name)
-	if errors.Is(err, unix.ENOENT) && r.lenient {
-		_, ferr := lstatAt(from)
-		if _, terr := lstatAt(to); errors.Is(ferr, unix.ENOENT) && terr == nil {
-			return nil // renamed before the old process stopped
+	return r.atPair(c, sendstream.AttrPath, sendstream.AttrPathTo, func(from, to entry) error {
+		err := unix.Renameat(from.dir, from.name, to.dir, to.name)
+		if errors.Is(err, unix.ENOENT) && r.lenient {
+			_, ferr := lstatAt(from)
+			if _, terr := lstatAt(to); errors.Is(ferr, unix.ENOENT) && terr == nil {
+				return nil // renamed before the old process stopped
+			}
 		}
-	}
-	if err != nil {
-		return fmt.Errorf("rename %q to %q: %w", from.path, to.path, err)
-	}
-	return nil
+		return err
+	})
 }
 
 func (r *Receiver) link(c *sendstream.Command) error {
-	newE, err := r.entry(c, sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
-	defer newE.close()
-	old, err := r.entry(c, sendstream.AttrPathLink)
-	if err != nil {
-		return err
-	}
-	defer old.close()
-	if newE.name == "." || old.name == "." {
-		return fmt.Errorf("%w: link to the subvolume root", ErrUnsafePath)
-	}
-	err = unix.Linkat(old.dir, old.name, newE.dir, newE.name, 0)
-	if errors.Is(err, unix.EEXIST) && r.lenient {
-		a, aerr := lstatAt(old)
-		b, berr := lstatAt(newE)
-		if aerr == nil && berr == nil && a.Ino == b.Ino && a.Dev == b.Dev {
-			return nil
+	// PATH is the new name, PATH_LINK the existing file.
+	return r.atPair(c, sendstream.AttrPathLink, sendstream.AttrPath, func(old, name entry) error {
+		err := unix.Linkat(old.dir, old.name, name.dir, name.name, 0)
+		if errors.Is(err, unix.EEXIST) && r.lenient {
+			a, aerr := lstatAt(old)
+			b, berr := lstatAt(name)
+			if aerr == nil && berr == nil && a.Ino == b.Ino && a.Dev == b.Dev {
+				return nil // linked before the old process stopped
+			}
 		}
-	}
+		return err
+	})
+}
+
+// atPair resolves two paths of a command, neither of which may be the
+// subvolume root, and runs op on them.
+func (r *Receiver) atPair(c *sendstream.Command, a, b sendstream.Attr, op func(x, y entry) error) error {
+	x, err := r.entry(c, a)
 	if err != nil {
-		return fmt.Errorf("link %q to %q: %w", newE.path, old.path, err)
+		return err
+	}
+	defer x.close()
+	y, err := r.entry(c, b)
+	if err != nil {
+		return err
+	}
+	defer y.close()
+	if x.name == "." || y.name == "." {
+		return fmt.Errorf("%w: %s of the subvolume root", ErrUnsafePath, c.Type)
+	}
+	if err := op(x, y); err != nil {
+		return fmt.Errorf("%s %q to %q: %w", c.Type, x.path, y.path, err)
 	}
 	return nil
 }
 
 func (r *Receiver) remove(c *sendstream.Command) error {
-	e, err := r.entry(c, sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
-	defer e.close()
-	if e.name == "." {
-		return fmt.Errorf("%w: %s of the subvolume root", ErrUnsafePath, c.Type)
-	}
 	flags := 0
 	if c.Type == sendstream.CmdRmdir {
 		flags = unix.AT_REMOVEDIR
 	}
-	err = unix.Unlinkat(e.dir, e.name, flags)
-	if errors.Is(err, unix.ENOENT) && r.lenient {
-		return nil
-	}
+	return r.atEntry(c, func(e entry) error {
+		if e.name == "." {
+			return fmt.Errorf("%w: removal of the subvolume root", ErrUnsafePath)
+		}
+		err := unix.Unlinkat(e.dir, e.name, flags)
+		if errors.Is(err, unix.ENOENT) && r.lenient {
+			return nil // removed before the old process stopped
+		}
+		return err
+	})
+}
+
+// file returns the path a data command names and the file it writes to.
+func (r *Receiver) file(c *sendstream.Command) (string, int, error) {
+	p, err := c.String(sendstream.AttrPath)
 	if err != nil {
-		return fmt.Errorf("%s %q: %w", c.Type, e.path, err)
+		return "", -1, err
 	}
-	return nil
+	fd, err := r.cur.writer(p)
+	return p, fd, err
 }
 
 func (r *Receiver) write(c *sendstream.Command) error {
-	p, err := c.String(sendstream.AttrPath)
-	if err != nil {
+	off, e1 := c.U64(sendstream.AttrFileOffset)
+	data, e2 := c.Bytes(sendstream.AttrData)
+	if err := errors.Join(e1, e2); err != nil {
 		return err
 	}
-	off, err := c.U64(sendstream.AttrFileOffset)
-	if err != nil {
-		return err
-	}
-	data, err := c.Bytes(sendstream.AttrData)
-	if err != nil {
-		return err
-	}
-	fd, err := r.cur.writer(p)
+	p, fd, err := r.file(c)
 	if err != nil {
 		return err
 	}
@@ -278,10 +270,6 @@ func pwriteAll(fd int, data []byte, off int64) error {
 }
 
 func (r *Receiver) clone(c *sendstream.Command) error {
-	p, err := c.String(sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
 	dstOff, e1 := c.U64(sendstream.AttrFileOffset)
 	length, e2 := c.U64(sendstream.AttrCloneLen)
 	srcUUID, e3 := c.UUID(sendstream.AttrCloneUUID)
@@ -308,7 +296,7 @@ func (r *Receiver) clone(c *sendstream.Command) error {
 		return fmt.Errorf("clone source: %w", err)
 	}
 	defer unix.Close(src)
-	dst, err := r.cur.writer(p)
+	p, dst, err := r.file(c)
 	if err != nil {
 		return err
 	}
@@ -322,15 +310,11 @@ func (r *Receiver) clone(c *sendstream.Command) error {
 }
 
 func (r *Receiver) truncate(c *sendstream.Command) error {
-	p, err := c.String(sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
 	size, err := c.U64(sendstream.AttrSize)
 	if err != nil {
 		return err
 	}
-	fd, err := r.cur.writer(p)
+	p, fd, err := r.file(c)
 	if err != nil {
 		return err
 	}
@@ -341,16 +325,12 @@ func (r *Receiver) truncate(c *sendstream.Command) error {
 }
 
 func (r *Receiver) fallocate(c *sendstream.Command) error {
-	p, err := c.String(sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
 	off, e1 := c.U64(sendstream.AttrFileOffset)
 	size, e2 := c.U64(sendstream.AttrSize)
 	if err := errors.Join(e1, e2); err != nil {
 		return err
 	}
-	fd, err := r.cur.writer(p)
+	p, fd, err := r.file(c)
 	if err != nil {
 		return err
 	}
@@ -362,11 +342,6 @@ func (r *Receiver) fallocate(c *sendstream.Command) error {
 }
 
 func (r *Receiver) xattr(c *sendstream.Command) error {
-	e, err := r.entry(c, sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
-	defer e.close()
 	name, err := c.String(sendstream.AttrXattrName)
 	if err != nil {
 		return err
@@ -376,86 +351,78 @@ func (r *Receiver) xattr(c *sendstream.Command) error {
 		if err != nil {
 			return err
 		}
+		return r.atEntry(c, func(e entry) error {
+			if e.name == "." {
+				return unix.Fsetxattr(r.cur.root, name, data, 0)
+			}
+			return unix.Lsetxattr(e.procPath(), name, data, 0)
+		})
+	}
+	return r.atEntry(c, func(e entry) error {
+		err := unix.Lremovexattr(e.procPath(), name)
 		if e.name == "." {
-			err = unix.Fsetxattr(r.cur.root, name, data, 0)
-		} else {
-			err = unix.Lsetxattr(e.procPath(), name, data, 0)
+			err = unix.Fremovexattr(r.cur.root, name)
 		}
-		if err != nil {
-			return fmt.Errorf("set xattr %s on %q: %w", name, e.path, err)
+		if errors.Is(err, unix.ENODATA) && r.resumed {
+			return nil // removed before the old process stopped
 		}
-		return nil
-	}
-	if e.name == "." {
-		err = unix.Fremovexattr(r.cur.root, name)
-	} else {
-		err = unix.Lremovexattr(e.procPath(), name)
-	}
-	if errors.Is(err, unix.ENODATA) && r.resumed {
-		return nil // removed before the old process stopped
-	}
-	if err != nil {
-		return fmt.Errorf("remove xattr %s from %q: %w", name, e.path, err)
-	}
-	return nil
+		return err
+	})
 }
 
 func (r *Receiver) chmod(c *sendstream.Command) error {
-	e, err := r.entry(c, sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
-	defer e.close()
 	mode, err := c.U64(sendstream.AttrMode)
 	if err != nil {
 		return err
 	}
-	// fchmodat follows a final symlink; the kernel never sends CHMOD for
-	// one, so refusing it keeps a hostile stream from reaching outside.
-	st, err := lstatAt(e)
-	if err != nil {
-		return fmt.Errorf("chmod %q: %w", e.path, err)
-	}
-	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-		return fmt.Errorf("%w: chmod of symlink %q", ErrUnsafePath, e.path)
-	}
-	if err := unix.Fchmodat(e.dir, e.name, uint32(mode)&0o7777, 0); err != nil {
-		return fmt.Errorf("chmod %q: %w", e.path, err)
-	}
-	return nil
+	return r.atEntry(c, func(e entry) error {
+		// fchmodat follows a final symlink; the kernel never sends CHMOD
+		// for one, so refusing it keeps a hostile stream from reaching
+		// outside.
+		st, err := lstatAt(e)
+		if err != nil {
+			return err
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			return fmt.Errorf("%w: chmod of symlink", ErrUnsafePath)
+		}
+		return unix.Fchmodat(e.dir, e.name, uint32(mode)&0o7777, 0)
+	})
 }
 
 func (r *Receiver) chown(c *sendstream.Command) error {
-	e, err := r.entry(c, sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
-	defer e.close()
 	uid, e1 := c.U64(sendstream.AttrUID)
 	gid, e2 := c.U64(sendstream.AttrGID)
 	if err := errors.Join(e1, e2); err != nil {
 		return err
 	}
-	if err := unix.Fchownat(e.dir, e.name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("chown %q: %w", e.path, err)
-	}
-	return nil
+	return r.atEntry(c, func(e entry) error {
+		return unix.Fchownat(e.dir, e.name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW)
+	})
 }
 
 func (r *Receiver) utimes(c *sendstream.Command) error {
-	e, err := r.entry(c, sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
-	defer e.close()
 	at, e1 := c.Time(sendstream.AttrAtime)
 	mt, e2 := c.Time(sendstream.AttrMtime)
 	if err := errors.Join(e1, e2); err != nil {
 		return err
 	}
 	ts := []unix.Timespec{{Sec: at.Unix(), Nsec: int64(at.Nanosecond())}, {Sec: mt.Unix(), Nsec: int64(mt.Nanosecond())}}
-	if err := unix.UtimesNanoAt(e.dir, e.name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("utimes %q: %w", e.path, err)
+	return r.atEntry(c, func(e entry) error {
+		return unix.UtimesNanoAt(e.dir, e.name, ts, unix.AT_SYMLINK_NOFOLLOW)
+	})
+}
+
+// atEntry resolves the command's PATH beneath the subvolume and runs op on
+// it; op's error is reported with the command and the path.
+func (r *Receiver) atEntry(c *sendstream.Command, op func(e entry) error) error {
+	e, err := r.entry(c, sendstream.AttrPath)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	if err := op(e); err != nil {
+		return fmt.Errorf("%s %q: %w", c.Type, e.path, err)
 	}
 	return nil
 }

@@ -21,10 +21,6 @@ const maxUnencoded = 16 << 20
 // compressed form, or Options.ForceDecompress) the data is decompressed
 // and written plainly, as btrfs receive falls back.
 func (r *Receiver) encodedWrite(c *sendstream.Command) error {
-	p, err := c.String(sendstream.AttrPath)
-	if err != nil {
-		return err
-	}
 	off, e1 := c.U64(sendstream.AttrFileOffset)
 	fileLen, e2 := c.U64(sendstream.AttrUnencodedFileLen)
 	unLen, e3 := c.U64(sendstream.AttrUnencodedLen)
@@ -35,12 +31,12 @@ func (r *Receiver) encodedWrite(c *sendstream.Command) error {
 	}
 	compression := c.U32(sendstream.AttrCompression)
 	if enc := c.U32(sendstream.AttrEncryption); enc != 0 {
-		return fmt.Errorf("encoded write to %q: encryption %d is not supported", p, enc)
+		return fmt.Errorf("encoded write: encryption %d is not supported", enc)
 	}
 	if unLen > maxUnencoded || unOff > unLen || fileLen > unLen-unOff {
-		return fmt.Errorf("encoded write to %q: inconsistent lengths (file %d, unencoded %d at %d)", p, fileLen, unLen, unOff)
+		return fmt.Errorf("encoded write: inconsistent lengths (file %d, unencoded %d at %d)", fileLen, unLen, unOff)
 	}
-	fd, err := r.cur.writer(p)
+	p, fd, err := r.file(c)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package native
 import (
 	"bytes"
 	"context"
-	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -11,25 +10,9 @@ import (
 	"testing"
 
 	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/btrfs/sendstream/streamtest"
 	"github.com/snapjet/snapjet/internal/treecmp"
 )
-
-// sendStream runs `btrfs send` and returns the whole stream.
-func sendStream(t testing.TB, snap string, opt btrfs.SendOptions) []byte {
-	t.Helper()
-	r, p, err := btrfs.Send(context.Background(), snap, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, rerr := io.ReadAll(r)
-	if err := p.Wait(); err != nil {
-		t.Fatalf("btrfs send %s: %v", snap, err)
-	}
-	if rerr != nil {
-		t.Fatal(rerr)
-	}
-	return data
-}
 
 // feed writes stream to r in chunks of random size around chunk bytes,
 // so that chunk boundaries fall inside commands.
@@ -104,13 +87,6 @@ func sameSubvolume(t testing.TB, native, progs string) {
 	}
 }
 
-func sh(t testing.TB, script string) {
-	t.Helper()
-	if out, err := exec.Command("sh", "-ec", script).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", script, err, out)
-	}
-}
-
 func mkdirs(t testing.TB, dirs ...string) {
 	t.Helper()
 	for _, d := range dirs {
@@ -137,3 +113,9 @@ func subvolume(t testing.TB, path string) string {
 }
 
 func join(parts ...string) string { return filepath.Join(parts...) }
+
+// Short names for the shared stream helpers.
+var (
+	sendStream = streamtest.Send
+	sh         = streamtest.Sh
+)

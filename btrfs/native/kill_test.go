@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -166,7 +165,8 @@ func TestKill9(t *testing.T) {
 			}
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(), helperEnv+"=1", "HELPER_DIR="+nat, "HELPER_STREAM="+streamFile, "HELPER_CP="+cpFile, "HELPER_CHUNK="+strconv.Itoa(step.chunk))
-			out := &lockedWriter{}
+			// Read only after Wait, which waits for the output copying.
+			out := &bytes.Buffer{}
 			cmd.Stdout, cmd.Stderr = out, out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -204,22 +204,4 @@ func TestKill9(t *testing.T) {
 			t.Errorf("%s: read-only %v, received UUID %s", got, info.ReadOnly, info.ReceivedUUID)
 		}
 	}
-}
-
-// lockedWriter collects a child's output; exec writes from a goroutine.
-type lockedWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-func (w *lockedWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }

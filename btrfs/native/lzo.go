@@ -95,6 +95,24 @@ func lzo1x(in, out []byte) (int, error) {
 		}
 	}
 
+	// longMatch reads the length of an M3 or M4 match (the bits of t in
+	// mask, extended by a zero run when they are 0) and the le16 after it.
+	longMatch := func(t, mask int) (n, v int, err error) {
+		n = t&mask + 2
+		if n == 2 {
+			if n, err = zeroRun(mask); err != nil {
+				return 0, 0, err
+			}
+			n += 2
+		}
+		if len(in)-ip < 2 {
+			return 0, 0, fmt.Errorf("%w: input overrun", errLZO)
+		}
+		v = int(binary.LittleEndian.Uint16(in[ip:]))
+		ip += 2
+		return n, v, nil
+	}
+
 	state := 0
 	if len(in) > 0 && in[0] > 17 {
 		t := int(in[0]) - 17
@@ -139,33 +157,17 @@ func lzo1x(in, out []byte) (int, error) {
 			}
 			dist, n = 1+((t>>2)&7)+(b<<3), (t>>5)+1
 		case t >= 32: // M3
-			n = t&31 + 2
-			if n == 2 {
-				if n, err = zeroRun(31); err != nil {
-					return op, err
-				}
-				n += 2
+			var v int
+			if n, v, err = longMatch(t, 31); err != nil {
+				return op, err
 			}
-			if len(in)-ip < 2 {
-				return op, fmt.Errorf("%w: input overrun", errLZO)
-			}
-			v := int(binary.LittleEndian.Uint16(in[ip:]))
-			ip += 2
 			dist = 1 + v>>2
 			t = v // low two bits: trailing literals
 		default: // M4, or the end marker
-			n = t&7 + 2
-			if n == 2 {
-				if n, err = zeroRun(7); err != nil {
-					return op, err
-				}
-				n += 2
+			var v int
+			if n, v, err = longMatch(t, 7); err != nil {
+				return op, err
 			}
-			if len(in)-ip < 2 {
-				return op, fmt.Errorf("%w: input overrun", errLZO)
-			}
-			v := int(binary.LittleEndian.Uint16(in[ip:]))
-			ip += 2
 			dist = (t&8)<<11 + v>>2
 			if dist == 0 {
 				return op, nil // end of stream

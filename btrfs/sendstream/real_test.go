@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/btrfs/sendstream/streamtest"
 	"github.com/snapjet/snapjet/internal/loopfs"
 	"golang.org/x/sys/unix"
 )
@@ -22,12 +23,12 @@ func TestRealStreams(t *testing.T) {
 	fs := loopfs.New(t, 512<<20)
 	ctx := context.Background()
 	// Compressed extents make --compressed-data emit ENCODED_WRITE.
-	sh(t, "mount -o remount,compress=zstd "+fs.Dir)
+	streamtest.Sh(t, "mount -o remount,compress=zstd "+fs.Dir)
 	src := filepath.Join(fs.Dir, "src")
 	if err := btrfs.CreateSubvolume(ctx, src); err != nil {
 		t.Fatal(err)
 	}
-	sh(t, `cd `+src+` && mkdir -p d/e && head -c 3000 /dev/urandom > d/f && yes hello | head -c 5000 > big &&
+	streamtest.Sh(t, `cd `+src+` && mkdir -p d/e && head -c 3000 /dev/urandom > d/f && yes hello | head -c 5000 > big &&
 		cp --reflink=always d/f d/e/g && ln d/f hard && ln -s d/f sym && mkfifo fifo && truncate -s 1M sparse`)
 	if err := unix.Setxattr(filepath.Join(src, "d/f"), "user.k", []byte("v"), 0); err != nil {
 		t.Fatal(err)
@@ -36,7 +37,7 @@ func TestRealStreams(t *testing.T) {
 	if err := btrfs.Snapshot(ctx, src, snap1, true); err != nil {
 		t.Fatal(err)
 	}
-	sh(t, `cd `+src+` && mv d/e e2 && rm hard && echo more >> big && chmod 0600 big && mv d e2/`)
+	streamtest.Sh(t, `cd `+src+` && mv d/e e2 && rm hard && echo more >> big && chmod 0600 big && mv d e2/`)
 	if err := unix.Removexattr(filepath.Join(src, "e2/d/f"), "user.k"); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func TestRealStreams(t *testing.T) {
 	var wantAll []string
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			stream := send(t, tc.snap, tc.opt)
+			stream := streamtest.Send(t, tc.snap, tc.opt)
 			all = append(all, stream...)
 			wantAll = append(wantAll, checkAgainstDump(t, stream, nil)...)
 			if os.Getenv("SENDSTREAM_WRITE_SEEDS") == "1" && len(stream) < 16<<10 {
@@ -108,27 +109,4 @@ func checkAgainstDump(t *testing.T, stream []byte, want []string) []string {
 	}
 	t.Logf("%d bytes, %d commands", len(stream), len(got))
 	return got
-}
-
-func send(t *testing.T, snap string, opt btrfs.SendOptions) []byte {
-	t.Helper()
-	r, p, err := btrfs.Send(context.Background(), snap, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, rerr := io.ReadAll(r)
-	if err := p.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if rerr != nil {
-		t.Fatal(rerr)
-	}
-	return data
-}
-
-func sh(t *testing.T, script string) {
-	t.Helper()
-	if out, err := exec.Command("sh", "-ec", script).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", script, err, out)
-	}
 }
