@@ -163,23 +163,34 @@ func (c *Coordinator) Progress(ctx context.Context, id string, attempt int, chun
 
 // MarkSent records that the end marker of attempt is stored.
 func (c *Coordinator) MarkSent(ctx context.Context, id string, attempt int, chunks, total, wire int64, digest string) error {
-	_, err := c.update(ctx, id, func(r *Replication) error {
-		if r.Attempt != attempt {
-			return fmt.Errorf("attempt %d is over (now %d)", attempt, r.Attempt)
-		}
-		r.ChunksSent, r.BytesSent, r.WireBytes = chunks, total, wire
-		r.TotalChunks, r.TotalBytes, r.Digest = chunks, total, digest
-		return r.setState(Sent)
-	})
+	_, err := c.update(ctx, id, func(r *Replication) error { return markSent(r, attempt, chunks, total, wire, digest) })
 	return err
+}
+
+// markSent is idempotent: the coordinator may have read the end marker
+// from the stream before the sender reported it.
+func markSent(r *Replication, attempt int, chunks, total, wire int64, digest string) error {
+	if r.Attempt != attempt {
+		return fmt.Errorf("attempt %d is over (now %d)", attempt, r.Attempt)
+	}
+	if r.State != Sending {
+		return nil
+	}
+	r.ChunksSent, r.BytesSent, r.WireBytes = chunks, total, max(wire, r.WireBytes)
+	r.TotalChunks, r.TotalBytes, r.Digest = chunks, total, digest
+	return r.setState(Sent)
 }
 
 // Restart discards the current attempt and starts the next one from the
 // first chunk; full drops the incremental parent. Past MaxAttempts the
 // remaining targets fail instead.
-func (c *Coordinator) Restart(ctx context.Context, id, reason string, full bool) (*Replication, error) {
+//
+// attempt is the attempt the caller saw fail: when two parties report the
+// same failure, only the first restart counts.
+func (c *Coordinator) Restart(ctx context.Context, id string, attempt int, reason string, full bool) (*Replication, error) {
+	stale := false
 	r, err := c.update(ctx, id, func(r *Replication) error {
-		if r.State.Terminal() {
+		if stale = r.State.Terminal() || r.Attempt != attempt; stale {
 			return nil
 		}
 		if n := r.Attempt - r.RunStart + 1; n >= c.MaxAttempts {
@@ -190,8 +201,8 @@ func (c *Coordinator) Restart(ctx context.Context, id, reason string, full bool)
 		}
 		return r.newAttempt(reason)
 	})
-	if err != nil {
-		return nil, err
+	if err != nil || stale {
+		return r, err
 	}
 	c.log.Warn("replication restarts", "replication", id, "attempt", r.Attempt, "reason", reason, "full", full)
 	return r, c.resetStream(ctx, r)

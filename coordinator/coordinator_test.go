@@ -149,7 +149,7 @@ func TestRestartGivesUpAfterMaxAttempts(t *testing.T) {
 	f.create("r1", "nas")
 	for attempt := 1; attempt < DefaultMaxAttempts; attempt++ {
 		f.publish("r1", attempt, 0)
-		r, err := f.c.Restart(f.ctx, "r1", "corrupt chunk 0", false)
+		r, err := f.c.Restart(f.ctx, "r1", attempt, "corrupt chunk 0", false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,7 +166,7 @@ func TestRestartGivesUpAfterMaxAttempts(t *testing.T) {
 			t.Fatalf("begin attempt %d: %v", attempt+1, err)
 		}
 	}
-	r, err := f.c.Restart(f.ctx, "r1", "corrupt chunk 0", false)
+	r, err := f.c.Restart(f.ctx, "r1", DefaultMaxAttempts, "corrupt chunk 0", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestRestartGivesUpAfterMaxAttempts(t *testing.T) {
 		t.Error("a failed target keeps its consumer")
 	}
 	// A finished replication is not restarted by a late report.
-	if r, err = f.c.Restart(f.ctx, "r1", "late", false); err != nil || r.State != Failed || r.Attempt != DefaultMaxAttempts {
+	if r, err = f.c.Restart(f.ctx, "r1", DefaultMaxAttempts, "late", false); err != nil || r.State != Failed || r.Attempt != DefaultMaxAttempts {
 		t.Errorf("restart of a failed replication: %v, %s attempt %d", err, r.State, r.Attempt)
 	}
 }
@@ -230,11 +230,11 @@ func TestRetryStartsAFreshRun(t *testing.T) {
 	}
 	// The new run has a whole budget: MaxAttempts-1 restarts before giving up.
 	for i := 1; i < DefaultMaxAttempts; i++ {
-		if r, err = f.c.Restart(f.ctx, "r1", "flaky link", false); err != nil || r.State != Planned {
+		if r, err = f.c.Restart(f.ctx, "r1", f.get("r1").Attempt, "flaky link", false); err != nil || r.State != Planned {
 			t.Fatalf("restart %d of the new run: %v, %s", i, err, r.State)
 		}
 	}
-	if r, err = f.c.Restart(f.ctx, "r1", "flaky link", false); err != nil || r.State != Failed {
+	if r, err = f.c.Restart(f.ctx, "r1", f.get("r1").Attempt, "flaky link", false); err != nil || r.State != Failed {
 		t.Fatalf("restart past the budget: %v, %s", err, r.State)
 	}
 	if r.Attempt != 1+DefaultMaxAttempts {
@@ -363,7 +363,7 @@ func TestProgressOfAnOldAttemptIsIgnored(t *testing.T) {
 	if err := f.c.Progress(f.ctx, "r1", 1, 3, 3000, 1000); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.c.Restart(f.ctx, "r1", "test", false); err != nil {
+	if _, err := f.c.Restart(f.ctx, "r1", f.get("r1").Attempt, "test", false); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.c.Progress(f.ctx, "r1", 1, 9, 9000, 9000); err != nil {

@@ -124,12 +124,22 @@ func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (strea
 		return streams.Verdict{}, fmt.Errorf("decode report: %w", err)
 	}
 	startStored := rep.Event == streams.EvRewind && c.startStored(ctx, id, rep.Attempt)
+	var end *streams.Message
+	if rep.Event == streams.EvReceived {
+		end = c.storedEnd(ctx, id, rep.Attempt)
+	}
 	var (
 		v      streams.Verdict
 		eff    effect
 		reason string
 	)
 	r, err := c.update(ctx, id, func(r *Replication) error {
+		if end != nil && r.State == Sending {
+			// The receiver saw the end marker before the sender reported it.
+			if err := markSent(r, end.Attempt, end.Chunks, end.TotalBytes, r.WireBytes, end.Digest); err != nil {
+				return err
+			}
+		}
 		var err error
 		v, eff, reason, err = judge(r, rep, startStored)
 		return err
@@ -157,13 +167,30 @@ func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (strea
 			log.Warn("drop consumer", "error", err)
 		}
 	case restart, restartFull:
-		r, err = c.Restart(ctx, id, reason, eff == restartFull)
+		r, err = c.Restart(ctx, id, rep.Attempt, reason, eff == restartFull)
 		if err != nil {
 			return v, err
 		}
 		v.Attempt = r.Attempt
 	}
 	return v, nil
+}
+
+// storedEnd returns the end marker of attempt if the stream holds it.
+func (c *Coordinator) storedEnd(ctx context.Context, id string, attempt int) *streams.Message {
+	s, err := c.js.Stream(ctx, streams.StreamName(id))
+	if err != nil {
+		return nil
+	}
+	m, err := s.GetLastMsgForSubject(ctx, streams.Subject(id))
+	if err != nil {
+		return nil
+	}
+	h, err := streams.DecodeHeader(m.Header)
+	if err != nil || h.Kind != streams.KindEnd || h.Attempt != attempt {
+		return nil
+	}
+	return &h
 }
 
 // startStored reports whether the stream still holds chunk 0 of attempt.

@@ -178,8 +178,15 @@ func (j *job) fillGap(ctx context.Context, msg jetstream.Msg, upto int64) error 
 		return fmt.Errorf("metadata: %w", err)
 	}
 	for k := j.next; k < upto; k++ {
-		seq := meta.Sequence.Stream - uint64(upto-k)
+		back := uint64(upto - k)
+		if back >= meta.Sequence.Stream {
+			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d would precede the stream's start", j.r.ID, k))
+		}
+		seq := meta.Sequence.Stream - back
 		raw, err := j.stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq))
+		}
 		if err != nil {
 			return fmt.Errorf("fetch missing chunk %d (seq %d) of %s: %w", k, seq, j.r.ID, err)
 		}

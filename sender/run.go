@@ -266,7 +266,7 @@ func (s *Sender) step(ctx context.Context, id string) (*coordinator.Replication,
 	case errors.Is(err, errAttemptOver):
 		return nil, nil
 	case errors.Is(err, errStreamChanged):
-		_, err = s.Coord.Restart(ctx, id, err.Error(), false)
+		_, err = s.Coord.Restart(ctx, id, r.Attempt, err.Error(), false)
 	}
 	return nil, err
 }

@@ -79,7 +79,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if r.ParentUUID != "" {
 		pinfo, err := btrfs.Inspect(r.Parent)
 		if err != nil || pinfo.UUID.String() != r.ParentUUID {
-			_, err := s.Coord.Restart(ctx, r.ID, fmt.Sprintf("incremental parent %s is gone from the source", r.Parent), true)
+			_, err := s.Coord.Restart(ctx, r.ID, r.Attempt, fmt.Sprintf("incremental parent %s is gone from the source", r.Parent), true)
 			if err == nil {
 				err = errAttemptOver
 			}

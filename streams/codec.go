@@ -115,8 +115,8 @@ func DecodeHeader(h nats.Header) (Message, error) {
 	m.Kind = Kind(h.Get(HdrKind))
 	m.Repl = h.Get(HdrRepl)
 	var err error
-	if m.Attempt, err = strconv.Atoi(h.Get(HdrAttempt)); err != nil {
-		return m, fmt.Errorf("%w: bad %s header: %v", ErrCorrupt, HdrAttempt, err)
+	if m.Attempt, err = strconv.Atoi(h.Get(HdrAttempt)); err != nil || m.Attempt < 1 {
+		return m, fmt.Errorf("%w: bad %s header %q", ErrCorrupt, HdrAttempt, h.Get(HdrAttempt))
 	}
 	num := func(name string) int64 {
 		if err != nil {
