@@ -139,13 +139,31 @@ func stagedSubvolumes(t *testing.T, target string) []string {
 	return out
 }
 
-// assertNotCommitted checks that nothing sits at TARGET/name yet: after a
-// crash mid-transfer, anything there would be a partial taken for complete.
-func assertNotCommitted(t *testing.T, target, name string) {
+// assertNoPartialCommitted checks, after a crash mid-transfer, that what
+// sits at TARGET/<snapshot name> (if anything) is complete: a kill can land
+// after the commit finished on disk, but never in a way that leaves a
+// partial at the final name.
+func assertNoPartialCommitted(t *testing.T, target string, rep replication) {
 	t.Helper()
-	p := filepath.Join(target, name)
-	if _, err := os.Lstat(p); err == nil {
-		info, ierr := btrfs.Inspect(p)
-		t.Errorf("%s exists although its transfer was interrupted: %+v %v", p, info, ierr)
+	p := filepath.Join(target, rep.SnapshotName)
+	if _, err := os.Lstat(p); err != nil {
+		return
+	}
+	info, err := btrfs.Inspect(p)
+	if err != nil || !info.ReadOnly || info.ReceivedUUID.String() != rep.SnapshotUUID {
+		t.Errorf("%s exists after the interruption but is not a committed replica of %s: %+v %v", p, rep.SnapshotUUID, info, err)
+		return
+	}
+	t.Logf("%s was already committed when the transfer was interrupted", p)
+	assertSameTree(t, rep.Snapshot, p)
+}
+
+// assertAbsent checks that nothing exists at path: a target that failed
+// must not show anything under the snapshot's name.
+func assertAbsent(t *testing.T, path string) {
+	t.Helper()
+	if _, err := os.Lstat(path); err == nil {
+		info, ierr := btrfs.Inspect(path)
+		t.Errorf("%s exists although its replication failed: %+v %v", path, info, ierr)
 	}
 }

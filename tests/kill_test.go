@@ -59,7 +59,7 @@ func killAndRerun(t *testing.T, r *replicator, reached func(context.Context, rep
 	p := r.start("replicate", nil, source, target)
 	rep := waitForReplication(t, p, r.liveStatus, "the kill point", reached)
 	p.kill()
-	assertNotCommitted(t, target, rep.SnapshotName)
+	assertNoPartialCommitted(t, target, rep)
 	t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
 
 	t.Log("running the same command again")
@@ -152,7 +152,7 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 			rep := waitForReplication(t, send, srv.liveStatus, "the receiver's kill point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, target))
 			t.Log("killing the receiver")
 			recv.kill()
-			assertNotCommitted(t, target, rep.SnapshotName)
+			assertNoPartialCommitted(t, target, rep)
 			t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
 			startReceiver(t, srv.url(), "backup", target)
 
@@ -187,7 +187,7 @@ func TestSenderKilledMidSendResumes(t *testing.T) {
 	rep := waitForReplication(t, send, srv.liveStatus, "the sender's kill point", newProbe(t, srv.url()).sentAtLeast(killPoint, size, chunkSize, ""))
 	t.Log("killing the sender")
 	send.kill()
-	assertNotCommitted(t, target, rep.SnapshotName)
+	assertNoPartialCommitted(t, target, rep)
 
 	t.Log("running the same send command again")
 	if res := runSnapjet(t, transferTimeout, "send-rerun", args...); res.code != 0 {

@@ -138,28 +138,37 @@ func mustStatus(t *testing.T, selection ...string) statusDoc {
 	return doc
 }
 
-// waitForReplication polls live status until reached holds for the newest
-// replication and returns that replication. It fails the test if p exits
-// first: then the moment the scenario needs was never observed.
+// waitForReplication polls until reached holds for the newest replication
+// and returns that replication. Status comes from a subprocess, so once a
+// replication is under way it is refreshed only once a second (as often as
+// snapjet updates it); reached runs every poll, which lets a JetStream
+// probe stop a transfer at an exact point. It fails the test if p exits first: then the moment the scenario
+// needs was never observed.
 func waitForReplication(t *testing.T, p *proc, live func(context.Context) (statusDoc, error), what string, reached func(context.Context, replication) bool) replication {
 	t.Helper()
 	var last replication
-	var logged time.Time
+	var refreshed, logged time.Time
 	waitUntil(t, p, transferTimeout, what, func(ctx context.Context) bool {
-		doc, err := live(ctx)
-		if err != nil {
-			return false // the server may be starting or restarting
+		// Until a replication is under way every poll looks for it; after
+		// that the view only needs its progress now and then.
+		active := last.ID != "" && last.State != "done" && last.State != "failed"
+		if !active || time.Since(refreshed) >= time.Second {
+			refreshed = time.Now()
+			// The server may be starting or restarting: keep the last view.
+			if doc, err := live(ctx); err == nil {
+				if rep, ok := doc.newest(); ok {
+					last = rep
+				}
+			}
 		}
-		rep, ok := doc.newest()
-		if !ok {
+		if last.ID == "" {
 			return false
 		}
-		last = rep
 		if time.Since(logged) > 3*time.Second {
-			t.Logf("progress: %v", rep)
+			t.Logf("progress: %v", last)
 			logged = time.Now()
 		}
-		return reached(ctx, rep)
+		return reached(ctx, last)
 	})
 	t.Logf("reached %s: %v", what, last)
 	return last
