@@ -21,8 +21,13 @@ func (r *Receiver) apply(c *sendstream.Command) error {
 	if c.Type == sendstream.CmdEnd {
 		r.cur.closeWriter()
 		r.subs[r.cur.idx].Ended = true
-		r.skipStream = false
-		return nil
+		if r.skipStream {
+			r.skipStream = false
+			return nil // finished before: read-only, nothing to record
+		}
+		// Finishing makes replaying this stream impossible (immutable
+		// files, a cleared journal), so record that all of it is applied.
+		return r.journalAt(r.offset + int64(c.Len))
 	}
 	if r.subs[r.cur.idx].Ended {
 		return fmt.Errorf("%s after END", c.Type)
@@ -359,9 +364,11 @@ func (r *Receiver) xattr(c *sendstream.Command) error {
 		})
 	}
 	return r.atEntry(c, func(e entry) error {
-		err := unix.Lremovexattr(e.procPath(), name)
+		var err error
 		if e.name == "." {
 			err = unix.Fremovexattr(r.cur.root, name)
+		} else {
+			err = unix.Lremovexattr(e.procPath(), name)
 		}
 		if errors.Is(err, unix.ENODATA) && r.resumed {
 			return nil // removed before the old process stopped

@@ -164,3 +164,90 @@ func TestResumeAfterReboot(t *testing.T) {
 		})
 	}
 }
+
+// TestResumeDuringFinish resumes from a checkpoint taken early in an
+// incremental stream after the old process died at each step of
+// finishing: locked flags applied, received UUID set, journal cleared,
+// read-only set. Replaying the stream from the checkpoint would hit
+// immutable files and renamed names, so the resume must skip it all.
+func TestResumeDuringFinish(t *testing.T) {
+	fs := loopfs.New(t, 1<<30)
+	src := subvolume(t, join(fs.Dir, "src"))
+	scenarios[0].setup(t, src)
+	sh(t, "cd "+src+" && echo frozen > frozen")
+	snap1 := snapshot(t, src, join(fs.Dir, "snap1"))
+	// frozen is the newest inode and no inode is created, so its WRITE,
+	// FILEATTR (sent for existing inodes only) and UTIMES come after the
+	// last namespace command, where a resume would replay them.
+	sh(t, "cd "+src+" && mv swap1 tmp && mv swap2 swap1 && mv tmp swap2 && mv a/b top && echo more >> frozen && chattr +i frozen")
+	snap2 := snapshot(t, src, join(fs.Dir, "snap2"))
+	full := sendStream(t, snap1, btrfs.SendOptions{Proto: 2})
+	inc := sendStream(t, snap2, btrfs.SendOptions{Proto: 2, Parent: snap1})
+	ctx := context.Background()
+	steps := []string{"locked", "received", "journal cleared", "read-only"}
+	for n := 1; n <= len(steps); n++ {
+		t.Run(steps[n-1], func(t *testing.T) {
+			dir := join(fs.Dir, fmt.Sprint("nat", n))
+			mkdirs(t, dir)
+			receiveNative(t, dir, full, Options{})
+			r, err := New(ctx, dir, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cut := len(inc) / 3
+			if _, err := r.Write(inc[:cut]); err != nil {
+				t.Fatal(err)
+			}
+			cp, err := r.Checkpoint()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Write(inc[cut:]); err != nil {
+				t.Fatal(err)
+			}
+			sv := r.subs[len(r.subs)-1]
+			crash(r)
+			// What Finish would have done up to step n before the kill.
+			path := join(dir, "snap2")
+			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			do := []func() error{
+				func() error { return applyLocked(path, sv.Locked) },
+				func() error { return setReceived(fd, sv.StreamUUID, sv.CTransID) },
+				func() error { return clearJournal(fd) },
+				func() error { return setReadOnly(fd) },
+			}
+			for _, step := range do[:n] {
+				if err := step(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r, err = Resume(ctx, dir, cp, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Abort()
+			if _, err := r.Write(inc[cp.Fed():]); err != nil {
+				t.Fatal(err)
+			}
+			res, err := r.Finish()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameTree(t, snap2, res.Path)
+			if flags := inodeFlags(t, join(res.Path, "frozen")); flags&fsImmutableFL == 0 {
+				t.Errorf("frozen is not immutable: %#x", flags)
+			}
+			info, err := btrfs.Inspect(res.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !info.ReadOnly || info.ReceivedUUID != sv.StreamUUID {
+				t.Errorf("read-only %v, received %s, want %s", info.ReadOnly, info.ReceivedUUID, sv.StreamUUID)
+			}
+		})
+	}
+}

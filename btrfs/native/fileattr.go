@@ -109,12 +109,11 @@ func applyLocked(root string, locked map[uint64]uint32) error {
 		if d.Type()&(fs.ModeSymlink|fs.ModeDevice|fs.ModeNamedPipe|fs.ModeSocket) != 0 {
 			return nil
 		}
-		info, err := d.Info()
-		if err != nil {
-			return err
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return fmt.Errorf("set inode flags: %w", err)
 		}
-		ino := info.Sys().(*unix.Stat_t).Ino
-		flags, ok := locked[ino]
+		flags, ok := locked[st.Ino]
 		if !ok {
 			return nil
 		}

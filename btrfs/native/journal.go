@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,13 +19,14 @@ import (
 // removes it before the subvolume becomes read-only.
 const journalXattr = "trusted.snapjet.receive"
 
-func bootID() string {
+// bootID identifies the running boot; it cannot change while we run.
+var bootID = sync.OnceValue(func() string {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return "unknown"
 	}
 	return strings.TrimSpace(string(b))
-}
+})
 
 // journalAt records that every command before off was applied.
 func (r *Receiver) journalAt(off int64) error {

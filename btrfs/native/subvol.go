@@ -218,9 +218,9 @@ func (r *Receiver) finishSubvolume(sv *Subvolume) error {
 		return fmt.Errorf("finish %s: %w", path, err)
 	}
 	defer unix.Close(fd)
-	if err := clearJournal(fd); err != nil {
-		return fmt.Errorf("finish %s: %w", path, err)
-	}
+	// Order matters for a kill in between: the journal (at END) makes a
+	// resume skip the whole stream until the received UUID marks the
+	// subvolume as finished; only then may the journal go.
 	if err := applyLocked(path, sv.Locked); err != nil {
 		return fmt.Errorf("finish %s: %w", path, err)
 	}
@@ -228,6 +228,9 @@ func (r *Receiver) finishSubvolume(sv *Subvolume) error {
 		if err := setReceived(fd, sv.StreamUUID, sv.CTransID); err != nil {
 			return fmt.Errorf("finish %s: set received UUID: %w", path, err)
 		}
+	}
+	if err := clearJournal(fd); err != nil {
+		return fmt.Errorf("finish %s: %w", path, err)
 	}
 	if err := setReadOnly(fd); err != nil {
 		return fmt.Errorf("finish %s: %w", path, err)
