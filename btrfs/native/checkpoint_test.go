@@ -150,6 +150,13 @@ func TestResumeAfterReboot(t *testing.T) {
 				t.Fatalf("resume: %v, want %v", err, tc.wantErr)
 			}
 			if err != nil {
+				// The caller gives up: Discard removes the partial.
+				if err := Discard(context.Background(), dir, cp); err != nil {
+					t.Fatal(err)
+				}
+				if btrfs.IsSubvolume(join(dir, "snap1")) {
+					t.Fatal("Discard left the partial subvolume")
+				}
 				return
 			}
 			defer r.Abort()
@@ -161,6 +168,11 @@ func TestResumeAfterReboot(t *testing.T) {
 				t.Fatal(err)
 			}
 			sameTree(t, snap, res.Path)
+			// A finished subvolume is never discarded, whatever the
+			// checkpoint says.
+			if err := Discard(context.Background(), dir, cp); err != nil || !btrfs.IsSubvolume(res.Path) {
+				t.Fatalf("Discard of a finished subvolume: %v, still there %v", err, btrfs.IsSubvolume(res.Path))
+			}
 		})
 	}
 }

@@ -30,10 +30,12 @@
 // over; it syncs, sets the received UUID and stransid
 // (BTRFS_IOC_SET_RECEIVED_SUBVOL) and makes the subvolume read-only,
 // exactly as btrfs receive does, and syncs again. A subvolume is therefore
-// never read-only with a received UUID unless it is complete. Abort leaves
-// the partial subvolume for the caller to resume or delete. Concatenated
+// never read-only with a received UUID unless it is complete. Concatenated
 // streams create several subvolumes; each is finished when the next one
 // begins (the next may be incremental on top of it), the last by Finish.
+// Abort leaves the partial subvolume for the caller to resume, or to
+// delete with Discard(ctx, dir, cp), which removes only the partial
+// subvolume the checkpoint names.
 //
 // # Resuming safely
 //
@@ -58,6 +60,11 @@
 //     RMDIR a missing name;
 //   - SUBVOL/SNAPSHOT adopt an existing subvolume only when it is writable,
 //     has no received UUID and (for a snapshot) the expected parent.
+//
+// END is journaled too, so a process that died while finishing (immutable
+// flags set, received UUID set, journal removed: in that order) is never
+// replayed into; a subvolume that already has its received UUID counts as
+// finished, and the rest of its stream is skipped.
 //
 // The journal is filesystem metadata, so it is never more durable than the
 // change it records. After a reboot, though, data written before the

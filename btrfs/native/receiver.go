@@ -158,6 +158,7 @@ func Resume(ctx context.Context, dir string, cp Checkpoint, opt Options) (*Recei
 	r.log.Info("resuming btrfs receive", "dir", dir, "offset", r.offset, "index", r.index, "skip_to", r.skipTo, "subvolume_finished", r.skipStream)
 	// The tail may already complete commands the old process applied.
 	if _, err := r.Write(nil); err != nil {
+		r.Abort()
 		return nil, err
 	}
 	return r, nil
