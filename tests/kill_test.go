@@ -36,6 +36,19 @@ func assertDone(t *testing.T, doc statusDoc, snapshotName string) replication {
 	return rep
 }
 
+// assertAllChunksApplied checks that the target applied exactly the chunks
+// of the stream: none twice, none missing.
+func assertAllChunksApplied(t *testing.T, rep replication, target string) {
+	t.Helper()
+	_, ts, ok := rep.target(target)
+	if !ok {
+		t.Fatalf("status of %s has no target for %s", rep.ID, target)
+	}
+	if rep.TotalChunks == 0 || ts.ChunksApplied != rep.TotalChunks {
+		t.Errorf("target applied %d chunks, the stream has %d", ts.ChunksApplied, rep.TotalChunks)
+	}
+}
+
 // assertCaughtUp checks that the interrupted snapshot and the newest
 // snapshot of source are both complete on every target: a rerun may finish
 // the interrupted replication and then take a fresh snapshot.
@@ -193,14 +206,7 @@ func TestSenderKilledMidSendResumes(t *testing.T) {
 	if res := runSnapjet(t, transferTimeout, "send-rerun", args...); res.code != 0 {
 		t.Fatalf("rerun of send failed with code %d: %s", res.code, res.stderr)
 	}
-	done := assertDone(t, srv.status(), rep.SnapshotName)
-	_, ts, ok := done.target(target)
-	if !ok {
-		t.Fatalf("status of %s has no target for %s", done.ID, target)
-	}
-	if done.TotalChunks == 0 || ts.ChunksApplied != done.TotalChunks {
-		t.Errorf("target applied %d chunks, the stream has %d", ts.ChunksApplied, done.TotalChunks)
-	}
+	assertAllChunksApplied(t, assertDone(t, srv.status(), rep.SnapshotName), target)
 	assertCaughtUp(t, rep, source, target)
 }
 
@@ -227,7 +233,7 @@ func TestServerRestartedMidTransfer(t *testing.T) {
 			if res := send.wait(transferTimeout); res.code != 0 {
 				t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
 			}
-			assertDone(t, srv.status(), rep.SnapshotName)
+			assertAllChunksApplied(t, assertDone(t, srv.status(), rep.SnapshotName), target)
 			assertCaughtUp(t, rep, source, target)
 		})
 	}

@@ -4,11 +4,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // The network between the receiver and the NATS server fails mid-transfer
-// (every connection through a proxy is cut; the sender talks to the server
-// directly). The receiver must carry on from its last acknowledged chunk:
+// (every connection through a proxy is cut, and may stay unreachable for a
+// while; the sender talks to the server directly). The receiver must carry on from its last acknowledged chunk:
 // at most one window of unacknowledged chunks comes again, which the
 // proxy's byte count confirms independently of snapjet's own counters.
 func TestReceiverConnectionCutMidTransfer(t *testing.T) {
@@ -20,39 +21,53 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 		overheadPerChunk = 1 << 10
 		overheadFixed    = 1 * mib
 	)
-	source := filepath.Join(newSourceFS(t, 1<<30), "data")
-	target := newTarget(t, 1<<30, "backup")
-	size := dataSet{seed: 3, bulk: 96 * mib}.newSource(t, source)
-	srv := startServer(t)
-	proxy := startProxy(t, srv.addr)
-	t.Logf("receiver connects through a proxy at %s, the sender directly to %s", proxy.addr(), srv.addr)
-	startReceiver(t, "nats://"+proxy.addr(), "backup", target)
-	send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", "--chunk-size", strconv.Itoa(smallChunk), source)
+	tests := []struct {
+		name   string
+		outage time.Duration
+	}{
+		{name: "cut", outage: 0},
+		{name: "cut and unreachable for 3s", outage: 3 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			source := filepath.Join(newSourceFS(t, 1<<30), "data")
+			target := newTarget(t, 1<<30, "backup")
+			size := dataSet{seed: 3, bulk: 96 * mib}.newSource(t, source)
+			srv := startServer(t)
+			proxy := startProxy(t, srv.addr)
+			t.Logf("receiver connects through a proxy at %s, the sender directly to %s", proxy.addr(), srv.addr)
+			startReceiver(t, "nats://"+proxy.addr(), "backup", target)
+			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", "--chunk-size", strconv.Itoa(smallChunk), source)
 
-	rep := waitForReplication(t, send, srv.liveStatus, "the cut point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, smallChunk, target))
-	cut := proxy.cut()
-	t.Logf("cut %d receiver connections after %d bytes had passed to the receiver", cut, proxy.down.Load())
-	if cut == 0 {
-		t.Fatal("the receiver had no connection through the proxy to cut")
-	}
+			rep := waitForReplication(t, send, srv.liveStatus, "the cut point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, smallChunk, target))
+			proxy.setDown(true)
+			cut := proxy.cut()
+			t.Logf("cut %d receiver connections after %d bytes had passed to the receiver; network down for %v", cut, proxy.toClient.Load(), tc.outage)
+			if cut == 0 {
+				t.Fatal("the receiver had no connection through the proxy to cut")
+			}
+			time.Sleep(tc.outage)
+			proxy.setDown(false)
 
-	if res := send.wait(transferTimeout); res.code != 0 {
-		t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
+			if res := send.wait(transferTimeout); res.code != 0 {
+				t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
+			}
+			done := assertDone(t, srv.status(), rep.SnapshotName)
+			_, ts, ok := done.target(target)
+			if !ok {
+				t.Fatalf("status of %s has no target for %s", done.ID, target)
+			}
+			t.Logf("figures: %d chunks, %d wire bytes sent, %d redelivered chunks, %d bytes to the receiver through the proxy, %d back",
+				done.TotalChunks, done.WireBytes, ts.RedeliveredChunks, proxy.toClient.Load(), proxy.toServer.Load())
+			if ts.RedeliveredChunks > maxAckPending {
+				t.Errorf("%d chunks were redelivered, more than one window of %d unacknowledged chunks", ts.RedeliveredChunks, maxAckPending)
+			}
+			limit := done.WireBytes + maxAckPending*smallChunk + done.TotalChunks*overheadPerChunk + overheadFixed
+			if down := proxy.toClient.Load(); down > limit {
+				t.Errorf("%d bytes reached the receiver, more than the %d wire bytes plus one window (limit %d): the transfer restarted instead of resuming",
+					down, done.WireBytes, limit)
+			}
+			assertCaughtUp(t, rep, source, target)
+		})
 	}
-	done := assertDone(t, srv.status(), rep.SnapshotName)
-	_, ts, ok := done.target(target)
-	if !ok {
-		t.Fatalf("status of %s has no target for %s", done.ID, target)
-	}
-	t.Logf("figures: %d chunks, %d wire bytes sent, %d redelivered chunks, %d bytes to the receiver through the proxy, %d back",
-		done.TotalChunks, done.WireBytes, ts.RedeliveredChunks, proxy.down.Load(), proxy.up.Load())
-	if ts.RedeliveredChunks > maxAckPending {
-		t.Errorf("%d chunks were redelivered, more than one window of %d unacknowledged chunks", ts.RedeliveredChunks, maxAckPending)
-	}
-	limit := done.WireBytes + maxAckPending*smallChunk + done.TotalChunks*overheadPerChunk + overheadFixed
-	if down := proxy.down.Load(); down > limit {
-		t.Errorf("%d bytes reached the receiver, more than the %d wire bytes plus one window (limit %d): the transfer restarted instead of resuming",
-			down, done.WireBytes, limit)
-	}
-	assertCaughtUp(t, rep, source, target)
 }

@@ -11,17 +11,19 @@ import (
 
 // tcpProxy forwards connections from a 127.0.0.1 port to upstream. It
 // counts the bytes in each direction and can cut every open connection at
-// once, which is what a network failure looks like to both ends; it keeps
-// accepting, so clients can reconnect.
+// once, which is what a network failure looks like to both ends. While it
+// is down it drops new connections at once, like an unreachable network;
+// otherwise clients can reconnect.
 type tcpProxy struct {
-	t        *testing.T
-	ln       net.Listener
-	upstream string
-	down     atomic.Int64 // upstream to client
-	up       atomic.Int64 // client to upstream
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	wg       sync.WaitGroup
+	t           *testing.T
+	ln          net.Listener
+	upstream    string
+	toClient    atomic.Int64 // bytes from upstream to the client
+	toServer    atomic.Int64 // bytes from the client to upstream
+	unreachable atomic.Bool  // drop new connections
+	mu          sync.Mutex
+	conns       map[net.Conn]struct{}
+	wg          sync.WaitGroup
 }
 
 func startProxy(t *testing.T, upstream string) *tcpProxy {
@@ -50,6 +52,10 @@ func (p *tcpProxy) accept() {
 		if err != nil {
 			return // listener closed
 		}
+		if p.unreachable.Load() {
+			client.Close()
+			continue
+		}
 		server, err := net.Dial("tcp", p.upstream)
 		if err != nil {
 			client.Close()
@@ -57,8 +63,8 @@ func (p *tcpProxy) accept() {
 		}
 		p.track(client, server)
 		p.wg.Add(2)
-		go p.pipe(server, client, &p.up)
-		go p.pipe(client, server, &p.down)
+		go p.pipe(server, client, &p.toServer)
+		go p.pipe(client, server, &p.toClient)
 	}
 }
 
@@ -97,6 +103,9 @@ func (p *tcpProxy) pipe(dst, src net.Conn, count *atomic.Int64) {
 		delete(p.conns, c)
 	}
 }
+
+// setDown makes the proxy drop (true) or forward (false) new connections.
+func (p *tcpProxy) setDown(down bool) { p.unreachable.Store(down) }
 
 // cut closes every open connection and returns how many pairs it cut.
 func (p *tcpProxy) cut() int {
