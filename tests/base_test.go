@@ -28,9 +28,7 @@ func replicateOnce(t *testing.T, r *replicator, name, source string, targets ...
 // committed replica was deleted there). The next replication must notice
 // and fall back to a full send that ends correct.
 func TestLostBaseOnTargetFallsBackToFullSend(t *testing.T) {
-	source := filepath.Join(newSourceFS(t, 1<<30), "data")
-	target := newTarget(t, 1<<30, "backup")
-	dataSet{seed: 7, bulk: 16 * mib}.newSource(t, source)
+	source, target, _ := newPair(t, dataSet{seed: 7, bulk: 16 * mib})
 	r := newReplicator(t)
 
 	first := replicateOnce(t, r, "replicate-first", source, target)
@@ -65,9 +63,7 @@ func TestLeftoverWritableSubvolumeIsNeverABase(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			source := filepath.Join(newSourceFS(t, 1<<30), "data")
-			target := newTarget(t, 1<<30, "backup")
-			dataSet{seed: 8, bulk: 16 * mib}.newSource(t, source)
+			source, target, _ := newPair(t, dataSet{seed: 8, bulk: 16 * mib})
 			r := newReplicator(t)
 
 			first := replicateOnce(t, r, "replicate-first", source, target)

@@ -98,9 +98,7 @@ func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			source := filepath.Join(newSourceFS(t, 2<<30), "data")
-			target := newTarget(t, 2<<30, "backup")
-			size := dataSet{seed: 1, bulk: tc.bulk}.newSource(t, source)
+			source, target, size := newPair(t, dataSet{seed: 1, bulk: tc.bulk})
 			r := newReplicator(t)
 
 			t.Logf("replicating %d MiB and killing snapjet replicate at %d%% of the send", size/mib, tc.percent)
@@ -116,9 +114,7 @@ func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
 // change along with renames and deletes; the incremental is killed and the
 // rerun must complete it as an incremental on top of the first snapshot.
 func TestIncrementalReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
-	source := filepath.Join(newSourceFS(t, 2<<30), "data")
-	target := newTarget(t, 2<<30, "backup")
-	dataSet{seed: 2, bulk: 48 * mib}.newSource(t, source)
+	source, target, _ := newPair(t, dataSet{seed: 2, bulk: 48 * mib})
 	r := newReplicator(t)
 
 	t.Log("first replication: a full send")
@@ -154,9 +150,7 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			source := filepath.Join(newSourceFS(t, 1<<30), "data")
-			target := newTarget(t, 1<<30, "backup")
-			size := dataSet{seed: 4, bulk: 80 * mib}.newSource(t, source)
+			source, target, size := newPair(t, dataSet{seed: 4, bulk: 80 * mib})
 			srv := startServer(t)
 			recv := startReceiver(t, srv.url(), "backup", target)
 			args := append(append([]string{"send", "--server", srv.url(), "--to", "backup"}, tc.sendFlags...), source)
@@ -189,9 +183,7 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 // only commit when the end marker's digest matches, and the target must
 // have applied exactly the stream's chunks.
 func TestSenderKilledMidSendResumes(t *testing.T) {
-	source := filepath.Join(newSourceFS(t, 1<<30), "data")
-	target := newTarget(t, 1<<30, "backup")
-	size := dataSet{seed: 5, bulk: 96 * mib}.newSource(t, source)
+	source, target, size := newPair(t, dataSet{seed: 5, bulk: 96 * mib})
 	srv := startServer(t)
 	startReceiver(t, srv.url(), "backup", target)
 	args := []string{"send", "--server", srv.url(), "--to", "backup", source}
@@ -215,9 +207,7 @@ func TestSenderKilledMidSendResumes(t *testing.T) {
 func TestServerRestartedMidTransfer(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
-			source := filepath.Join(newSourceFS(t, 1<<30), "data")
-			target := newTarget(t, 1<<30, "backup")
-			size := dataSet{seed: 6, bulk: 64 * mib}.newSource(t, source)
+			source, target, size := newPair(t, dataSet{seed: 6, bulk: 64 * mib})
 			srv := startServer(t)
 			startReceiver(t, srv.url(), "backup", target)
 			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", source)

@@ -9,6 +9,16 @@ import (
 	"github.com/snapjet/snapjet/internal/loopfs"
 )
 
+// newPair gives a scenario its two machines: the source subvolume "data",
+// filled with d, on one btrfs filesystem and an empty target directory
+// "backup" on another. It returns the bytes of file data in the source.
+func newPair(t *testing.T, d dataSet) (source, target string, size int64) {
+	t.Helper()
+	source = filepath.Join(newSourceFS(t, 2<<30), "data")
+	target = newTarget(t, 2<<30, "backup")
+	return source, target, d.newSource(t, source)
+}
+
 // newTarget makes a target directory on its own btrfs filesystem.
 func newTarget(t *testing.T, size int64, name string) string {
 	t.Helper()

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -30,9 +29,7 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			source := filepath.Join(newSourceFS(t, 1<<30), "data")
-			target := newTarget(t, 1<<30, "backup")
-			size := dataSet{seed: 3, bulk: 96 * mib}.newSource(t, source)
+			source, target, size := newPair(t, dataSet{seed: 3, bulk: 96 * mib})
 			srv := startServer(t)
 			proxy := startProxy(t, srv.addr)
 			t.Logf("receiver connects through a proxy at %s, the sender directly to %s", proxy.addr(), srv.addr)
