@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"log/slog"
 	"os"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/btrfs"
@@ -19,8 +19,12 @@ import (
 	"github.com/snapjet/snapjet/streams"
 )
 
-// errAttemptEnded ends a job whose attempt is over for this target.
-var errAttemptEnded = errors.New("attempt replaced by the coordinator")
+var (
+	// errAttemptEnded ends a job whose attempt is over for this target.
+	errAttemptEnded = errors.New("attempt replaced by the coordinator")
+	// errFallBack restarts a job with btrfs-progs.
+	errFallBack = errors.New("falling back to btrfs-progs")
+)
 
 // job receives one attempt of one replication into staging.
 type job struct {
@@ -30,13 +34,35 @@ type job struct {
 
 	staging string
 	stream  jetstream.Stream
-	in      io.WriteCloser
-	proc    *btrfs.Process
+	app     applier
+	native  bool
 	digest  hash.Hash
 
 	next, bytes, redelivered int64
 	lastProgress             time.Time
 	buf                      []byte
+
+	// Native receives ack only what a checkpoint covers.
+	durable  int64         // chunks below this are in the last checkpoint
+	unacked  jetstream.Msg // newest applied delivery not yet acked
+	lastCkpt time.Time
+}
+
+// Checkpoint cadence of a native receive: often enough that a crash costs
+// little, rarely enough that syncfs does not dominate. Nothing past a
+// checkpoint is acked, so it must come well before the consumer's
+// MaxAckPending and the sender's window fill up.
+const (
+	ckptInterval   = time.Second
+	idleCheckpoint = 200 * time.Millisecond
+)
+
+func (j *job) ckptChunks() int64 {
+	n := int64(streams.MaxAckPending / 2)
+	if j.r.ChunkSize > 0 {
+		n = min(n, j.r.Window/int64(j.r.ChunkSize)/2)
+	}
+	return max(n, 1)
 }
 
 func (j *job) counters(ev streams.Event) streams.Report {
@@ -71,10 +97,14 @@ func (j *job) attempt(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer of %s: %w", rc.target, err)
 	}
+	j.native = rc.applier == Native && !rc.usesProgs(r.ID)
+	if j.native && j.resume(ctx) {
+		return j.receive(ctx, cons)
+	}
 	_, statErr := os.Stat(j.staging)
 	if statErr == nil || ci.Delivered.Consumer > 0 {
-		// A partial btrfs receive cannot be continued: drop it and ask to
-		// replay the stream from its first chunk.
+		// The partial cannot be continued: drop it and ask to replay the
+		// stream from its first chunk.
 		j.log.Warn("discarding partial receive left by an earlier run; asking for a replay", "delivered", ci.Delivered.Stream)
 		if err := discard(ctx, j.staging); err != nil {
 			return err
@@ -87,28 +117,88 @@ func (j *job) attempt(ctx context.Context) error {
 			return nil
 		}
 	}
-	return j.receive(ctx, cons)
-}
-
-func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) {
 	if err := os.MkdirAll(j.staging, 0o700); err != nil {
 		return fmt.Errorf("staging %s: %w", j.staging, err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	j.in, j.proc, err = btrfs.StartReceive(rctx, j.staging)
-	if err != nil {
-		return j.fail(ctx, coordinator.Permanent(err))
+	j.digest = sha256.New()
+	if j.native {
+		a, err := startNative(ctx, j.staging, rc.dir)
+		if err != nil {
+			return j.fail(ctx, err)
+		}
+		j.app = a
+		// A first checkpoint before the first byte, so that a crash right
+		// after the subvolume was created can still resume.
+		if err := j.checkpoint(); err != nil {
+			return j.fail(ctx, err)
+		}
+	} else {
+		a, err := startProgs(ctx, j.staging, rc.dir)
+		if err != nil {
+			return j.fail(ctx, err)
+		}
+		j.app = a
 	}
+	return j.receive(ctx, cons)
+}
+
+// resume continues a native receive from its checkpoint. It reports false
+// when there is none for this attempt or it cannot be used.
+func (j *job) resume(ctx context.Context) bool {
+	cp, digest, err := loadCheckpoint(j.staging)
+	if errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if err == nil && cp.Attempt != j.r.Attempt {
+		err = fmt.Errorf("checkpoint of attempt %d", cp.Attempt)
+	}
+	var a *nativeApplier
+	if err == nil {
+		a, err = resumeNative(ctx, j.staging, j.rc.dir, cp.Applier)
+	}
+	if err != nil {
+		j.log.Warn("cannot resume the partial receive; starting over", "error", err)
+		return false
+	}
+	j.app, j.digest = a, digest
+	j.next, j.bytes, j.redelivered, j.durable = cp.Next, cp.Bytes, cp.Redelivered, cp.Next
+	j.lastCkpt = time.Now()
+	j.log.Info("resuming receive at its checkpoint", "chunk", cp.Next, "bytes", cp.Bytes)
+	return true
+}
+
+// checkpoint makes the applied chunks durable, records where to continue
+// and only then acks them.
+func (j *job) checkpoint() error {
+	state, err := j.app.Checkpoint()
+	if err != nil {
+		return err
+	}
+	cp := checkpoint{Attempt: j.r.Attempt, Next: j.next, Bytes: j.bytes, Redelivered: j.redelivered, Applier: state}
+	if err := saveCheckpoint(j.staging, cp, j.digest); err != nil {
+		return err
+	}
+	j.durable, j.lastCkpt = j.next, time.Now()
+	if j.unacked != nil {
+		_ = j.unacked.Ack()
+		j.unacked = nil
+	}
+	return nil
+}
+
+func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) {
 	defer func() {
-		if err != nil || ctx.Err() != nil {
-			j.in.Close()
-			cancel()
-			_ = j.proc.Wait()
+		if j.app == nil {
+			return
+		}
+		j.app.Abort()
+		// A native partial stays for the next run to resume unless this
+		// attempt is over; a btrfs-progs partial is worthless.
+		over := errors.Is(err, errAttemptEnded) || (ctx.Err() != nil && !j.rc.stopping())
+		if !j.native || over {
 			_ = discard(context.WithoutCancel(ctx), j.staging)
 		}
 	}()
-	j.digest = sha256.New()
 	// Bounded in bytes as well, so the client buffers at most 16 MiB of chunks.
 	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(streams.MaxAckPending, 16<<20))
 	if err != nil {
@@ -117,7 +207,17 @@ func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) 
 	defer it.Stop()
 	go func() { <-ctx.Done(); it.Stop() }()
 	for {
-		msg, err := it.Next()
+		msg, err := it.Next(jetstream.NextMaxWait(idleCheckpoint))
+		if errors.Is(err, nats.ErrTimeout) {
+			// Idle: make what was applied durable and ack it, or a sender
+			// waiting for room in its window would wait for us forever.
+			if j.unacked != nil {
+				if err := j.checkpoint(); err != nil {
+					return j.fail(ctx, err)
+				}
+			}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return ctx.Err()
@@ -147,7 +247,12 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 	}
 	if m.Kind == streams.KindChunk && m.Index < j.next {
 		j.redelivered++
-		_ = msg.Ack()
+		switch {
+		case !j.native || m.Index < j.durable:
+			_ = msg.Ack()
+		case m.Index == j.next-1:
+			j.unacked = msg // the newest delivery of the last applied chunk
+		}
 		return false, nil
 	}
 	target := m.Index
@@ -165,7 +270,16 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 	if err := j.apply(ctx, m); err != nil {
 		return true, err
 	}
-	_ = msg.Ack() // AckAll: confirms every chunk up to this one
+	if !j.native {
+		_ = msg.Ack() // AckAll: confirms every chunk up to this one
+		return false, nil
+	}
+	j.unacked = msg
+	if j.next-j.durable >= j.ckptChunks() || time.Since(j.lastCkpt) >= ckptInterval {
+		if err := j.checkpoint(); err != nil {
+			return true, j.fail(ctx, err)
+		}
+	}
 	return false, nil
 }
 
@@ -206,10 +320,10 @@ func (j *job) fillGap(ctx context.Context, msg jetstream.Msg, upto int64) error 
 	return nil
 }
 
-// apply hands one verified chunk to btrfs receive.
+// apply hands one verified chunk to the applier.
 func (j *job) apply(ctx context.Context, m streams.Message) error {
-	if _, err := j.in.Write(m.Raw); err != nil {
-		return j.receiveFailed(ctx, fmt.Errorf("apply chunk %d of %s: %w", m.Index, j.r.ID, err))
+	if err := j.app.Write(m.Raw); err != nil {
+		return j.applyFailed(ctx, fmt.Errorf("apply chunk %d of %s: %w", m.Index, j.r.ID, err))
 	}
 	j.digest.Write(m.Raw)
 	j.next++
@@ -244,32 +358,28 @@ func (j *job) rejected(ctx context.Context, msg jetstream.Msg, err error) error 
 	return j.fail(ctx, err)
 }
 
-// receiveFailed collects btrfs receive's own reason after a write failed.
-func (j *job) receiveFailed(ctx context.Context, werr error) error {
-	j.in.Close()
-	perr := j.proc.Wait()
-	if perr == nil {
-		perr = werr
+// applyFailed ends the attempt on an applier error. A stream the native
+// receive does not support goes to btrfs-progs instead: the partial is
+// dropped and the stream replayed.
+func (j *job) applyFailed(ctx context.Context, err error) error {
+	if !j.native || !unsupported(err) {
+		return j.fail(ctx, err)
 	}
-	return j.fail(ctx, classifyReceive(j.rc.dir, perr))
-}
-
-func classifyReceive(dir string, err error) error {
-	switch {
-	case errors.Is(err, btrfs.ErrNoSpace):
-		return coordinator.Permanent(fmt.Errorf("target %s is out of space: free space there or choose a larger target (%w)", dir, err))
-	case errors.Is(err, btrfs.ErrParentMissing):
-		return fmt.Errorf("target %s lost the incremental parent (%w)", dir, err)
+	j.log.Warn("the native receive cannot apply this stream; falling back to btrfs-progs", "error", err)
+	j.rc.fallBack(j.r.ID)
+	j.app.Abort()
+	j.app = nil
+	if err := discard(context.WithoutCancel(ctx), j.staging); err != nil {
+		return err
 	}
-	return err
+	return errFallBack
 }
 
 // fail cleans staging and tells the coordinator. It returns nil: the
 // attempt is over for this job either way.
 func (j *job) fail(ctx context.Context, cause error) error {
-	if j.in != nil {
-		j.in.Close()
-		_ = j.proc.Wait()
+	if j.app != nil {
+		j.app.Abort()
 	}
 	if err := discard(context.WithoutCancel(ctx), j.staging); err != nil {
 		j.log.Error("clean staging", "error", err)
@@ -287,22 +397,16 @@ func (j *job) fail(ctx context.Context, cause error) error {
 
 // finish closes the receive, reports what arrived and carries out the verdict.
 func (j *job) finish(ctx context.Context, msg jetstream.Msg, end streams.Message) error {
-	if err := j.in.Close(); err != nil {
-		return j.receiveFailed(ctx, err)
+	path, err := j.app.Finish()
+	if err != nil {
+		return j.applyFailed(ctx, err)
 	}
-	if err := j.proc.Wait(); err != nil {
-		return j.fail(ctx, classifyReceive(j.rc.dir, err))
+	got, err := btrfs.Inspect(path)
+	if err != nil {
+		return j.fail(ctx, err)
 	}
 	rep := j.counters(streams.EvReceived)
 	rep.Digest = "sha256:" + hex.EncodeToString(j.digest.Sum(nil))
-	subs, err := btrfs.List(j.staging)
-	if err != nil {
-		return err
-	}
-	if len(subs) != 1 {
-		return j.fail(ctx, fmt.Errorf("btrfs receive left %d subvolumes in %s, expected 1", len(subs), j.staging))
-	}
-	got := subs[0]
 	rep.ReadOnly, rep.ReceivedUUID = got.ReadOnly, got.ReceivedUUID.String()
 	v, err := j.rc.report(ctx, j.r.ID, rep)
 	if err != nil {

@@ -36,8 +36,27 @@ type Receiver struct {
 	log    *slog.Logger
 	codec  *streams.Codec
 
-	mu   sync.Mutex
-	jobs map[string]*running // by replication id
+	applier string          // Native or BtrfsProgs
+	root    context.Context // Run's context: done when the receiver stops
+
+	mu       sync.Mutex
+	jobs     map[string]*running // by replication id
+	fellBack map[string]bool     // replications the native receive could not apply
+}
+
+// Option configures a Receiver.
+type Option func(*Receiver) error
+
+// WithApplier chooses how streams are applied: Native (the default,
+// resumable after a crash) or BtrfsProgs (the external `btrfs receive`).
+func WithApplier(kind string) Option {
+	return func(rc *Receiver) error {
+		if kind != Native && kind != BtrfsProgs {
+			return coordinator.Permanent(fmt.Errorf("receiver %q: use %s or %s", kind, Native, BtrfsProgs))
+		}
+		rc.applier = kind
+		return nil
+	}
 }
 
 type running struct {
@@ -69,7 +88,7 @@ func CheckTarget(dir string) (string, error) {
 }
 
 // New checks the target directory and prepares its staging area.
-func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir string, log *slog.Logger) (*Receiver, error) {
+func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir string, log *slog.Logger, opts ...Option) (*Receiver, error) {
 	if !streams.ValidID(target) {
 		return nil, coordinator.Permanent(fmt.Errorf("target name %q: use letters, digits, '-' and '_'", target))
 	}
@@ -88,9 +107,31 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir
 	if err != nil {
 		return nil, err
 	}
-	return &Receiver{nc: nc, js: js, store: store, target: target, dir: abs, codec: codec,
-		log: log.With("target", target), jobs: map[string]*running{}}, nil
+	rc := &Receiver{nc: nc, js: js, store: store, target: target, dir: abs, codec: codec, applier: Native,
+		log: log.With("target", target), jobs: map[string]*running{}, fellBack: map[string]bool{}}
+	for _, o := range opts {
+		if err := o(rc); err != nil {
+			return nil, err
+		}
+	}
+	return rc, nil
 }
+
+func (rc *Receiver) usesProgs(id string) bool {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.fellBack[id]
+}
+
+func (rc *Receiver) fallBack(id string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.fellBack[id] = true
+}
+
+// stopping reports whether the receiver as a whole is shutting down, as
+// opposed to one job being cancelled.
+func (rc *Receiver) stopping() bool { return rc.root != nil && rc.root.Err() != nil }
 
 // Dir is the absolute target directory.
 func (rc *Receiver) Dir() string { return rc.dir }
@@ -103,6 +144,7 @@ func (rc *Receiver) incoming(id string) string {
 // cleans staging left by a crash, and runs a job for every replication
 // attempt addressed to this target.
 func (rc *Receiver) Run(ctx context.Context) error {
+	rc.root = ctx
 	svc, err := micro.AddService(rc.nc, micro.Config{
 		Name:        streams.ReceiverService,
 		Version:     "1.0.0",

@@ -44,6 +44,7 @@ func (f *sendFlags) options(source string, targets []string) sender.Options {
 
 func replicateCmd(g *globals) *cobra.Command {
 	f := &sendFlags{}
+	var applier string
 	cmd := &cobra.Command{
 		Use:   "replicate [flags] SOURCE TARGET...",
 		Short: "Snapshot SOURCE and replicate it to every TARGET directory, then commit",
@@ -74,7 +75,7 @@ replication first: it resumes, or discards the partial and starts over.`,
 			var wg sync.WaitGroup
 			defer func() { stopReceivers(); wg.Wait() }()
 			for i, t := range args[1:] {
-				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log)
+				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log, receiver.WithApplier(applier))
 				if err != nil {
 					return err
 				}
@@ -85,7 +86,13 @@ replication first: it resumes, or discards the partial and starts over.`,
 		},
 	}
 	f.add(cmd)
+	addApplierFlag(cmd, &applier)
 	return cmd
+}
+
+func addApplierFlag(cmd *cobra.Command, applier *string) {
+	cmd.Flags().StringVar(applier, "receiver", receiver.Native,
+		"how targets apply streams: native (resumes after a crash) or btrfs-progs (the external btrfs receive)")
 }
 
 func sendCmd(g *globals) *cobra.Command {
@@ -146,7 +153,7 @@ func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Optio
 }
 
 func receiveCmd(g *globals) *cobra.Command {
-	var target string
+	var target, applier string
 	cmd := &cobra.Command{
 		Use:   "receive --server URL --target NAME DIR",
 		Short: "Receive replications addressed to target NAME into DIR (long-running)",
@@ -163,7 +170,7 @@ func receiveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer b.Close()
-			rc, err := receiver.New(cmd.Context(), b.NC, b.JS, target, args[0], g.log)
+			rc, err := receiver.New(cmd.Context(), b.NC, b.JS, target, args[0], g.log, receiver.WithApplier(applier))
 			if err != nil {
 				return err
 			}
@@ -174,6 +181,7 @@ func receiveCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&target, "target", "", "name of this target (letters, digits, - and _)")
+	addApplierFlag(cmd, &applier)
 	return cmd
 }
 
