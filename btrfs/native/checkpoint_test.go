@@ -109,18 +109,24 @@ func TestResumeAfterReboot(t *testing.T) {
 	snap := snapshot(t, src, join(fs.Dir, "snap1"))
 	stream := sendStream(t, snap, btrfs.SendOptions{})
 	offs, _, _ := commandOffsets(t, stream)
+	info, err := btrfs.Inspect(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream1UUID := info.UUID
 	for _, tc := range []struct {
 		name    string
 		more    bool // the old process applied commands past the checkpoint
 		journal func(cp Checkpoint) string
 		wantErr error
 	}{
-		{"journal past checkpoint, other boot", true, func(cp Checkpoint) string { return fmt.Sprint("other-boot ", offs[40]) }, ErrNotResumable},
+		{"journal past checkpoint, other boot", true, func(cp Checkpoint) string { return fmt.Sprint("other-boot ", offs[40], " ", stream1UUID) }, ErrNotResumable},
 		// After a reboot the state is the last commit; here it holds
 		// nothing past the checkpoint, so the resume is exact.
-		{"journal at checkpoint, other boot", false, func(cp Checkpoint) string { return fmt.Sprint("other-boot ", cp.Offset) }, nil},
-		{"journal past checkpoint, same boot", true, func(cp Checkpoint) string { return fmt.Sprint(bootID(), " ", offs[40]) }, nil},
+		{"journal at checkpoint, other boot", false, func(cp Checkpoint) string { return fmt.Sprint("other-boot ", cp.Offset, " ", stream1UUID) }, nil},
+		{"journal past checkpoint, same boot", true, func(cp Checkpoint) string { return fmt.Sprint(bootID(), " ", offs[40], " ", stream1UUID) }, nil},
 		{"unreadable journal", true, func(cp Checkpoint) string { return "garbage" }, ErrNotResumable},
+		{"journal of another stream", true, func(cp Checkpoint) string { return fmt.Sprint(bootID(), " ", offs[40], " ", btrfs.UUID{1}) }, ErrNotResumable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := join(fs.Dir, fmt.Sprint("nat", len(tc.name)))

@@ -24,7 +24,7 @@
 // Persist a first checkpoint before feeding the first byte (Checkpoint on
 // a new Receiver returns the start). Without one, a crash right after the
 // subvolume was created leaves a partial subvolume that New refuses to
-// take over (btrfs.ErrExists): the caller must delete it and start over.
+// take over (btrfs.ErrExists), where Resume would have continued it.
 //
 // Finish requires the stream to have ended with END and nothing left
 // over; it syncs, sets the received UUID and stransid
@@ -45,8 +45,9 @@
 // than once is not safe in general: "mkfile o1; rename o1 a; link b a"
 // replayed would put a new empty inode under a. So the receiver keeps a
 // journal: after each namespace command it stores the stream offset past
-// it, with the boot ID, in the xattr trusted.snapjet.receive on the root
-// of the subvolume being received (removed before it becomes read-only).
+// it, with the boot ID and the stream's UUID, in the xattr
+// trusted.snapjet.receive on the root of the subvolume being received
+// (removed before it becomes read-only).
 // On resume, commands before the journal offset are skipped; the commands
 // from there on are replayed, and each of them is safe to replay once:
 //
@@ -58,8 +59,12 @@
 //     the same type (and target), RENAME accepts a missing source with an
 //     existing target, LINK an existing name on the same inode, UNLINK and
 //     RMDIR a missing name;
-//   - SUBVOL/SNAPSHOT adopt an existing subvolume only when it is writable,
-//     has no received UUID and (for a snapshot) the expected parent.
+//   - SUBVOL/SNAPSHOT create the subvolume under a temporary name
+//     (".NAME.partial-UUIDPREFIX"), write its journal, and only then give
+//     it its name. A resume adopts a subvolume under the stream's name
+//     only if it is writable, has the expected parent and a journal of
+//     this stream, and one under the temporary name (a kill before the
+//     rename); anything else is never written to.
 //
 // END is journaled too, so a process that died while finishing (immutable
 // flags set, received UUID set, journal removed: in that order) is never

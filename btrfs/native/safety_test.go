@@ -164,18 +164,63 @@ func TestHostileStreams(t *testing.T) {
 	}
 }
 
-// TestNewRefusesExisting: a fresh receive never adopts a subvolume that is
-// already there.
-func TestNewRefusesExisting(t *testing.T) {
+// TestForeignSubvolumeNeverAdopted: a subvolume that already carries the
+// stream's name is refused by a fresh receive, and a resume takes it over
+// only if its journal names this stream; one left under the temporary
+// name (killed between creating and naming it) is ours and is picked up.
+func TestForeignSubvolumeNeverAdopted(t *testing.T) {
 	fs := loopfs.New(t, 1<<30)
-	subvolume(t, join(fs.Dir, "sv"))
-	r, err := New(context.Background(), fs.Dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Abort()
-	_, err = r.Write(hostile(true, func(*ss.Builder) {}))
-	if !errors.Is(err, btrfs.ErrExists) {
-		t.Fatalf("err = %v, want ErrExists", err)
+	stream := hostile(true, func(b *ss.Builder) {
+		b.Command(ss.CmdMkdir, path(ss.AttrPath, "d"), ss.U64(ss.AttrIno, 257))
+	})
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name     string
+		resume   bool
+		existing string
+		wantErr  error
+	}{
+		{"new over a foreign subvolume", false, "sv", btrfs.ErrExists},
+		{"resume over a foreign subvolume", true, "sv", ErrNotResumable},
+		{"resume over the temporary subvolume", true, ".sv.partial-" + strings.Repeat("68", 8), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := join(fs.Dir, strings.ReplaceAll(tc.name, " ", "_"))
+			mkdirs(t, dir)
+			subvolume(t, join(dir, tc.existing))
+			sh(t, "echo mine > "+join(dir, tc.existing, "user-data"))
+			var r *Receiver
+			var err error
+			if tc.resume {
+				r, err = Resume(ctx, dir, Checkpoint{}, Options{})
+			} else {
+				r, err = New(ctx, dir, Options{})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Abort()
+			_, err = r.Write(stream)
+			if err == nil {
+				_, err = r.Finish()
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if tc.wantErr != nil {
+				info, ierr := btrfs.Inspect(join(dir, tc.existing))
+				if ierr != nil || info.ReadOnly {
+					t.Fatalf("the foreign subvolume changed: %+v %v", info, ierr)
+				}
+				entries, _ := os.ReadDir(join(dir, tc.existing))
+				if len(entries) != 1 {
+					t.Fatalf("the foreign subvolume holds %d entries", len(entries))
+				}
+				return
+			}
+			if _, err := os.Stat(join(dir, "sv", "d")); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -1,8 +1,10 @@
 package native
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -76,6 +78,9 @@ func (r *Receiver) beginSubvolume(c *sendstream.Command) error {
 	if err != nil {
 		return err
 	}
+	if btrfs.UUID(uuid).IsZero() {
+		return fmt.Errorf("%s %q without a subvolume UUID", c.Type, name)
+	}
 	if n := len(r.subs); n > 0 {
 		prev := &r.subs[n-1]
 		if !prev.Ended {
@@ -114,37 +119,68 @@ func (r *Receiver) beginSubvolume(c *sendstream.Command) error {
 	}
 
 	path := filepath.Join(r.dir, name)
-	if parent != nil {
-		err = r.snapshot(parent.Path, name)
-	} else {
-		err = createSubvolume(r.dirfd, name)
-	}
-	adopted := errors.Is(err, unix.EEXIST) && r.lenient
-	switch {
-	case adopted:
-		// Only our own earlier attempt can have created it: adopt checks.
-	case errors.Is(err, unix.EEXIST):
-		return fmt.Errorf("create subvolume %s: %w", path, btrfs.ErrExists)
-	case err != nil:
-		return fmt.Errorf("create subvolume %s: %w", path, err)
-	}
-	info, err := btrfs.Inspect(path)
-	if err != nil {
+	adopted := false
+	if _, err := os.Lstat(path); err == nil {
+		if !r.lenient {
+			return fmt.Errorf("create subvolume %s: %w", path, btrfs.ErrExists)
+		}
+		// A resumed receive may have created it; adopt checks its journal.
+		adopted = true
+	} else if err := r.createSubvol(sv, parent); err != nil {
 		return err
 	}
-	sv.UUID = info.UUID
 	r.subs = append(r.subs, sv)
 	if err := r.adopt(len(r.subs) - 1); err != nil {
 		return err
 	}
 	if adopted {
-		// Its journal tells how far the old process got; keep it.
 		r.log.Info("resuming subvolume", "path", path, "skip_to", r.skipTo, "finished", r.skipStream)
 		return nil
 	}
 	r.lenient = false
 	r.log.Info("receiving subvolume", "path", path, "stream_uuid", btrfs.UUID(uuid), "parent", sv.ParentUUID)
-	return r.journal()
+	return nil
+}
+
+// createSubvol makes the subvolume under a temporary name, writes its journal
+// and only then gives it its name, so that a subvolume under the stream's
+// name without a journal is never ours, and a leftover temporary one
+// (killed before the rename) is ours by its name.
+func (r *Receiver) createSubvol(sv Subvolume, parent *btrfs.Info) error {
+	tmp := "." + sv.Name + ".partial-" + hex.EncodeToString(sv.StreamUUID[:8])
+	var err error
+	if parent != nil {
+		err = r.snapshot(parent.Path, tmp)
+	} else {
+		err = createSubvolume(r.dirfd, tmp)
+	}
+	switch {
+	case errors.Is(err, unix.EEXIST) && r.lenient:
+	case errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("create subvolume %s: %w", filepath.Join(r.dir, tmp), btrfs.ErrExists)
+	case err != nil:
+		return fmt.Errorf("create subvolume %s: %w", filepath.Join(r.dir, tmp), err)
+	}
+	tmpPath := filepath.Join(r.dir, tmp)
+	info, err := btrfs.Inspect(tmpPath)
+	if err != nil {
+		return err
+	}
+	if info.ReadOnly || !info.ReceivedUUID.IsZero() || info.ParentUUID != sv.ParentUUID {
+		return fmt.Errorf("create subvolume %s: a different subvolume is in the way", tmpPath)
+	}
+	fd, err := unix.Open(tmpPath, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open subvolume %s: %w", tmpPath, err)
+	}
+	defer unix.Close(fd)
+	if err := writeJournal(fd, r.offset, sv.StreamUUID); err != nil {
+		return err
+	}
+	if err := unix.Renameat2(r.dirfd, tmp, r.dirfd, sv.Name, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("name subvolume %s: %w", filepath.Join(r.dir, sv.Name), err)
+	}
+	return nil
 }
 
 func (r *Receiver) snapshot(parentPath, name string) error {
