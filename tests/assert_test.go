@@ -139,6 +139,21 @@ func stagedSubvolumes(t *testing.T, target string) []string {
 	return out
 }
 
+// onlyStaged returns the one partial receive in target's staging area.
+func onlyStaged(t *testing.T, target string) btrfs.Info {
+	t.Helper()
+	staged := stagedSubvolumes(t, target)
+	if len(staged) != 1 {
+		t.Fatalf("want one partial receive in %s, have %v", target, staged)
+	}
+	info, err := btrfs.Inspect(staged[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("partial receive after the kill: %s (uuid %s)", staged[0], info.UUID)
+	return info
+}
+
 // assertNoPartialCommitted checks, after a crash mid-transfer, that what
 // sits at TARGET/<snapshot name> (if anything) is complete: a kill can land
 // after the commit finished on disk, but never in a way that leaves a

@@ -109,7 +109,8 @@ func (s *natsServer) status() statusDoc {
 }
 
 // startReceiver runs `snapjet receive` for one target directory.
-func startReceiver(t *testing.T, serverURL, name, dir string) *proc {
+func startReceiver(t *testing.T, serverURL, name, dir string, flags ...string) *proc {
 	t.Helper()
-	return startSnapjet(t, "receive-"+name, "receive", "--server", serverURL, "--target", name, dir)
+	args := append([]string{"receive", "--server", serverURL, "--target", name}, flags...)
+	return startSnapjet(t, "receive-"+name, append(args, dir)...)
 }

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/snapjet/snapjet/btrfs"
 )
 
 // killPoint is where the scenarios interrupt a transfer: about a third in,
@@ -67,16 +69,16 @@ func assertCaughtUp(t *testing.T, interrupted replication, source string, target
 // killAndRerun starts replicate, SIGKILLs it once reached holds, checks
 // that nothing was committed, and runs the same command again, which must
 // succeed. It returns the interrupted replication.
-func killAndRerun(t *testing.T, r *replicator, reached func(context.Context, replication) bool, source, target string) replication {
+func killAndRerun(t *testing.T, r *replicator, flags []string, reached func(context.Context, replication) bool, source, target string) replication {
 	t.Helper()
-	p := r.start("replicate", nil, source, target)
+	p := r.start("replicate", flags, source, target)
 	rep := waitForReplication(t, p, r.liveStatus, "the kill point", reached)
 	p.kill()
 	assertNoPartialCommitted(t, target, rep)
 	t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
 
 	t.Log("running the same command again")
-	if res := r.run("replicate-rerun", nil, source, target); res.code != 0 {
+	if res := r.run("replicate-rerun", flags, source, target); res.code != 0 {
 		t.Fatalf("rerun failed with code %d: %s", res.code, res.stderr)
 	}
 	return rep
@@ -84,16 +86,20 @@ func killAndRerun(t *testing.T, r *replicator, reached func(context.Context, rep
 
 // The original report: `snapjet replicate` was killed part-way and the next
 // run reported success without the data. The rerun must end with one
-// complete read-only replica and no partial. Besides the reported point,
-// a kill just before the end catches the sender done while the receiver
-// still applies or commits.
+// complete read-only replica and no partial. The report was made with the
+// external `btrfs receive`, which outlives a killed snapjet and finishes
+// its subvolume on EOF, so that receiver has a case of its own. A kill
+// just before the end catches the sender done while the receiver still
+// applies or commits.
 func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
 	tests := []struct {
 		name    string
+		flags   []string
 		bulk    int64
 		percent int
 	}{
 		{name: "at a third of 256 MiB", bulk: 256 * mib, percent: killPoint},
+		{name: "at a third of 256 MiB with btrfs-progs receive", flags: []string{"--receiver", "btrfs-progs"}, bulk: 256 * mib, percent: killPoint},
 		{name: "near the end", bulk: 96 * mib, percent: 90},
 	}
 	for _, tc := range tests {
@@ -103,7 +109,7 @@ func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
 
 			t.Logf("replicating %d MiB and killing snapjet replicate at %d%% of the send", size/mib, tc.percent)
 			probe := newProbe(t, "nats://"+r.listen)
-			rep := killAndRerun(t, r, probe.sentAtLeast(tc.percent, size, chunkSize, ""), source, target)
+			rep := killAndRerun(t, r, tc.flags, probe.sentAtLeast(tc.percent, size, chunkSize, ""), source, target)
 			assertDone(t, r.storedStatus(), rep.SnapshotName)
 			assertCaughtUp(t, rep, source, target)
 		})
@@ -125,7 +131,7 @@ func TestIncrementalReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) 
 	changed := mutate(t, source, 22, 256*mib)
 	t.Logf("incremental replication of %d MiB of changes, killed at %d%%", changed/mib, killPoint)
 	probe := newProbe(t, "nats://"+r.listen)
-	rep := killAndRerun(t, r, probe.sentAtLeast(killPoint, changed, chunkSize, filepath.Base(base.Path)), source, target)
+	rep := killAndRerun(t, r, nil, probe.sentAtLeast(killPoint, changed, chunkSize, filepath.Base(base.Path)), source, target)
 	done := assertDone(t, r.storedStatus(), rep.SnapshotName)
 	if done.ParentUUID != base.UUID.String() {
 		t.Errorf("the resumed replication has parent %q, want the first snapshot %s", done.ParentUUID, base.UUID)
@@ -134,25 +140,32 @@ func TestIncrementalReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) 
 	assertCaughtUp(t, rep, source, target)
 }
 
-// The receiver is SIGKILLed mid-transfer. While the window still holds the
-// start of the stream, the restarted receiver discards its partial and
-// replays the stream from JetStream without the source sending again. With
-// a window smaller than what was already acknowledged the start is gone, so
-// the coordinator must restart the replication instead, and still finish.
+// The receiver is SIGKILLed mid-transfer and started again. The native
+// receiver resumes its partial at its last checkpoint. The btrfs-progs one
+// cannot: it discards the partial and, while the window still holds the
+// start of the stream, replays it from JetStream without the source
+// sending again; once the window has moved past the start the coordinator
+// must restart the replication instead, and still finish. The native
+// receiver needs no restart in that case either.
 func TestReceiverKilledMidTransfer(t *testing.T) {
+	smallWindow := []string{"--window", strconv.Itoa(16 * mib)}
 	tests := []struct {
 		name        string
+		receiver    string
 		sendFlags   []string
 		wantAttempt int
+		wantResume  bool // the partial is completed rather than discarded
 	}{
-		{name: "replayed from the stream", wantAttempt: 1},
-		{name: "window passed the start so the replication restarts", sendFlags: []string{"--window", strconv.Itoa(16 * mib)}, wantAttempt: 2},
+		{name: "native resumes its partial", receiver: "native", wantAttempt: 1, wantResume: true},
+		{name: "native resumes past a small window", receiver: "native", sendFlags: smallWindow, wantAttempt: 1, wantResume: true},
+		{name: "btrfs-progs replays from the stream", receiver: "btrfs-progs", wantAttempt: 1},
+		{name: "btrfs-progs restarts once the window passed the start", receiver: "btrfs-progs", sendFlags: smallWindow, wantAttempt: 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			source, target, size := newPair(t, dataSet{seed: 4, bulk: 80 * mib})
 			srv := startServer(t)
-			recv := startReceiver(t, srv.url(), "backup", target)
+			recv := startReceiver(t, srv.url(), "backup", target, "--receiver", tc.receiver)
 			args := append(append([]string{"send", "--server", srv.url(), "--to", "backup"}, tc.sendFlags...), source)
 			send := startSnapjet(t, "send", args...)
 
@@ -160,8 +173,8 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 			t.Log("killing the receiver")
 			recv.kill()
 			assertNoPartialCommitted(t, target, rep)
-			t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
-			startReceiver(t, srv.url(), "backup", target)
+			partial := onlyStaged(t, target)
+			startReceiver(t, srv.url(), "backup", target, "--receiver", tc.receiver)
 
 			if res := send.wait(transferTimeout); res.code != 0 {
 				t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
@@ -174,6 +187,13 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 				t.Errorf("chunks sent %d of %d: the source sent chunks again", done.ChunksSent, done.TotalChunks)
 			}
 			assertCaughtUp(t, rep, source, target)
+			final, err := btrfs.Inspect(filepath.Join(target, rep.SnapshotName))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resumed := final.UUID == partial.UUID; resumed != tc.wantResume {
+				t.Errorf("partial %s completed in place: %v, want %v", partial.UUID, resumed, tc.wantResume)
+			}
 		})
 	}
 }
