@@ -70,11 +70,7 @@ func MsgID(repl string, attempt int, index int64) string {
 // the attempt (the sender's choice for data it has seen to be incompressible).
 // dst, if given, is reused for the compressed payload.
 func (c *Codec) EncodeChunk(repl string, attempt int, index, offset int64, raw []byte, compress bool, dst []byte) *nats.Msg {
-	m := nats.NewMsg(Subject(repl))
-	m.Header.Set(HdrVersion, strconv.Itoa(Version))
-	m.Header.Set(HdrRepl, repl)
-	m.Header.Set(HdrAttempt, strconv.Itoa(attempt))
-	m.Header.Set(HdrKind, string(KindChunk))
+	m := newMsg(repl, attempt, KindChunk)
 	m.Header.Set(HdrChunk, strconv.FormatInt(index, 10))
 	m.Header.Set(HdrOffset, strconv.FormatInt(offset, 10))
 	m.Header.Set(HdrRawLen, strconv.Itoa(len(raw)))
@@ -91,13 +87,19 @@ func (c *Codec) EncodeChunk(repl string, attempt int, index, offset int64, raw [
 	return m
 }
 
-// EncodeEnd builds the end marker of an attempt.
-func EncodeEnd(repl string, attempt int, chunks, totalBytes int64, digest string) *nats.Msg {
+// newMsg starts a message of this format version with its identity headers.
+func newMsg(repl string, attempt int, kind Kind) *nats.Msg {
 	m := nats.NewMsg(Subject(repl))
 	m.Header.Set(HdrVersion, strconv.Itoa(Version))
 	m.Header.Set(HdrRepl, repl)
 	m.Header.Set(HdrAttempt, strconv.Itoa(attempt))
-	m.Header.Set(HdrKind, string(KindEnd))
+	m.Header.Set(HdrKind, string(kind))
+	return m
+}
+
+// EncodeEnd builds the end marker of an attempt.
+func EncodeEnd(repl string, attempt int, chunks, totalBytes int64, digest string) *nats.Msg {
+	m := newMsg(repl, attempt, KindEnd)
 	m.Header.Set(HdrChunks, strconv.FormatInt(chunks, 10))
 	m.Header.Set(HdrTotalBytes, strconv.FormatInt(totalBytes, 10))
 	m.Header.Set(HdrDigest, digest)
