@@ -164,13 +164,21 @@ func assertNoPartialCommitted(t *testing.T, target string, rep replication) {
 	if _, err := os.Lstat(p); err != nil {
 		return
 	}
-	info, err := btrfs.Inspect(p)
-	if err != nil || !info.ReadOnly || info.ReceivedUUID.String() != rep.SnapshotUUID {
+	if !committedAt(target, rep) {
+		info, err := btrfs.Inspect(p)
 		t.Errorf("%s exists after the interruption but is not a committed replica of %s: %+v %v", p, rep.SnapshotUUID, info, err)
 		return
 	}
 	t.Logf("%s was already committed when the transfer was interrupted", p)
 	assertSameTree(t, rep.Snapshot, p)
+}
+
+// committedAt reports whether TARGET/<snapshot name> is a committed replica
+// of rep's snapshot as the kernel sees it: read-only, with the snapshot's
+// UUID as its received UUID.
+func committedAt(target string, rep replication) bool {
+	info, err := btrfs.Inspect(filepath.Join(target, rep.SnapshotName))
+	return err == nil && info.ReadOnly && info.ReceivedUUID.String() == rep.SnapshotUUID
 }
 
 // assertAbsent checks that nothing exists at path: a target that failed

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -109,4 +110,33 @@ func TestFanOutFullTargetDoesNotHarmTheOther(t *testing.T) {
 	assertReplicated(t, snap.Path, good)
 	assertStagingEmpty(t, full)
 	assertAbsent(t, filepath.Join(full, filepath.Base(snap.Path)))
+}
+
+// One of two receivers dies mid-transfer and stays down for a while. The
+// other target must not be held back: it commits while the first is down.
+// When the dead receiver comes back, it catches up and the send completes.
+func TestFanOutDeadReceiverDoesNotHoldBackTheOther(t *testing.T) {
+	source, live, size := newPair(t, dataSet{seed: 15, bulk: 64 * mib})
+	dead := newTarget(t, 2<<30, "spare")
+	srv := startServer(t)
+	startReceiver(t, srv.url(), "backup", live)
+	deadRecv := startReceiver(t, srv.url(), "spare", dead)
+	send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup,spare", source)
+
+	rep := waitForReplication(t, send, srv.liveStatus, "the kill point of one receiver", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, dead))
+	t.Log("killing the receiver of target spare; it stays down until target backup has committed")
+	deadRecv.kill()
+	waitUntil(t, nil, transferTimeout, "target backup to commit while target spare is down", func(context.Context) bool {
+		return committedAt(live, rep)
+	})
+	assertReplicated(t, rep.Snapshot, live)
+	assertNoPartialCommitted(t, dead, rep)
+
+	t.Log("starting the receiver of target spare again")
+	startReceiver(t, srv.url(), "spare", dead)
+	if res := send.wait(transferTimeout); res.code != 0 {
+		t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
+	}
+	assertDone(t, srv.status(), rep.SnapshotName)
+	assertReplicated(t, rep.Snapshot, live, dead)
 }

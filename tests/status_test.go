@@ -71,10 +71,17 @@ func (r replication) target(dir string) (string, targetStatus, bool) {
 			return name, ts, true
 		}
 	}
-	for name, ts := range r.Targets {
-		if name == base || strings.HasPrefix(name, base+"-") {
-			return name, ts, true
+	if ts, ok := r.Targets[base]; ok {
+		return base, ts, true
+	}
+	var derived []string
+	for name := range r.Targets {
+		if strings.HasPrefix(name, base+"-") {
+			derived = append(derived, name)
 		}
+	}
+	if len(derived) == 1 {
+		return derived[0], r.Targets[derived[0]], true
 	}
 	if len(r.Targets) == 1 {
 		for name, ts := range r.Targets {
