@@ -23,6 +23,21 @@ func (r *Receiver) findSubvolume(uuid btrfs.UUID, ctransid uint64) (*btrfs.Info,
 	if uuid.IsZero() {
 		return nil, fmt.Errorf("stream names no subvolume UUID: %w", btrfs.ErrParentMissing)
 	}
+	// An incremental stream may clone from its parent thousands of times.
+	if in, ok := r.found[uuid]; ok {
+		return in, nil
+	}
+	in, err := r.searchSubvolume(uuid, ctransid)
+	if err == nil {
+		if r.found == nil {
+			r.found = map[btrfs.UUID]*btrfs.Info{}
+		}
+		r.found[uuid] = in
+	}
+	return in, err
+}
+
+func (r *Receiver) searchSubvolume(uuid btrfs.UUID, ctransid uint64) (*btrfs.Info, error) {
 	var byUUID *btrfs.Info
 	for _, dir := range r.opt.SearchDirs {
 		infos, err := btrfs.List(dir)

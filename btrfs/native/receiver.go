@@ -117,11 +117,12 @@ type Receiver struct {
 	index  int64
 	subs   []Subvolume
 
-	cur        *subvol // open current subvolume, nil before SUBVOL/SNAPSHOT
-	lenient    bool    // the next namespace command may find itself already done
-	resumed    bool    // replayed data commands may find themselves done
-	skipTo     int64   // commands before this offset are already applied (journal)
-	skipStream bool    // the current subvolume was finished: skip to its END
+	cur        *subvol                    // open current subvolume, nil before SUBVOL/SNAPSHOT
+	lenient    bool                       // the next namespace command may find itself already done
+	resumed    bool                       // replayed data commands may find themselves done
+	skipTo     int64                      // commands before this offset are already applied (journal)
+	skipStream bool                       // the current subvolume was finished: skip to its END
+	found      map[btrfs.UUID]*btrfs.Info // snapshot parents and clone sources by stream UUID
 	stats      Stats
 	err        error // sticky: a Receiver that failed stays failed
 }
