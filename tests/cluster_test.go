@@ -13,6 +13,14 @@ import (
 // machine is shared, and short enough that a hang fails the test in time.
 const transferTimeout = 2 * time.Minute
 
+// killPoint is where the scenarios interrupt a transfer: about a third in,
+// so a real partial exists on the target and most of the stream is still
+// to come.
+const killPoint = 35
+
+// chunkSize is snapjet's default chunk size.
+const chunkSize = 1 * mib
+
 // replicator runs `snapjet replicate` with its embedded NATS server on a
 // store of its own. The embedded server gets a fixed port so that status
 // can be read from it while replicate runs; afterwards status reads the

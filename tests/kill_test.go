@@ -11,61 +11,6 @@ import (
 	"github.com/snapjet/snapjet/btrfs"
 )
 
-// killPoint is where the scenarios interrupt a transfer: about a third in,
-// so a real partial exists on the target and most of the stream is still
-// to come.
-const killPoint = 35
-
-// chunkSize is snapjet's default chunk size.
-const chunkSize = 1 * mib
-
-// assertDone checks the status of the replication of snapshot: done, with
-// every target committed, and returns it.
-func assertDone(t *testing.T, doc statusDoc, snapshotName string) replication {
-	t.Helper()
-	rep, ok := doc.bySnapshot(snapshotName)
-	if !ok {
-		t.Fatalf("status has no replication of %s", snapshotName)
-	}
-	if rep.State != "done" {
-		t.Errorf("replication %s is %q, want done", rep.ID, rep.State)
-	}
-	for name, ts := range rep.Targets {
-		if ts.State != "committed" {
-			t.Errorf("replication %s: target %s is %q, want committed (error %q)", rep.ID, name, ts.State, ts.Error)
-		}
-	}
-	return rep
-}
-
-// assertAllChunksApplied checks that the target applied exactly the chunks
-// of the stream: none twice, none missing.
-func assertAllChunksApplied(t *testing.T, rep replication, target string) {
-	t.Helper()
-	_, ts, ok := rep.target(target)
-	if !ok {
-		t.Fatalf("status of %s has no target for %s", rep.ID, target)
-	}
-	if rep.TotalChunks == 0 || ts.ChunksApplied != rep.TotalChunks {
-		t.Errorf("target applied %d chunks, the stream has %d", ts.ChunksApplied, rep.TotalChunks)
-	}
-}
-
-// assertCaughtUp checks that the interrupted snapshot and the newest
-// snapshot of source are both complete on every target: a rerun may finish
-// the interrupted replication and then take a fresh snapshot.
-func assertCaughtUp(t *testing.T, interrupted replication, source string, targets ...string) {
-	t.Helper()
-	assertReplicated(t, interrupted.Snapshot, targets...)
-	snaps := snapshotsOf(t, source)
-	if len(snaps) == 0 {
-		t.Fatalf("no snapshot of %s is kept", source)
-	}
-	if newest := snaps[len(snaps)-1].Path; newest != interrupted.Snapshot {
-		assertReplicated(t, newest, targets...)
-	}
-}
-
 // killAndRerun starts replicate, SIGKILLs it once reached holds, checks
 // that nothing was committed, and runs the same command again, which must
 // succeed. It returns the interrupted replication.
