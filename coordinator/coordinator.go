@@ -234,6 +234,30 @@ func (c *Coordinator) Retry(ctx context.Context, id string) (*Replication, error
 	return r, c.resetStream(ctx, r)
 }
 
+// FailTarget takes one target out of the current run with reason (a
+// stalled receiver); the others carry on. A later run retries it.
+func (c *Coordinator) FailTarget(ctx context.Context, id string, attempt int, target, reason string) error {
+	r, err := c.update(ctx, id, func(r *Replication) error {
+		t := r.Targets[target]
+		if r.Attempt != attempt || t == nil || t.State.Terminal() {
+			return nil
+		}
+		if err := r.setTarget(target, TFailed, reason); err != nil {
+			return err
+		}
+		return r.settle()
+	})
+	if err != nil {
+		return err
+	}
+	if s, err := c.js.Stream(ctx, streams.StreamName(r.ID)); err == nil {
+		if err := s.DeleteConsumer(ctx, streams.ConsumerName(target)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("drop consumer of %s: %w", target, err)
+		}
+	}
+	return nil
+}
+
 // Fail ends the replication: every target still active fails with reason.
 func (c *Coordinator) Fail(ctx context.Context, id, reason string) (*Replication, error) {
 	return c.update(ctx, id, func(r *Replication) error { return failActive(r, reason) })

@@ -118,6 +118,10 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		}
 	}
 	wait := 10 * time.Millisecond
+	var (
+		stuckAt    uint64
+		stuckSince time.Time
+	)
 	for {
 		info, err := p.st.Info(ctx)
 		if err != nil {
@@ -127,7 +131,7 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		if p.stored+need <= p.r.Window || info.State.Msgs == 0 {
 			return nil
 		}
-		floor, err := p.ackFloor(ctx, info.State.LastSeq)
+		floor, slowest, err := p.ackFloor(ctx, info.State.LastSeq)
 		if err != nil {
 			return err
 		}
@@ -136,6 +140,18 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 				return fmt.Errorf("drop acked chunks of %s: %w", p.r.ID, err)
 			}
 			wait = 10 * time.Millisecond
+			continue
+		}
+		if floor != stuckAt || stuckSince.IsZero() {
+			stuckAt, stuckSince = floor, time.Now()
+		} else if time.Since(stuckSince) > p.s.StallTimeout && slowest != "" {
+			// One silent target must not hold back the others for ever.
+			reason := fmt.Sprintf("acked nothing for %v while the window was full: is its receiver running? (the next run retries it)", p.s.StallTimeout)
+			p.log.Warn("dropping a stalled target from this run", "target", slowest, "reason", reason)
+			if err := p.s.Coord.FailTarget(ctx, p.r.ID, p.r.Attempt, slowest, reason); err != nil {
+				return err
+			}
+			stuckSince = time.Time{}
 			continue
 		}
 		p.report(ctx, false)
@@ -148,17 +164,20 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 	}
 }
 
-// ackFloor is the highest stream sequence that every consumer has acked.
-func (p *publisher) ackFloor(ctx context.Context, last uint64) (uint64, error) {
-	floor := last
+// ackFloor is the highest stream sequence that every consumer has acked,
+// and the target whose consumer holds it there.
+func (p *publisher) ackFloor(ctx context.Context, last uint64) (uint64, string, error) {
+	floor, slowest := last, ""
 	lister := p.st.ListConsumers(ctx)
 	for ci := range lister.Info() {
-		floor = min(floor, ci.AckFloor.Stream)
+		if ci.AckFloor.Stream < floor {
+			floor, slowest = ci.AckFloor.Stream, streams.TargetOf(ci.Name)
+		}
 	}
 	if err := lister.Err(); err != nil {
-		return 0, fmt.Errorf("consumers of %s: %w", p.r.ID, err)
+		return 0, "", fmt.Errorf("consumers of %s: %w", p.r.ID, err)
 	}
-	return floor, nil
+	return floor, slowest, nil
 }
 
 // report publishes progress to the coordinator about once a second.

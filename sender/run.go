@@ -30,6 +30,8 @@ const (
 	DefaultWindow    = 1 << 30
 	// DefaultOutageTimeout bounds how long a dead server is waited for.
 	DefaultOutageTimeout = 5 * time.Minute
+	// DefaultStallTimeout bounds how long a silent target holds the others.
+	DefaultStallTimeout = 10 * time.Minute
 )
 
 // Options describe one replication run.
@@ -62,6 +64,9 @@ type Sender struct {
 	Coord      *coordinator.Coordinator
 	Log        *slog.Logger
 	OnProgress func(Progress)
+	// StallTimeout is how long a full window may wait on a target that
+	// acks nothing before that target is dropped from the run.
+	StallTimeout time.Duration
 
 	codec    *streams.Codec
 	compress compressGate
@@ -74,6 +79,9 @@ func (s *Sender) workers() int { return max(2, runtime.GOMAXPROCS(0)) }
 // unfinished or failed earlier run of the same source and targets is
 // completed first, instead of taking a new snapshot.
 func (s *Sender) Run(ctx context.Context, opt Options) (*coordinator.Replication, error) {
+	if s.StallTimeout <= 0 {
+		s.StallTimeout = DefaultStallTimeout
+	}
 	if s.codec == nil {
 		c, err := streams.NewCodec(zstd.SpeedDefault)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -54,6 +55,14 @@ func Subject(repl string) string { return "snapjet.data." + repl }
 
 // ConsumerName is the durable pull consumer of one target on a replication stream.
 func ConsumerName(target string) string { return "target_" + target }
+
+// TargetOf is the target whose consumer has this name, "" for another.
+func TargetOf(consumer string) string {
+	if t, ok := strings.CutPrefix(consumer, "target_"); ok {
+		return t
+	}
+	return ""
+}
 
 // Stream settings that the sender's flow control relies on.
 const (

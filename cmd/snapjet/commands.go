@@ -28,6 +28,7 @@ type sendFlags struct {
 	snapDir   string
 	wait      time.Duration
 	outage    time.Duration
+	stall     time.Duration
 }
 
 func (f *sendFlags) add(cmd *cobra.Command) {
@@ -36,6 +37,7 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.snapDir, "snapshot-dir", "", "where source snapshots are kept (default <dir of SOURCE>/.snapjet/<name>)")
 	cmd.Flags().DurationVar(&f.wait, "receiver-wait", 30*time.Second, "how long to wait for the targets' receivers to answer")
 	cmd.Flags().DurationVar(&f.outage, "outage-timeout", sender.DefaultOutageTimeout, "give up after the NATS server was unreachable this long")
+	cmd.Flags().DurationVar(&f.stall, "stall-timeout", sender.DefaultStallTimeout, "drop a target from the run when it acked nothing this long while the window was full")
 }
 
 func (f *sendFlags) options(source string, targets []string) sender.Options {
@@ -82,7 +84,7 @@ replication first: it resumes, or discards the partial and starts over.`,
 				wg.Add(1)
 				go func() { defer wg.Done(); _ = rc.Run(rctx) }()
 			}
-			return runSend(ctx, g, b, f.options(args[0], names))
+			return runSend(ctx, g, b, f.options(args[0], names), f.stall)
 		},
 	}
 	f.add(cmd)
@@ -114,7 +116,7 @@ func sendCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer b.Close()
-			return runSend(cmd.Context(), g, b, f.options(args[0], strings.Split(to, ",")))
+			return runSend(cmd.Context(), g, b, f.options(args[0], strings.Split(to, ",")), f.stall)
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "comma-separated target names")
@@ -123,14 +125,14 @@ func sendCmd(g *globals) *cobra.Command {
 }
 
 // runSend runs the coordinator and the sender, and reports the outcome.
-func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Options) error {
+func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Options, stall time.Duration) error {
 	coord, err := coordinator.New(ctx, b.NC, b.JS, g.log)
 	if err != nil {
 		return err
 	}
 	defer coord.Close()
 	prog := newProgress(g.log)
-	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update}
+	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update, StallTimeout: stall}
 	r, err := s.Run(ctx, opt)
 	prog.done()
 	if err != nil {
