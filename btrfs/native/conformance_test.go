@@ -32,6 +32,9 @@ type scenario struct {
 	huge bool
 	// check runs extra assertions on a native result against its source.
 	check func(t *testing.T, native, src string)
+	// wantCmds lists, by "snap/variant", commands the stream must carry
+	// for the scenario to test what it is about.
+	wantCmds map[string][]string
 }
 
 type variant struct {
@@ -78,7 +81,8 @@ func setxattr(t *testing.T, path, name, value string) {
 
 var scenarios = []scenario{
 	{
-		name: "renames",
+		name:     "renames",
+		wantCmds: map[string][]string{"snap2/proto1": {"RENAME"}},
 		setup: func(t *testing.T, d string) {
 			sh(t, `cd `+d+` && mkdir -p a/b/c x y/z && echo one > x/f1 && echo two > y/f2 && echo A > a/b/c/deep &&
 				echo s1 > swap1 && echo s2 > swap2 && mkdir dswap1 dswap2 && echo in1 > dswap1/i && echo in2 > dswap2/i &&
@@ -94,7 +98,8 @@ var scenarios = []scenario{
 		},
 	},
 	{
-		name: "hardlinks",
+		name:     "hardlinks",
+		wantCmds: map[string][]string{"snap1/proto1": {"LINK"}, "snap2/proto2": {"LINK", "UNLINK", "RMDIR"}},
 		setup: func(t *testing.T, d string) {
 			sh(t, `cd `+d+` && mkdir -p p/q r tree/s/t && echo data > p/q/f && ln p/q/f r/f_link && ln p/q/f tree/s/t/f3 &&
 				echo other > tree/s/g && ln tree/s/g r/g_link && for i in $(seq 1 20); do echo $i > tree/s/t/k$i; done`)
@@ -105,6 +110,8 @@ var scenarios = []scenario{
 	},
 	{
 		name: "sparse",
+		// This kernel sends the punched hole as FALLOCATE in proto 2.
+		wantCmds: map[string][]string{"snap2/proto2": {"FALLOCATE"}},
 		setup: func(t *testing.T, d string) {
 			sh(t, `cd `+d+` && truncate -s 10M empty_sparse && head -c 70000 /dev/urandom > holes &&
 				dd if=/dev/urandom of=holes bs=4096 seek=300 count=3 conv=notrunc 2>/dev/null && truncate -s 8M holes &&
@@ -128,6 +135,10 @@ var scenarios = []scenario{
 	},
 	{
 		name: "clones",
+		wantCmds: map[string][]string{
+			"snap1/proto1": {"CLONE"}, "snap2/proto1": {"CLONE_EXTERNAL"},
+			"snap2/proto2": {"CLONE_EXTERNAL"}, "snap1/decompressed": {"ENCODED_WRITE"},
+		},
 		setup: func(t *testing.T, d string) {
 			sh(t, `cd `+d+` && head -c 1048576 /dev/urandom > base && yes compressible | head -c 600000 > text`)
 			cloneRange(t, join(d, "base"), 0, 256<<10, join(d, "base"), 512<<10) // within one file
@@ -143,6 +154,10 @@ var scenarios = []scenario{
 	},
 	{
 		name: "special",
+		wantCmds: map[string][]string{
+			"snap1/proto1": {"MKNOD", "MKFIFO", "MKSOCK", "SYMLINK", "SET_XATTR"},
+			"snap2/proto2": {"REMOVE_XATTR"},
+		},
 		setup: func(t *testing.T, d string) {
 			sh(t, `cd `+d+` && echo x > f && ln -s f link && ln -s /etc/passwd abs_link && ln -s ../../outside up_link &&
 				mkfifo fifo && mknod chr c 1 3 && mknod blk b 7 200 && mkdir dir`)
@@ -177,7 +192,8 @@ var scenarios = []scenario{
 		},
 	},
 	{
-		name: "attributes",
+		name:     "attributes",
+		wantCmds: map[string][]string{"snap2/proto2": {"FILEATTR", "CHMOD", "CHOWN", "UTIMES"}},
 		setup: func(t *testing.T, d string) {
 			sh(t, `cd `+d+` && mkdir sub && echo a > a && echo b > sub/b && ln -s a la && touch -d '2001-02-03 04:05:06.123456789' a sub/b`)
 		},
@@ -196,6 +212,9 @@ var scenarios = []scenario{
 	},
 	{
 		name: "compression",
+		wantCmds: map[string][]string{
+			"snap1/compressed": {"ENCODED_WRITE"}, "snap2/decompressed": {"ENCODED_WRITE"},
+		},
 		setup: func(t *testing.T, d string) {
 			sh(t, `cd `+d+` && mkdir zlib lzo zstd && btrfs property set zlib compression zlib && btrfs property set lzo compression lzo &&
 				btrfs property set zstd compression zstd &&
@@ -252,7 +271,13 @@ func TestConformance(t *testing.T) {
 						if sc.check != nil && (v.opt.Proto == 2 || v.opt.CompressedData) {
 							sc.check(t, res.Path, step.snap)
 						}
-						t.Logf("%s: %d bytes, %s", name, len(stream), commandCounts(t, stream))
+						summary, counts := commandCounts(t, stream)
+						t.Logf("%s: %d bytes, %s", name, len(stream), summary)
+						for _, want := range sc.wantCmds[name+"/"+v.name] {
+							if counts[want] == 0 {
+								t.Errorf("%s: the stream has no %s, so the scenario does not test it", name, want)
+							}
+						}
 					}
 					t.Logf("took %v", time.Since(start).Round(time.Millisecond))
 				})
@@ -340,23 +365,33 @@ func contains(list []string, s string) bool {
 }
 
 // commandCounts summarises a stream, so the log shows what each variant
-// exercised.
-func commandCounts(t *testing.T, stream []byte) string {
+// exercised; clones from another subvolume than the one being received
+// are counted as CLONE_EXTERNAL.
+func commandCounts(t *testing.T, stream []byte) (string, map[string]int) {
 	t.Helper()
-	counts := map[sendstream.Cmd]int{}
+	counts := map[string]int{}
 	r := sendstream.NewReader(bytes.NewReader(stream), 0)
+	var self [16]byte
 	for {
 		c, err := r.Next()
 		if err != nil {
 			break
 		}
-		counts[c.Type]++
+		counts[c.Type.String()]++
+		switch c.Type {
+		case sendstream.CmdSubvol, sendstream.CmdSnapshot:
+			self, _ = c.UUID(sendstream.AttrUUID)
+		case sendstream.CmdClone:
+			if u, _ := c.UUID(sendstream.AttrCloneUUID); u != self {
+				counts["CLONE_EXTERNAL"]++
+			}
+		}
 	}
 	s := ""
 	for c := sendstream.CmdSubvol; c <= sendstream.CmdEncodedWrite; c++ {
-		if counts[c] > 0 {
-			s += fmt.Sprintf("%s=%d ", c, counts[c])
+		if n := counts[c.String()]; n > 0 {
+			s += fmt.Sprintf("%s=%d ", c, n)
 		}
 	}
-	return s
+	return s + fmt.Sprintf("CLONE_EXTERNAL=%d", counts["CLONE_EXTERNAL"]), counts
 }
