@@ -303,6 +303,7 @@ func (r *Receiver) Finish() (Result, error) {
 		return Result{}, err
 	}
 	r.closeAll()
+	r.err = errors.New("btrfs receive already finished")
 	last := r.subs[len(r.subs)-1]
 	return Result{
 		Path:         filepath.Join(r.dir, last.Name),
