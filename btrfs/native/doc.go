@@ -35,7 +35,16 @@
 // begins (the next may be incremental on top of it), the last by Finish.
 // Abort leaves the partial subvolume for the caller to resume, or to
 // delete with Discard(ctx, dir, cp), which removes only the partial
-// subvolume the checkpoint names.
+// subvolume the checkpoint names. The subvolume is received in place: a
+// read-only subvolume cannot be moved to another directory (EROFS), so
+// dir should be where it is meant to stay.
+//
+// Errors to act on (errors.Is): ErrNotResumable (Discard and start over),
+// ErrUnsafePath (a hostile stream), btrfs.ErrExists (the subvolume is
+// already there), btrfs.ErrParentMissing (no snapshot parent or clone
+// source), sendstream.ErrMalformed and sendstream.ErrUnsupported (a bad or
+// version 3 stream). Stats reports commands applied and skipped and data
+// bytes written.
 //
 // # Resuming safely
 //
@@ -47,9 +56,9 @@
 // journal: after each namespace command it stores the stream offset past
 // it, with the boot ID and the stream's UUID, in the xattr
 // trusted.snapjet.receive on the root of the subvolume being received
-// (removed before it becomes read-only).
-// On resume, commands before the journal offset are skipped; the commands
-// from there on are replayed, and each of them is safe to replay once:
+// (removed before it becomes read-only). On resume, commands before the
+// journal offset are skipped; the commands from there on are replayed,
+// and each of them is safe to replay once:
 //
 //   - data and attribute commands (WRITE, CLONE, TRUNCATE, CHMOD, CHOWN,
 //     UTIMES, SET_XATTR, FALLOCATE, ENCODED_WRITE, FILEATTR) assign state
@@ -81,8 +90,9 @@
 //
 // SNAPSHOT's parent and CLONE's external sources are found among the
 // direct child subvolumes of Options.SearchDirs (default: the receive
-// directory) on the same filesystem: first by received UUID, then by UUID
-// plus ctransid. This scan with btrfs.Inspect replaces the UUID-tree
+// directory) on the same filesystem: first by received UUID (like btrfs
+// receive, without comparing ctransid, which btrfs.Info does not carry as
+// stransid), then by UUID plus ctransid. This scan with btrfs.Inspect replaces the UUID-tree
 // search btrfs receive does (BTRFS_IOC_TREE_SEARCH plus root backref path
 // resolution): it is simpler and confines a stream to the subvolumes the
 // caller manages. Clones whose UUID is the stream's own read from the
