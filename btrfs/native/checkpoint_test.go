@@ -108,7 +108,7 @@ func TestResumeAfterReboot(t *testing.T) {
 	sh(t, "cd "+src+" && for i in $(seq 1 50); do echo $i > f$i; done")
 	snap := snapshot(t, src, join(fs.Dir, "snap1"))
 	stream := sendStream(t, snap, btrfs.SendOptions{})
-	offs, _, _ := commandOffsets(t, stream)
+	offs := indexStream(t, stream).offs
 	info, err := btrfs.Inspect(snap)
 	if err != nil {
 		t.Fatal(err)

@@ -22,17 +22,17 @@ func TestConcatenatedStreams(t *testing.T) {
 	renames.change(t, src)
 	snap2 := snapshot(t, src, join(fs.Dir, "snap2"))
 	stream := append(sendStream(t, snap1, btrfs.SendOptions{}), sendStream(t, snap2, btrfs.SendOptions{Parent: snap1})...)
-	offs, _, data := commandOffsets(t, stream)
+	ix := indexStream(t, stream)
 
 	for _, tc := range []struct {
 		name  string
 		kills []int64
-	}{{"straight", nil}, {"killed at every command", offs[1:]}} {
+	}{{"straight", nil}, {"killed at every command", ix.offs[1:]}} {
 		t.Run(tc.name, func(t *testing.T) {
 			nat := join(fs.Dir, "nat-"+tc.name)
 			mkdirs(t, nat)
 			res, st := resumeRun(t, nat, stream, tc.kills, 300, 1, Options{})
-			checkResumeStats(t, st, data, len(tc.kills))
+			checkResumeStats(t, st, ix.data, len(tc.kills))
 			if len(res.Subvolumes) != 2 || res.Path != join(nat, "snap2") {
 				t.Fatalf("result %+v", res)
 			}
