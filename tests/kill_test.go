@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -11,18 +12,21 @@ import (
 	"github.com/snapjet/snapjet/btrfs"
 )
 
-// killAndRerun starts replicate, SIGKILLs it once reached holds, checks
-// that nothing was committed, and runs the same command again, which must
-// succeed. It returns the interrupted replication.
-func killAndRerun(t *testing.T, r *replicator, flags []string, reached func(context.Context, replication) bool, source, target string) replication {
+// killAndRerun runs replicate and SIGKILLs it once reached holds, once per
+// kill point, each time checking that no partial was committed; then it
+// runs the same command to the end, which must succeed. It returns the
+// interrupted replication.
+func killAndRerun(t *testing.T, r *replicator, flags []string, source, target string, kills ...func(context.Context, replication) bool) replication {
 	t.Helper()
-	p := r.start("replicate", flags, source, target)
-	rep := waitForReplication(t, p, r.liveStatus, "the kill point", reached)
-	p.kill()
-	assertNoPartialCommitted(t, target, rep)
-	t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
-
-	t.Log("running the same command again")
+	var rep replication
+	for i, reached := range kills {
+		p := r.start(fmt.Sprintf("replicate-%d", i+1), flags, source, target)
+		rep = waitForReplication(t, p, r.liveStatus, fmt.Sprintf("kill point %d", i+1), reached)
+		p.kill()
+		assertNoPartialCommitted(t, target, rep)
+		t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
+	}
+	t.Log("running the same command again, to the end")
 	if res := r.run("replicate-rerun", flags, source, target); res.code != 0 {
 		t.Fatalf("rerun failed with code %d: %s", res.code, res.stderr)
 	}
@@ -38,23 +42,28 @@ func killAndRerun(t *testing.T, r *replicator, flags []string, reached func(cont
 // applies or commits.
 func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
 	tests := []struct {
-		name    string
-		flags   []string
-		bulk    int64
-		percent int
+		name     string
+		flags    []string
+		bulk     int64
+		percents []int // one killed run per entry
 	}{
-		{name: "at a third of 256 MiB", bulk: 256 * mib, percent: killPoint},
-		{name: "at a third of 256 MiB with btrfs-progs receive", flags: []string{"--receiver", "btrfs-progs"}, bulk: 256 * mib, percent: killPoint},
-		{name: "near the end", bulk: 96 * mib, percent: 90},
+		{name: "at a third of 256 MiB", bulk: 256 * mib, percents: []int{killPoint}},
+		{name: "at a third of 256 MiB with btrfs-progs receive", flags: []string{"--receiver", "btrfs-progs"}, bulk: 256 * mib, percents: []int{killPoint}},
+		{name: "near the end", bulk: 96 * mib, percents: []int{90}},
+		{name: "again while recovering", bulk: 128 * mib, percents: []int{killPoint, 70}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			source, target, size := newPair(t, dataSet{seed: 1, bulk: tc.bulk})
 			r := newReplicator(t)
-
-			t.Logf("replicating %d MiB and killing snapjet replicate at %d%% of the send", size/mib, tc.percent)
 			probe := newProbe(t, "nats://"+r.listen)
-			rep := killAndRerun(t, r, tc.flags, probe.sentAtLeast(tc.percent, size, chunkSize, ""), source, target)
+			var kills []func(context.Context, replication) bool
+			for _, percent := range tc.percents {
+				kills = append(kills, probe.sentAtLeast(percent, size, chunkSize, ""))
+			}
+
+			t.Logf("replicating %d MiB and killing snapjet replicate at %v%% of the send", size/mib, tc.percents)
+			rep := killAndRerun(t, r, tc.flags, source, target, kills...)
 			assertDone(t, r.storedStatus(), rep.SnapshotName)
 			assertCaughtUp(t, rep, source, target)
 		})
@@ -76,7 +85,7 @@ func TestIncrementalReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) 
 	changed := mutate(t, source, 22, 256*mib)
 	t.Logf("incremental replication of %d MiB of changes, killed at %d%%", changed/mib, killPoint)
 	probe := newProbe(t, "nats://"+r.listen)
-	rep := killAndRerun(t, r, nil, probe.sentAtLeast(killPoint, changed, chunkSize, filepath.Base(base.Path)), source, target)
+	rep := killAndRerun(t, r, nil, source, target, probe.sentAtLeast(killPoint, changed, chunkSize, filepath.Base(base.Path)))
 	done := assertDone(t, r.storedStatus(), rep.SnapshotName)
 	if done.ParentUUID != base.UUID.String() {
 		t.Errorf("the resumed replication has parent %q, want the first snapshot %s", done.ParentUUID, base.UUID)
