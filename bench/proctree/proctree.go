@@ -36,8 +36,9 @@ type Proc struct {
 	PeakRSS int64         `json:"peak_rss_bytes"`
 	CPU     time.Duration `json:"cpu_ns"`
 	// Written is the bytes the processes sent towards storage (write_bytes
-	// in /proc/PID/io, counted when pages are dirtied), as of their last
-	// sample: a process's final 50 ms may be missing.
+	// in /proc/PID/task/*/io, counted when pages are dirtied), as of their
+	// last sample: a process's final 50 ms may be missing, and so are
+	// threads that ended before it.
 	Written int64 `json:"written_bytes"`
 }
 
@@ -340,18 +341,30 @@ func readHWM(pid int) int64 {
 	return ReadKB("/proc/"+strconv.Itoa(pid)+"/status", "VmHWM")
 }
 
+// readWritten sums write_bytes over the threads of pid. The process-wide
+// /proc/PID/io would not do: it also holds the I/O of every child the
+// process reaped, which the children's own samples already count.
 func readWritten(pid int) int64 {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "write_bytes:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
+	var total int64
+	for _, t := range tasks {
+		data, err := os.ReadFile(dir + "/" + t.Name() + "/io")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "write_bytes:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				total += n
+				break
+			}
 		}
 	}
-	return 0
+	return total
 }
 
 // ReadKB reads a "Key:   N kB" line of a /proc file such as status or

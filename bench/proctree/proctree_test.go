@@ -89,6 +89,9 @@ func TestGroupMeasuresGrandchildren(t *testing.T) {
 	if helper.Written < 8<<20 {
 		t.Errorf("helper wrote %d bytes, want at least 8 MiB", helper.Written)
 	}
+	if sh.Written >= 8<<20 {
+		t.Errorf("sh counted its child's writes: %d bytes", sh.Written)
+	}
 	if sh.PeakRSS >= 64<<20 {
 		t.Errorf("sh peak RSS %d includes its child's", sh.PeakRSS)
 	}

@@ -57,39 +57,40 @@ func Markdown(r *Results) string {
 		p("| %s | %s | %.2f | %.0f | %s | %.1f | %s | %.1f | %.0f | %s | %s |\n", row.Dataset, cell(row.Method), row.WallSeconds, row.MBps, vsRaw,
 			float64(row.WireBytes)/mb, ratio, row.CPUSeconds, float64(written)/mb, rss(row), cell(row.Verified))
 	}
-	notes := false
+	seen := map[string]bool{}
 	for _, row := range r.Rows {
-		if row.WireNote != "" && row.Error == "" {
-			if !notes {
-				p("\nWire notes:\n")
-				notes = true
-			}
-			p("- %s, `%s`: %s\n", row.Dataset, row.Method, row.WireNote)
+		if row.WireNote == "" || row.Error != "" || seen[row.Method] {
+			continue
 		}
+		if len(seen) == 0 {
+			p("\nWhat the wire column counts:\n\n")
+		}
+		seen[row.Method] = true
+		p("- `%s`: %s\n", row.Method, row.WireNote)
 	}
 
 	if len(r.Resume) > 0 {
 		p("\n#### Resume after an interruption at 50%%\n\nAgainst the uninterrupted three-process run of the same set; wire counts both hops (sender→server and server→receiver).\n\n")
-		p("| Scenario | Interrupted at | What happened | Wall s | Extra s | Wire MB | Extra bytes | Check |\n|---|--:|---|--:|--:|--:|--:|---|\n")
+		p("| Scenario | Interrupted at | What happened | Wall s | Extra s | Sender hop MB | Receiver hop MB | Extra bytes | Check |\n|---|--:|---|--:|--:|--:|--:|--:|---|\n")
 		for _, x := range r.Resume {
 			if x.Error != "" {
-				p("| %s | | %s | failed | | | | %s |\n", x.Scenario, cell(x.Detail), cell(x.Error))
+				p("| %s | | %s | failed | | | | | %s |\n", x.Scenario, cell(x.Detail), cell(x.Error))
 				continue
 			}
-			p("| %s | %s | %s | %.2f | %+.2f | %.1f | %+.2f%% | %s |\n", x.Scenario, size(x.InterruptedAt), cell(x.Detail), x.WallSeconds, x.ExtraSeconds,
-				float64(x.WireBytes)/mb, x.ExtraPercent, cell(x.Verified))
+			p("| %s | %s | %s | %.2f | %+.2f | %.1f | %.1f | %+.2f%% | %s |\n", x.Scenario, size(x.InterruptedAt), cell(x.Detail), x.WallSeconds, x.ExtraSeconds,
+				float64(x.UpBytes)/mb, float64(x.DownBytes)/mb, x.ExtraPercent, cell(x.Verified))
 		}
 	}
 
 	if len(r.Memory) > 0 {
-		p("\n#### Peak RSS against stream size\n\n| Set | Send stream | Wall s | snapjet send | snapjet receive | nats-server |\n|---|--:|--:|--:|--:|--:|\n")
+		p("\n#### Peak RSS against stream size\n\n| Set | Send stream | Method | Wall s | snapjet send | snapjet receive | nats-server | snapjet replicate |\n|---|--:|---|--:|--:|--:|--:|--:|\n")
 		for _, x := range r.Memory {
 			if x.Error != "" {
-				p("| %s | | failed | | | %s |\n", x.Dataset, cell(x.Error))
+				p("| %s | | %s | failed | | | | %s |\n", x.Dataset, cell(x.Method), cell(x.Error))
 				continue
 			}
-			p("| %s | %s | %.2f | %.1f MiB | %.1f MiB | %.1f MiB |\n", x.Dataset, size(x.StreamBytes), x.WallSeconds,
-				float64(x.SenderRSS)/mib, float64(x.ReceiverRSS)/mib, float64(x.ServerRSS)/mib)
+			p("| %s | %s | %s | %.2f | %s | %s | %s | %s |\n", x.Dataset, size(x.StreamBytes), cell(x.Method), x.WallSeconds,
+				mibOrDash(x.SenderRSS), mibOrDash(x.ReceiverRSS), mibOrDash(x.ServerRSS), mibOrDash(x.ReplicateRSS))
 		}
 	}
 
@@ -114,6 +115,13 @@ func Markdown(r *Results) string {
 	}
 	p("\n")
 	return b.String()
+}
+
+func mibOrDash(n int64) string {
+	if n == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/mib)
 }
 
 func rss(row Row) string {

@@ -49,6 +49,7 @@ type Row struct {
 	VsRaw       float64         `json:"vs_raw"`     // throughput relative to the raw pipe
 	WireBytes   int64           `json:"wire_bytes"` // bytes that crossed the connection
 	WireNote    string          `json:"wire_note,omitempty"`
+	ReceiverHop int64           `json:"receiver_hop_bytes,omitempty"` // three processes: server to receiver
 	CPUSeconds  float64         `json:"cpu_seconds"`
 	Procs       []proctree.Proc `json:"processes"`
 	Verified    string          `json:"verified"`
@@ -64,6 +65,8 @@ type Resume struct {
 	ExtraSeconds    float64 `json:"extra_seconds"`
 	WireBytes       int64   `json:"wire_bytes"`
 	BaselineWire    int64   `json:"baseline_wire_bytes"`
+	UpBytes         int64   `json:"sender_hop_bytes"`   // sender to server
+	DownBytes       int64   `json:"receiver_hop_bytes"` // server to receiver
 	ExtraBytes      int64   `json:"extra_bytes"`
 	ExtraPercent    float64 `json:"extra_percent"`
 	InterruptedAt   int64   `json:"interrupted_at_bytes"`
@@ -72,15 +75,19 @@ type Resume struct {
 	Error           string  `json:"error,omitempty"`
 }
 
-// Memory is the peak RSS of the snapjet processes for one stream size.
+// Memory is the peak RSS of the snapjet processes of one method for one
+// stream size. The three-process method fills Sender, Receiver and Server;
+// replicate, one process doing all three, fills Replicate.
 type Memory struct {
-	Dataset     string  `json:"dataset"`
-	StreamBytes int64   `json:"stream_bytes"`
-	WallSeconds float64 `json:"wall_seconds"`
-	SenderRSS   int64   `json:"sender_peak_rss_bytes"`
-	ReceiverRSS int64   `json:"receiver_peak_rss_bytes"`
-	ServerRSS   int64   `json:"nats_server_peak_rss_bytes"`
-	Error       string  `json:"error,omitempty"`
+	Dataset      string  `json:"dataset"`
+	Method       string  `json:"method"`
+	StreamBytes  int64   `json:"stream_bytes"`
+	WallSeconds  float64 `json:"wall_seconds"`
+	SenderRSS    int64   `json:"sender_peak_rss_bytes,omitempty"`
+	ReceiverRSS  int64   `json:"receiver_peak_rss_bytes,omitempty"`
+	ServerRSS    int64   `json:"nats_server_peak_rss_bytes,omitempty"`
+	ReplicateRSS int64   `json:"replicate_peak_rss_bytes,omitempty"`
+	Error        string  `json:"error,omitempty"`
 }
 
 // Target is one of the issue's goals with the figure this run measured.

