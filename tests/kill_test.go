@@ -12,19 +12,31 @@ import (
 	"github.com/snapjet/snapjet/btrfs"
 )
 
-// killAndRerun runs replicate and SIGKILLs it once reached holds, once per
-// kill point, each time checking that no partial was committed; then it
-// runs the same command to the end, which must succeed. It returns the
-// interrupted replication.
-func killAndRerun(t *testing.T, r *replicator, flags []string, source, target string, kills ...func(context.Context, replication) bool) replication {
+// interruption is one way a run ends early: a signal sent once reached
+// holds.
+type interruption struct {
+	sig     syscall.Signal
+	reached func(context.Context, replication) bool
+}
+
+// interruptAndRerun runs replicate and interrupts it once per entry, each
+// time checking that no partial was committed and that an interrupted run
+// did not claim success; then it runs the same command to the end, which
+// must succeed. It returns the interrupted replication.
+func interruptAndRerun(t *testing.T, r *replicator, flags []string, source, target string, stops ...interruption) replication {
 	t.Helper()
 	var rep replication
-	for i, reached := range kills {
+	for i, stop := range stops {
 		p := r.start(fmt.Sprintf("replicate-%d", i+1), flags, source, target)
-		rep = waitForReplication(t, p, r.liveStatus, fmt.Sprintf("kill point %d", i+1), reached)
-		p.kill()
+		rep = waitForReplication(t, p, r.liveStatus, fmt.Sprintf("interruption %d", i+1), stop.reached)
+		p.signal(stop.sig)
+		// A graceful stop may still finish a commit under way, but it
+		// must not report success for what it did not commit.
+		if res := p.wait(30 * time.Second); res.code == 0 && !committedAt(target, rep) {
+			t.Errorf("replicate exited 0 after %v although %s is not committed", stop.sig, rep.SnapshotName)
+		}
 		assertNoPartialCommitted(t, target, rep)
-		t.Logf("partial receives after the kill: %v", stagedSubvolumes(t, target))
+		t.Logf("partial receives after the interruption: %v", stagedSubvolumes(t, target))
 	}
 	t.Log("running the same command again, to the end")
 	if res := r.run("replicate-rerun", flags, source, target); res.code != 0 {
@@ -39,31 +51,34 @@ func killAndRerun(t *testing.T, r *replicator, flags []string, source, target st
 // external `btrfs receive`, which outlives a killed snapjet and finishes
 // its subvolume on EOF, so that receiver has a case of its own. A kill
 // just before the end catches the sender done while the receiver still
-// applies or commits.
+// applies or commits; a second kill lands in the middle of a recovery; and
+// Ctrl-C must not make an unfinished run report success.
 func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
 	tests := []struct {
 		name     string
 		flags    []string
 		bulk     int64
-		percents []int // one killed run per entry
+		sig      syscall.Signal
+		percents []int // one interrupted run per entry
 	}{
-		{name: "at a third of 256 MiB", bulk: 256 * mib, percents: []int{killPoint}},
-		{name: "at a third of 256 MiB with btrfs-progs receive", flags: []string{"--receiver", "btrfs-progs"}, bulk: 256 * mib, percents: []int{killPoint}},
-		{name: "near the end", bulk: 96 * mib, percents: []int{90}},
-		{name: "again while recovering", bulk: 128 * mib, percents: []int{killPoint, 70}},
+		{name: "at a third of 256 MiB", bulk: 256 * mib, sig: syscall.SIGKILL, percents: []int{killPoint}},
+		{name: "at a third of 256 MiB with btrfs-progs receive", flags: []string{"--receiver", "btrfs-progs"}, bulk: 256 * mib, sig: syscall.SIGKILL, percents: []int{killPoint}},
+		{name: "near the end", bulk: 96 * mib, sig: syscall.SIGKILL, percents: []int{90}},
+		{name: "again while recovering", bulk: 128 * mib, sig: syscall.SIGKILL, percents: []int{killPoint, 70}},
+		{name: "interrupted with Ctrl-C", bulk: 96 * mib, sig: syscall.SIGINT, percents: []int{killPoint}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			source, target, size := newPair(t, dataSet{seed: 1, bulk: tc.bulk})
 			r := newReplicator(t)
 			probe := newProbe(t, "nats://"+r.listen)
-			var kills []func(context.Context, replication) bool
+			var stops []interruption
 			for _, percent := range tc.percents {
-				kills = append(kills, probe.sentAtLeast(percent, size, chunkSize, ""))
+				stops = append(stops, interruption{tc.sig, probe.sentAtLeast(percent, size, chunkSize, "")})
 			}
 
-			t.Logf("replicating %d MiB and killing snapjet replicate at %v%% of the send", size/mib, tc.percents)
-			rep := killAndRerun(t, r, tc.flags, source, target, kills...)
+			t.Logf("replicating %d MiB and stopping snapjet replicate with %v at %v%% of the send", size/mib, tc.sig, tc.percents)
+			rep := interruptAndRerun(t, r, tc.flags, source, target, stops...)
 			assertDone(t, r.storedStatus(), rep.SnapshotName)
 			assertCaughtUp(t, rep, source, target)
 		})
@@ -85,7 +100,7 @@ func TestIncrementalReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) 
 	changed := mutate(t, source, 22, 256*mib)
 	t.Logf("incremental replication of %d MiB of changes, killed at %d%%", changed/mib, killPoint)
 	probe := newProbe(t, "nats://"+r.listen)
-	rep := killAndRerun(t, r, nil, source, target, probe.sentAtLeast(killPoint, changed, chunkSize, filepath.Base(base.Path)))
+	rep := interruptAndRerun(t, r, nil, source, target, interruption{syscall.SIGKILL, probe.sentAtLeast(killPoint, changed, chunkSize, filepath.Base(base.Path))})
 	done := assertDone(t, r.storedStatus(), rep.SnapshotName)
 	if done.ParentUUID != base.UUID.String() {
 		t.Errorf("the resumed replication has parent %q, want the first snapshot %s", done.ParentUUID, base.UUID)
