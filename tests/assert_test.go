@@ -150,7 +150,7 @@ func onlyStaged(t *testing.T, target string) btrfs.Info {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("partial receive after the kill: %s (uuid %s)", staged[0], info.UUID)
+	t.Logf("partial receive after the kill: %s (uuid %s, read-only %v, received uuid %q)", staged[0], info.UUID, info.ReadOnly, info.ReceivedUUID)
 	return info
 }
 
