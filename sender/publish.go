@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/coordinator"
@@ -24,6 +26,8 @@ type publisher struct {
 	stored              int64 // estimate of the stream's size
 	inflight            []pending
 	lastReport          time.Time
+	recoveredAt         int64 // chunk the last in-place recovery resumed at
+	retries             int   // recoveries in a row from recoveredAt
 }
 
 type pending struct {
@@ -57,17 +61,15 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := p.makeRoom(ctx, int64(len(j.msg.Data))+msgOverhead); err != nil {
-			return err
+		err := p.makeRoom(ctx, int64(len(j.msg.Data))+msgOverhead)
+		if err == nil {
+			err = p.publish(j)
 		}
-		fut, err := p.s.JS.PublishMsgAsync(j.msg, publishOpts(p.r, j.idx)...)
+		for err == nil && len(p.inflight) > maxInflight {
+			err = p.confirmOldest(ctx)
+		}
 		if err != nil {
-			return fmt.Errorf("publish chunk %d of %s: %w", j.idx, p.r.ID, err)
-		}
-		p.inflight = append(p.inflight, pending{fut, j})
-		p.stored += int64(len(j.msg.Data)) + msgOverhead
-		for len(p.inflight) > maxInflight {
-			if err := p.confirmOldest(ctx); err != nil {
+			if err := p.recover(ctx, err); err != nil {
 				return err
 			}
 		}
@@ -75,10 +77,91 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 	}
 	for len(p.inflight) > 0 {
 		if err := p.confirmOldest(ctx); err != nil {
-			return err
+			if err := p.recover(ctx, err); err != nil {
+				return err
+			}
 		}
 	}
 	p.report(ctx, true)
+	return nil
+}
+
+// publish sends one chunk without waiting for the server's confirmation.
+func (p *publisher) publish(j *job) error {
+	fut, err := p.s.JS.PublishMsgAsync(j.msg, publishOpts(p.r, j.idx)...)
+	if err != nil {
+		return fmt.Errorf("publish chunk %d of %s: %w", j.idx, p.r.ID, err)
+	}
+	p.inflight = append(p.inflight, pending{fut, j})
+	p.stored += int64(len(j.msg.Data)) + msgOverhead
+	return nil
+}
+
+// recover continues after a failed publish (a dropped connection, a
+// restarted server) without restarting btrfs send: once the server is back
+// it asks where the stream ends and publishes again the unconfirmed chunks
+// from there, which are still in memory. When the stream lost chunks that
+// are no longer held, it gives up with cause and the attempt is resumed
+// from a fresh btrfs send.
+func (p *publisher) recover(ctx context.Context, cause error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	p.log.Warn("publish interrupted; republishing from where the stream ends", "error", cause)
+	deadline := time.Now().Add(p.s.outage)
+	for {
+		rp, err := findResume(ctx, p.st, p.r)
+		if err == nil {
+			return p.republish(rp, cause)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w (then: %v)", cause, err)
+		}
+		select {
+		case <-time.After(250 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (p *publisher) republish(rp resumePoint, cause error) error {
+	if rp.idx == p.recoveredAt {
+		// The last republish from here did not get further: publishes from
+		// before the trouble may still be landing. Give them a moment, and
+		// after a few tries leave it to a fresh btrfs send rather than loop.
+		if p.retries++; p.retries > 3 {
+			return fmt.Errorf("%w (republishing from chunk %d did not help)", cause, rp.idx)
+		}
+		time.Sleep(time.Second)
+	} else {
+		p.recoveredAt, p.retries = rp.idx, 0
+	}
+	for len(p.inflight) > 0 && p.inflight[0].j.idx < rp.idx {
+		p.confirmed(p.inflight[0].j) // stored before the trouble
+		p.inflight = p.inflight[1:]
+	}
+	if rp.ended || p.chunks != rp.idx {
+		return fmt.Errorf("%w (the stream ends at chunk %d, %d are confirmed)", cause, rp.idx, p.chunks)
+	}
+	again := p.inflight
+	p.inflight = nil
+	for _, o := range again {
+		// A fresh message: the client keeps per-publish state (the ack
+		// inbox) in the one it sent before.
+		m := nats.NewMsg(o.j.msg.Subject)
+		for k, v := range o.j.msg.Header {
+			if !strings.HasPrefix(k, "Nats-Expected") {
+				m.Header[k] = v
+			}
+		}
+		m.Data = o.j.msg.Data
+		o.j.msg = m
+		if err := p.publish(o.j); err != nil {
+			return err
+		}
+	}
+	p.log.Info("republished unconfirmed chunks", "from", rp.idx, "chunks", len(again))
 	return nil
 }
 
@@ -92,16 +175,20 @@ func (p *publisher) confirmOldest(ctx context.Context) error {
 		return ctx.Err()
 	}
 	p.inflight = p.inflight[1:]
-	p.chunks = o.j.idx + 1
-	p.bytes = o.j.off + int64(len(o.j.raw))
-	p.wire += int64(len(o.j.msg.Data))
-	// The client wrote both buffers to the socket before the server could
-	// confirm, so they are free again.
-	if len(o.j.msg.Data) > 0 && len(o.j.raw) > 0 && &o.j.msg.Data[0] != &o.j.raw[0] {
-		p.s.bufs.put(o.j.msg.Data)
-	}
-	p.s.bufs.put(o.j.raw)
+	p.confirmed(o.j)
 	return nil
+}
+
+// confirmed counts a chunk the server stored and frees its buffers: the
+// client wrote them to the socket before the server could confirm.
+func (p *publisher) confirmed(j *job) {
+	p.chunks = j.idx + 1
+	p.bytes = j.off + int64(len(j.raw))
+	p.wire += int64(len(j.msg.Data))
+	if len(j.msg.Data) > 0 && len(j.raw) > 0 && &j.msg.Data[0] != &j.raw[0] {
+		p.s.bufs.put(j.msg.Data)
+	}
+	p.s.bufs.put(j.raw)
 }
 
 // makeRoom is the back-pressure: while the stream would outgrow the window
@@ -144,9 +231,9 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		}
 		if floor != stuckAt || stuckSince.IsZero() {
 			stuckAt, stuckSince = floor, time.Now()
-		} else if time.Since(stuckSince) > p.s.StallTimeout && slowest != "" {
+		} else if time.Since(stuckSince) > p.s.stall && slowest != "" {
 			// One silent target must not hold back the others for ever.
-			reason := fmt.Sprintf("acked nothing for %v while the window was full: is its receiver running? (the next run retries it)", p.s.StallTimeout)
+			reason := fmt.Sprintf("acked nothing for %v while the window was full: is its receiver running? (the next run retries it)", p.s.stall)
 			p.log.Warn("dropping a stalled target from this run", "target", slowest, "reason", reason)
 			if err := p.s.Coord.FailTarget(ctx, p.r.ID, p.r.Attempt, slowest, reason); err != nil {
 				return err

@@ -46,6 +46,16 @@ type Options struct {
 	// OutageTimeout is how long the sender keeps retrying without progress
 	// (a NATS server that is down) before it gives up.
 	OutageTimeout time.Duration
+	// StallTimeout is how long a full window may wait on a target that
+	// acks nothing before that target is dropped from the run.
+	StallTimeout time.Duration
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 // Progress is a sender's view of a running attempt.
@@ -64,13 +74,12 @@ type Sender struct {
 	Coord      *coordinator.Coordinator
 	Log        *slog.Logger
 	OnProgress func(Progress)
-	// StallTimeout is how long a full window may wait on a target that
-	// acks nothing before that target is dropped from the run.
-	StallTimeout time.Duration
 
 	codec    *streams.Codec
 	compress compressGate
 	bufs     bufPool
+	outage   time.Duration // Options.OutageTimeout of the current run
+	stall    time.Duration // Options.StallTimeout of the current run
 }
 
 func (s *Sender) workers() int { return max(2, runtime.GOMAXPROCS(0)) }
@@ -79,9 +88,7 @@ func (s *Sender) workers() int { return max(2, runtime.GOMAXPROCS(0)) }
 // unfinished or failed earlier run of the same source and targets is
 // completed first, instead of taking a new snapshot.
 func (s *Sender) Run(ctx context.Context, opt Options) (*coordinator.Replication, error) {
-	if s.StallTimeout <= 0 {
-		s.StallTimeout = DefaultStallTimeout
-	}
+	s.outage, s.stall = orDefault(opt.OutageTimeout, DefaultOutageTimeout), orDefault(opt.StallTimeout, DefaultStallTimeout)
 	if s.codec == nil {
 		c, err := streams.NewCodec(zstd.SpeedDefault)
 		if err != nil {
@@ -112,7 +119,7 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*coordinator.Replication
 			}
 		}
 	}
-	return s.drive(ctx, r.ID, opt.OutageTimeout)
+	return s.drive(ctx, r.ID)
 }
 
 // unfinished finds the latest run of src to the same targets that did not
@@ -213,10 +220,7 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 // drive runs attempts until the replication is done or failed, then deletes
 // its stream. Temporary trouble (a NATS outage, a killed process) is retried
 // where the stream left off, until OutageTimeout passes without progress.
-func (s *Sender) drive(ctx context.Context, id string, outage time.Duration) (*coordinator.Replication, error) {
-	if outage <= 0 {
-		outage = DefaultOutageTimeout
-	}
+func (s *Sender) drive(ctx context.Context, id string) (*coordinator.Replication, error) {
 	var troubleSince time.Time
 	for {
 		r, err := s.step(ctx, id)
@@ -237,8 +241,8 @@ func (s *Sender) drive(ctx context.Context, id string, outage time.Duration) (*c
 		}
 		if troubleSince.IsZero() {
 			troubleSince = time.Now()
-		} else if time.Since(troubleSince) > outage {
-			return nil, fmt.Errorf("replication %s made no progress for %v: %w (is the NATS server running and reachable?)", id, outage, err)
+		} else if time.Since(troubleSince) > s.outage {
+			return nil, fmt.Errorf("replication %s made no progress for %v: %w (is the NATS server running and reachable?)", id, s.outage, err)
 		}
 		s.Log.Warn("send interrupted; continuing where the stream left off", "replication", id, "error", err)
 		select {

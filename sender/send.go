@@ -130,7 +130,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 			}
 		}()
 	}
-	p := &publisher{s: s, r: r, st: st, log: log, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes}
+	p := &publisher{s: s, r: r, st: st, log: log, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes, recoveredAt: -1}
 	pubErr := p.run(sctx, order)
 	cancel()
 	for range order { // let the reader finish after a publish failure

@@ -164,7 +164,9 @@ func Connect(opt Options) (*Broker, error) {
 		return nil, fmt.Errorf("connect to NATS at %s: %w%s", url, err, hint)
 	}
 	b.NC = nc
-	js, err := jetstream.New(nc)
+	// A publish whose ack was lost with the connection must fail, not wait
+	// for ever: the sender then resumes from what the stream holds.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("JetStream at %s: %w", url, err)
