@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/streams"
 )
 
 // interruption is one way a run ends early: a signal sent once reached
@@ -115,20 +116,29 @@ func TestIncrementalReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) 
 // start of the stream, replays it from JetStream without the source
 // sending again; once the window has moved past the start the coordinator
 // must restart the replication instead, and still finish. The native
-// receiver needs no restart in that case either.
+// receiver needs no restart in that case either. A receiver that stays
+// down until the whole stream is stored gets no new message to notice its
+// gap by; it must still catch up at once rather than wait for JetStream to
+// redeliver what its dead predecessor never acknowledged.
 func TestReceiverKilledMidTransfer(t *testing.T) {
 	smallWindow := []string{"--window", strconv.Itoa(16 * mib)}
 	tests := []struct {
-		name        string
-		receiver    string
-		sendFlags   []string
-		wantAttempt int
-		wantResume  bool // the partial is completed rather than discarded
+		name          string
+		receiver      string
+		sendFlags     []string
+		holdingTail   bool // kill once the receiver holds the unacknowledged tail of a complete stream
+		downUntilSent bool // restart the receiver only once the sender is done
+		wantAttempt   int
+		wantResume    bool // the partial is completed rather than discarded
 	}{
 		{name: "native resumes its partial", receiver: "native", wantAttempt: 1, wantResume: true},
 		{name: "native resumes past a small window", receiver: "native", sendFlags: smallWindow, wantAttempt: 1, wantResume: true},
+		{name: "native down until the stream is stored", receiver: "native", downUntilSent: true, wantAttempt: 1, wantResume: true},
+		{name: "native killed holding the tail", receiver: "native", holdingTail: true, wantAttempt: 1, wantResume: true},
 		{name: "btrfs-progs replays from the stream", receiver: "btrfs-progs", wantAttempt: 1},
 		{name: "btrfs-progs restarts once the window passed the start", receiver: "btrfs-progs", sendFlags: smallWindow, wantAttempt: 2},
+		{name: "btrfs-progs down until the stream is stored", receiver: "btrfs-progs", downUntilSent: true, wantAttempt: 1},
+		{name: "btrfs-progs killed holding the tail", receiver: "btrfs-progs", holdingTail: true, wantAttempt: 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -138,15 +148,31 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 			args := append(append([]string{"send", "--server", srv.url(), "--to", "backup"}, tc.sendFlags...), source)
 			send := startSnapjet(t, "send", args...)
 
-			rep := waitForReplication(t, send, srv.liveStatus, "the receiver's kill point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, target))
+			probe := newProbe(t, srv.url())
+			killAt := probe.appliedAtLeast(killPoint, size, chunkSize, target)
+			if tc.holdingTail {
+				killAt = probe.holdsTail(target)
+			}
+			rep := waitForReplication(t, send, srv.liveStatus, "the receiver's kill point", killAt)
 			t.Log("killing the receiver")
 			recv.kill()
 			assertNoPartialCommitted(t, target, rep)
 			partial := onlyStaged(t, target)
+			if tc.downUntilSent {
+				waitForReplication(t, send, srv.liveStatus, "the whole stream to be stored", func(_ context.Context, r replication) bool {
+					return r.State == "sent"
+				})
+			}
+			restarted := time.Now()
 			startReceiver(t, srv.url(), "backup", target, "--receiver", tc.receiver)
 
 			if res := send.wait(transferTimeout); res.code != 0 {
 				t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
+			}
+			catchUp := time.Since(restarted)
+			t.Logf("the replication completed %v after the receiver restarted", catchUp.Round(time.Millisecond))
+			if (tc.downUntilSent || tc.holdingTail) && catchUp >= streams.AckWait {
+				t.Errorf("catching up took %v: the restarted receiver waited for JetStream's redelivery (AckWait %v) instead of fetching what it missed", catchUp, streams.AckWait)
 			}
 			done := assertDone(t, srv.status(), rep.SnapshotName)
 			if done.Attempt != tc.wantAttempt {

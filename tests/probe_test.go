@@ -88,3 +88,37 @@ func (p *jsProbe) reached(err error, what string, chunks, chunkSize, size int64,
 	p.t.Logf("JetStream: %d chunks (%d MiB, %d%% of %d MiB) %s", chunks, chunks*chunkSize/mib, 100*chunks*chunkSize/size, size/mib, what)
 	return true
 }
+
+// holdsTail holds once the whole stream, end marker included, is stored
+// and has been delivered to the target in dir, which has not acknowledged
+// all of it yet. A receiver killed now leaves its successor nothing that
+// was never delivered: no new message to notice the gap by.
+func (p *jsProbe) holdsTail(dir string) func(context.Context, replication) bool {
+	return func(ctx context.Context, rep replication) bool {
+		name, _, ok := rep.target(dir)
+		if !ok {
+			return false
+		}
+		s, err := p.js.Stream(ctx, streams.StreamName(rep.ID))
+		if err != nil {
+			return false
+		}
+		last, err := s.GetLastMsgForSubject(ctx, streams.Subject(rep.ID))
+		if err != nil {
+			return false
+		}
+		if h, err := streams.DecodeHeader(last.Header); err != nil || h.Kind != streams.KindEnd {
+			return false
+		}
+		c, err := s.Consumer(ctx, streams.ConsumerName(name))
+		if err != nil {
+			return false
+		}
+		info := c.CachedInfo()
+		if info.Delivered.Stream < last.Sequence || info.AckFloor.Stream >= last.Sequence {
+			return false
+		}
+		p.t.Logf("JetStream: all %d messages stored and delivered to %s, acknowledged up to %d", last.Sequence, name, info.AckFloor.Stream)
+		return true
+	}
+}
