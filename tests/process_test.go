@@ -49,8 +49,9 @@ func startSnapjetEnv(t *testing.T, name string, env []string, args ...string) *p
 	cmd := exec.Command(snapjetBin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	// Its own process group lets cleanup reach orphaned btrfs children after
-	// the snapjet process itself was SIGKILLed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// the snapjet process itself was SIGKILLed. Pdeathsig ends it should the
+	// test binary die without running its cleanups (a -timeout panic).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 10 * time.Second
 	p := &proc{
 		t:      t,
