@@ -49,7 +49,10 @@ type Codec struct {
 
 // NewCodec builds a codec; level trades CPU for bytes on the wire.
 func NewCodec(level zstd.EncoderLevel) (*Codec, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	// Entropy-coding the literals of blocks with few matches is what makes
+	// text without repeats (logs, base64) shrink as with the zstd CLI.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true),
+		zstd.WithAllLitEntropyCompression(true))
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)
 	}

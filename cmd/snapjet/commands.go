@@ -41,7 +41,7 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 }
 
 func (f *sendFlags) options(source string, targets []string) sender.Options {
-	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage}
+	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall}
 }
 
 func replicateCmd(g *globals) *cobra.Command {
@@ -84,7 +84,7 @@ replication first: it resumes, or discards the partial and starts over.`,
 				wg.Add(1)
 				go func() { defer wg.Done(); _ = rc.Run(rctx) }()
 			}
-			return runSend(ctx, g, b, f.options(args[0], names), f.stall)
+			return runSend(ctx, g, b, f.options(args[0], names))
 		},
 	}
 	f.add(cmd)
@@ -116,7 +116,7 @@ func sendCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer b.Close()
-			return runSend(cmd.Context(), g, b, f.options(args[0], strings.Split(to, ",")), f.stall)
+			return runSend(cmd.Context(), g, b, f.options(args[0], strings.Split(to, ",")))
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "comma-separated target names")
@@ -125,14 +125,14 @@ func sendCmd(g *globals) *cobra.Command {
 }
 
 // runSend runs the coordinator and the sender, and reports the outcome.
-func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Options, stall time.Duration) error {
+func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Options) error {
 	coord, err := coordinator.New(ctx, b.NC, b.JS, g.log)
 	if err != nil {
 		return err
 	}
 	defer coord.Close()
 	prog := newProgress(g.log)
-	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update, StallTimeout: stall}
+	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update}
 	r, err := s.Run(ctx, opt)
 	prog.done()
 	if err != nil {
