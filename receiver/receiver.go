@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"golang.org/x/sys/unix"
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
@@ -145,6 +147,11 @@ func (rc *Receiver) incoming(id string) string {
 // attempt addressed to this target.
 func (rc *Receiver) Run(ctx context.Context) error {
 	rc.root = ctx
+	lock, err := rc.lock()
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	svc, err := micro.AddService(rc.nc, micro.Config{
 		Name:        streams.ReceiverService,
 		Version:     "1.0.0",
@@ -188,6 +195,28 @@ func (rc *Receiver) Run(ctx context.Context) error {
 		<-j.done
 	}
 	return ctx.Err()
+}
+
+// lock makes sure one receiver at a time serves a target directory: two
+// would apply the same stream into one staging area.
+func (rc *Receiver) lock() (*os.File, error) {
+	path := filepath.Join(rc.dir, ".snapjet", "receiver.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock target %s: %w", rc.dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, coordinator.Permanent(fmt.Errorf("target %s is already served by another snapjet receiver (pid %s): stop it first", rc.dir, readPID(path)))
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
+	return f, nil
+}
+
+func readPID(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
 }
 
 // wants reports whether r asks this target to receive now.
