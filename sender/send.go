@@ -26,7 +26,7 @@ import (
 var errStreamChanged = errors.New("the regenerated send stream differs from the chunks already stored")
 
 // maxInflight bounds published-but-unconfirmed chunks, and with them memory.
-const maxInflight = 32
+const maxInflight = 16
 
 type job struct {
 	idx, off int64
