@@ -7,7 +7,7 @@
 // is ever taken for complete.
 //
 // The suite needs root (loop devices, mount) and btrfs-progs; it builds
-// ./cmd/snapjet once and runs in about a minute and a half:
+// ./cmd/snapjet once and runs in two to three minutes on two cores:
 //
 //	sudo go test ./tests -v
 //
