@@ -144,7 +144,9 @@ func run(ctx context.Context, cfg config) error {
 		"zstd":        {"zstd", "--version"},
 		"openssh":     {"ssh", "-V"},
 		"nats-server": {cfg.natsServer, "--version"},
-		"snapjet":     {"git", "log", "-1", "--format=%h %s"},
+		// bench/run builds snapjet from the working tree, so this says
+		// which commit it was and whether the tree had changes on top.
+		"snapjet source": {"git", "describe", "--always", "--dirty"},
 	})
 	if err := b.runSections(ctx); err != nil {
 		return err
