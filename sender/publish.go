@@ -31,8 +31,9 @@ type publisher struct {
 }
 
 type pending struct {
-	fut jetstream.PubAckFuture
-	j   *job
+	fut        jetstream.PubAckFuture
+	j          *job
+	reconnects uint64 // the connection's reconnect count when published
 }
 
 // publishOpts makes the server refuse a chunk unless its predecessor is the
@@ -92,7 +93,7 @@ func (p *publisher) publish(j *job) error {
 	if err != nil {
 		return fmt.Errorf("publish chunk %d of %s: %w", j.idx, p.r.ID, err)
 	}
-	p.inflight = append(p.inflight, pending{fut, j})
+	p.inflight = append(p.inflight, pending{fut, j, p.s.NC.Stats().Reconnects})
 	p.stored += int64(len(j.msg.Data)) + msgOverhead
 	return nil
 }
@@ -167,12 +168,23 @@ func (p *publisher) republish(rp resumePoint, cause error) error {
 
 func (p *publisher) confirmOldest(ctx context.Context) error {
 	o := p.inflight[0]
-	select {
-	case <-o.fut.Ok():
-	case err := <-o.fut.Err():
-		return fmt.Errorf("store chunk %d of %s: %w", o.j.idx, p.r.ID, err)
-	case <-ctx.Done():
-		return ctx.Err()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-o.fut.Ok():
+			done = true
+		case err := <-o.fut.Err():
+			return fmt.Errorf("store chunk %d of %s: %w", o.j.idx, p.r.ID, err)
+		case <-tick.C:
+			// An ack lost with a dropped connection never comes: do not
+			// wait for the publish timeout once the client reconnected.
+			if p.s.NC.Stats().Reconnects != o.reconnects {
+				return fmt.Errorf("store chunk %d of %s: the connection was re-established before the server confirmed it", o.j.idx, p.r.ID)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	p.inflight = p.inflight[1:]
 	p.confirmed(o.j)

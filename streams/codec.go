@@ -3,6 +3,7 @@ package streams
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 
 	"github.com/cespare/xxhash/v2"
@@ -51,7 +52,9 @@ type Codec struct {
 func NewCodec(level zstd.EncoderLevel) (*Codec, error) {
 	// Entropy-coding the literals of blocks with few matches is what makes
 	// text without repeats (logs, base64) shrink as with the zstd CLI.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true),
+	// One encoder per core: the sender compresses chunks in parallel, and
+	// EncodeAll waits for a free encoder.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true),
 		zstd.WithAllLitEntropyCompression(true))
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)
