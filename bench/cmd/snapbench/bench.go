@@ -100,7 +100,7 @@ func (b *bench) fullSet(ctx context.Context, key, desc string, gen func(context.
 }
 
 func (b *bench) methods(ctx context.Context, ds *dataSet) {
-	for _, m := range []func(context.Context, *dataSet) report.Row{b.rawRow, b.sshRow, b.replicateRow, b.threeRow} {
+	for _, m := range []func(context.Context, *dataSet) report.Row{b.rawRow, b.sshRow, b.replicateRow, b.replicateProgsRow, b.threeRow} {
 		if ctx.Err() != nil {
 			return
 		}

@@ -24,6 +24,9 @@ const (
 	methodRaw       = "btrfs send | btrfs receive"
 	methodSSH       = "btrfs send | zstd -3 | ssh | zstd -d | btrfs receive"
 	methodReplicate = "snapjet replicate (embedded server)"
+	// The same with the external btrfs receive instead of the native one,
+	// to compare the two appliers on the same streams.
+	methodReplicateProgs = "snapjet replicate --receiver btrfs-progs"
 	methodThree     = "snapjet send + nats-server + snapjet receive"
 	targetName      = "t1"
 )
@@ -154,14 +157,24 @@ func (b *bench) freshStore(ctx context.Context, ds *dataSet) (string, error) {
 }
 
 func (b *bench) replicateRow(ctx context.Context, ds *dataSet) report.Row {
-	return b.row(ctx, ds, methodReplicate, func(ctx context.Context, g *proctree.Group, r *report.Row) (time.Duration, string, error) {
+	return b.replicateWith(ctx, ds, methodReplicate, "replicate")
+}
+
+func (b *bench) replicateProgsRow(ctx context.Context, ds *dataSet) report.Row {
+	return b.replicateWith(ctx, ds, methodReplicateProgs, "replicate-progs", "--receiver", "btrfs-progs")
+}
+
+// replicateWith is a `snapjet replicate` row; extra are more flags.
+func (b *bench) replicateWith(ctx context.Context, ds *dataSet, method, profileAs string, extra ...string) report.Row {
+	return b.row(ctx, ds, method, func(ctx context.Context, g *proctree.Group, r *report.Row) (time.Duration, string, error) {
 		store, err := b.freshStore(ctx, ds)
 		if err != nil {
 			return 0, "", err
 		}
 		defer os.RemoveAll(store)
-		replicate := func(g *proctree.Group, profileAs string) error {
-			p := b.snapjet(profileAs, "replicate", "--store", store, "--listen", "127.0.0.1:0", ds.subvol, b.tgt.Dir)
+		replicate := func(g *proctree.Group, profile string) error {
+			args := append([]string{"replicate", "--store", store, "--listen", "127.0.0.1:0"}, extra...)
+			p := b.snapjet(profile, append(args, ds.subvol, b.tgt.Dir)...)
 			if err := g.Start(p.cmd); err != nil {
 				return err
 			}
@@ -175,7 +188,7 @@ func (b *bench) replicateRow(ctx context.Context, ds *dataSet) report.Row {
 				return 0, "", err
 			}
 		}
-		wall, err := b.timed(func() error { return replicate(g, ds.Key+"-replicate") })
+		wall, err := b.timed(func() error { return replicate(g, ds.Key+"-"+profileAs) })
 		if err != nil {
 			return wall, "", err
 		}
