@@ -265,11 +265,13 @@ func (rc *Receiver) runJob(ctx context.Context, r *coordinator.Replication) {
 		if err == nil || ctx.Err() != nil {
 			return
 		}
-		log.Warn("receive interrupted; retrying", "error", err)
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-			return
+		if !errors.Is(err, errFallBack) {
+			log.Warn("receive interrupted; retrying", "error", err)
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return
+			}
 		}
 		cur, _, gerr := rc.store.Get(ctx, r.ID)
 		if gerr != nil || cur.Attempt != r.Attempt || !rc.wants(cur) {
