@@ -301,7 +301,7 @@ func (c *Coordinator) resetStream(ctx context.Context, r *Replication) error {
 	for name, t := range r.Targets {
 		switch {
 		case !t.State.Terminal():
-			if err := streams.ResetConsumer(ctx, s, name); err != nil {
+			if err := streams.ResetConsumer(ctx, s, name, 0); err != nil {
 				return err
 			}
 		case t.State == TFailed:

@@ -48,6 +48,9 @@ func judge(r *Replication, rep streams.Report, startStored bool) (streams.Verdic
 
 	case streams.EvRewind:
 		counters()
+		if rep.FromSeq > 0 {
+			return v, resetConsumer, "", nil // a resumed partial: carry on from there
+		}
 		if startStored {
 			return v, resetConsumer, "", r.setTarget(rep.Target, TPending, "")
 		}
@@ -157,7 +160,7 @@ func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (strea
 		if err != nil {
 			return v, fmt.Errorf("replay to %s: %w", rep.Target, err)
 		}
-		return v, streams.ResetConsumer(ctx, s, rep.Target)
+		return v, streams.ResetConsumer(ctx, s, rep.Target, rep.FromSeq)
 	case dropConsumer:
 		s, err := c.js.Stream(ctx, streams.StreamName(id))
 		if err == nil {

@@ -99,6 +99,22 @@ func (j *job) attempt(ctx context.Context) error {
 	}
 	j.native = rc.applier == Native && !rc.usesProgs(r.ID)
 	if j.native && j.resume(ctx) {
+		if ci.NumAckPending > 0 {
+			// A dead predecessor holds deliveries that would only come
+			// back after AckWait: ask for everything past the last ack now.
+			rep := j.counters(streams.EvRewind)
+			rep.FromSeq = ci.AckFloor.Stream + 1
+			v, err := rc.report(ctx, r.ID, rep)
+			if err != nil {
+				return err
+			}
+			if v.Action == streams.ActStale {
+				return nil
+			}
+			if cons, err = st.Consumer(ctx, streams.ConsumerName(rc.target)); err != nil {
+				return fmt.Errorf("consumer of %s: %w", rc.target, err)
+			}
+		}
 		return j.receive(ctx, cons)
 	}
 	_, statErr := os.Stat(j.staging)

@@ -24,7 +24,7 @@ const (
 	EvReceived  Event = "received"  // whole stream applied; asks for the verdict
 	EvCommitted Event = "committed" // the verified subvolume is at its final place
 	EvFailed    Event = "failed"    // the attempt failed on this target; staging is clean
-	EvRewind    Event = "rewind"    // the receiver lost its partial; asks to replay from the start
+	EvRewind    Event = "rewind"    // asks to replay the stream: from FromSeq, or from the start when the partial is lost
 )
 
 // Report is a receiver's message to the coordinator.
@@ -41,6 +41,9 @@ type Report struct {
 	ReadOnly     bool   `json:"read_only,omitempty"`
 	// EvCommitted: the final path.
 	Path string `json:"path,omitempty"`
+	// EvRewind: a resumed receiver asks for the chunks from this stream
+	// sequence on, which a dead predecessor had been delivered but not acked.
+	FromSeq uint64 `json:"from_seq,omitempty"`
 	// EvFailed.
 	Reason        string `json:"reason,omitempty"`
 	Permanent     bool   `json:"permanent,omitempty"`

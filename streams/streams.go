@@ -114,13 +114,18 @@ func ConsumerConfig(target string) jetstream.ConsumerConfig {
 }
 
 // ResetConsumer deletes and recreates target's consumer so that it delivers
-// the stream again from its first stored message.
-func ResetConsumer(ctx context.Context, s jetstream.Stream, target string) error {
+// the stream again from fromSeq, or from its first stored message when
+// fromSeq is 0.
+func ResetConsumer(ctx context.Context, s jetstream.Stream, target string, fromSeq uint64) error {
 	err := s.DeleteConsumer(ctx, ConsumerName(target))
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return fmt.Errorf("reset consumer of %s: %w", target, err)
 	}
-	if _, err := s.CreateOrUpdateConsumer(ctx, ConsumerConfig(target)); err != nil {
+	cfg := ConsumerConfig(target)
+	if fromSeq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, fromSeq
+	}
+	if _, err := s.CreateOrUpdateConsumer(ctx, cfg); err != nil {
 		return fmt.Errorf("reset consumer of %s: %w", target, err)
 	}
 	return nil

@@ -138,7 +138,9 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 		{name: "btrfs-progs replays from the stream", receiver: "btrfs-progs", wantAttempt: 1},
 		{name: "btrfs-progs restarts once the window passed the start", receiver: "btrfs-progs", sendFlags: smallWindow, wantAttempt: 2},
 		{name: "btrfs-progs down until the stream is stored", receiver: "btrfs-progs", downUntilSent: true, wantAttempt: 1},
-		{name: "btrfs-progs killed holding the tail", receiver: "btrfs-progs", holdingTail: true, wantAttempt: 1},
+		// No "btrfs-progs killed holding the tail": that receiver acks each
+		// chunk as it hands it on, so the moment when the whole stream is
+		// delivered but its tail unacked is too short to kill it in.
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
