@@ -108,6 +108,7 @@ func sendCmd(g *globals) *cobra.Command {
 			if to == "" {
 				return &exitError{2, fmt.Errorf("--to: name at least one target")}
 			}
+			limitMemory()
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
@@ -164,6 +165,7 @@ func receiveCmd(g *globals) *cobra.Command {
 			if target == "" {
 				return &exitError{2, fmt.Errorf("--target: name this target")}
 			}
+			limitMemory()
 			if _, err := receiver.CheckTarget(args[0]); err != nil {
 				return err
 			}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 
@@ -70,6 +71,18 @@ func main() {
 			os.Exit(2)
 		}
 		os.Exit(1)
+	}
+}
+
+// streamingMemoryLimit is the soft heap limit of `send` and `receive`
+// unless GOMEMLIMIT says otherwise: their live data is bounded (chunks in
+// flight), so the GC need not let the heap grow to twice that.
+const streamingMemoryLimit = 64 << 20
+
+// limitMemory applies streamingMemoryLimit to a streaming-only process.
+func limitMemory() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(streamingMemoryLimit)
 	}
 }
 
