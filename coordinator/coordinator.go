@@ -136,8 +136,14 @@ func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication
 		return nil, nil, err
 	}
 	for _, name := range r.Active() {
-		if _, err := s.CreateOrUpdateConsumer(ctx, streams.ConsumerConfig(name)); err != nil {
-			return nil, nil, fmt.Errorf("create consumer for target %s: %w", name, err)
+		// An existing consumer is left as it is: it may have been reset to
+		// start where a resumed receiver continues.
+		_, err := s.Consumer(ctx, streams.ConsumerName(name))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			_, err = s.CreateConsumer(ctx, streams.ConsumerConfig(name))
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("consumer for target %s: %w", name, err)
 		}
 	}
 	r, err = c.update(ctx, id, func(r *Replication) error {
