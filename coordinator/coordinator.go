@@ -31,6 +31,10 @@ type Coordinator struct {
 
 	mu      sync.Mutex // serialises read-modify-write of records
 	serving map[string]bool
+	// resetting is held while a new attempt's stream is purged and its
+	// consumers reset; BeginAttempt waits for it, so no receiver sees the
+	// new attempt in state sending with a consumer of the old one.
+	resetting sync.Mutex
 }
 
 // New binds the state bucket and registers the coordinator micro service.
@@ -127,6 +131,8 @@ func (c *Coordinator) update(ctx context.Context, id string, fn func(*Replicatio
 // BeginAttempt makes sure the stream and the consumers of the current
 // attempt exist, and moves a planned replication to sending.
 func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication, jetstream.Stream, error) {
+	c.resetting.Lock()
+	defer c.resetting.Unlock()
 	r, _, err := c.store.Get(ctx, id)
 	if err != nil {
 		return nil, nil, err
@@ -194,6 +200,8 @@ func markSent(r *Replication, attempt int, chunks, total, wire int64, digest str
 // attempt is the attempt the caller saw fail: when two parties report the
 // same failure, only the first restart counts.
 func (c *Coordinator) Restart(ctx context.Context, id string, attempt int, reason string, full bool) (*Replication, error) {
+	c.resetting.Lock()
+	defer c.resetting.Unlock()
 	stale := false
 	r, err := c.update(ctx, id, func(r *Replication) error {
 		if stale = r.State.Terminal() || r.Attempt != attempt; stale {
@@ -217,6 +225,8 @@ func (c *Coordinator) Restart(ctx context.Context, id string, attempt int, reaso
 // Retry starts a new run of a failed replication: every target that did not
 // commit tries again, from a fresh attempt.
 func (c *Coordinator) Retry(ctx context.Context, id string) (*Replication, error) {
+	c.resetting.Lock()
+	defer c.resetting.Unlock()
 	r, err := c.update(ctx, id, func(r *Replication) error {
 		if r.State != Failed {
 			return nil
