@@ -230,12 +230,10 @@ func (rc *Receiver) dispatch(ctx context.Context, r *coordinator.Replication) {
 	rc.mu.Lock()
 	j := rc.jobs[r.ID]
 	rc.mu.Unlock()
-	if j != nil && (j.attempt != r.Attempt || !rc.wants(r)) {
-		if j.attempt != r.Attempt {
-			j.cancel()
-			<-j.done
-			j = nil
-		}
+	if j != nil && j.attempt != r.Attempt {
+		j.cancel()
+		<-j.done
+		j = nil
 	}
 	if j != nil || !rc.wants(r) {
 		return
