@@ -263,18 +263,28 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 	}
 }
 
-// ackFloor is the highest stream sequence that every consumer has acked,
-// and the target whose consumer holds it there.
+// ackFloor is the highest stream sequence that every active target has
+// acked, and the target whose consumer holds it there. A target without a
+// consumer (one being reset for a resumed receiver) holds it at 0: while
+// its consumer is away, nothing may be purged from under it.
 func (p *publisher) ackFloor(ctx context.Context, last uint64) (uint64, string, error) {
-	floor, slowest := last, ""
+	r, _, err := p.s.Coord.Store().Get(ctx, p.r.ID)
+	if err != nil {
+		return 0, "", err
+	}
+	floors := map[string]uint64{}
 	lister := p.st.ListConsumers(ctx)
 	for ci := range lister.Info() {
-		if ci.AckFloor.Stream < floor {
-			floor, slowest = ci.AckFloor.Stream, streams.TargetOf(ci.Name)
-		}
+		floors[streams.TargetOf(ci.Name)] = ci.AckFloor.Stream
 	}
 	if err := lister.Err(); err != nil {
 		return 0, "", fmt.Errorf("consumers of %s: %w", p.r.ID, err)
+	}
+	floor, slowest := last, ""
+	for _, t := range r.Active() {
+		if f := floors[t]; f < floor {
+			floor, slowest = f, t
+		}
 	}
 	return floor, slowest, nil
 }
