@@ -20,7 +20,11 @@ func TestUnsupportedStreamFallsBackToBtrfsProgs(t *testing.T) {
 	binary.LittleEndian.PutUint32(v3[13:17], 3) // after the 13-byte magic
 	s.stream = v3
 	e.plan("src-1", s)
-	e.send("src-1", 1, s)
+	// No MarkSent: the receiver refuses the stream, and the coordinator
+	// may restart the attempt, before a sender would get to it.
+	chunks := e.chunks("src-1", 1, s)
+	e.publish(chunks...)
+	e.end("src-1", 1, s, chunks)
 	r := e.wait("src-1", "the attempt to end", func(r *coordinator.Replication) bool {
 		return r.State.Terminal() || r.Attempt > 1
 	})
