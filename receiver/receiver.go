@@ -135,9 +135,6 @@ func (rc *Receiver) fallBack(id string) {
 // opposed to one job being cancelled.
 func (rc *Receiver) stopping() bool { return rc.root != nil && rc.root.Err() != nil }
 
-// Dir is the absolute target directory.
-func (rc *Receiver) Dir() string { return rc.dir }
-
 func (rc *Receiver) incoming(id string) string {
 	return filepath.Join(rc.dir, ".snapjet", "incoming", id)
 }

@@ -168,12 +168,26 @@ func (p *publisher) republish(rp resumePoint, cause error) error {
 
 func (p *publisher) confirmOldest(ctx context.Context) error {
 	o := p.inflight[0]
+	select { // usually confirmed already: no timer on the chunk path
+	case <-o.fut.Ok():
+	default:
+		if err := p.awaitAck(ctx, o); err != nil {
+			return err
+		}
+	}
+	p.inflight = p.inflight[1:]
+	p.confirmed(o.j)
+	return nil
+}
+
+// awaitAck waits for the server to confirm o.
+func (p *publisher) awaitAck(ctx context.Context, o pending) error {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	for done := false; !done; {
+	for {
 		select {
 		case <-o.fut.Ok():
-			done = true
+			return nil
 		case err := <-o.fut.Err():
 			return fmt.Errorf("store chunk %d of %s: %w", o.j.idx, p.r.ID, err)
 		case <-tick.C:
@@ -186,9 +200,6 @@ func (p *publisher) confirmOldest(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	p.inflight = p.inflight[1:]
-	p.confirmed(o.j)
-	return nil
 }
 
 // confirmed counts a chunk the server stored and frees its buffers: the
