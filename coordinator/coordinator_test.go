@@ -60,8 +60,13 @@ func (f *fixture) create(id string, names ...string) *Replication {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	if r.State != Sending || r.Attempt != 1 || r.RunStart != 1 {
-		f.t.Fatalf("after BeginAttempt: %s attempt %d run %d", r.State, r.Attempt, r.RunStart)
+	if r.State != Sending || r.Attempt != 1 {
+		f.t.Fatalf("after BeginAttempt: %s attempt %d", r.State, r.Attempt)
+	}
+	for _, n := range names {
+		if got := r.Targets[n].Attempts; got != 1 {
+			f.t.Fatalf("target %s starts at attempt %d of the run, want 1", n, got)
+		}
 	}
 	return r
 }
@@ -208,16 +213,16 @@ func TestRetryStartsAFreshRun(t *testing.T) {
 
 	// Retry of a replication that did not fail changes nothing.
 	other := f.create("r2", "x")
-	if got, err := f.c.Retry(f.ctx, "r2"); err != nil || got.State != Sending || got.Attempt != other.Attempt {
+	if got, err := f.c.Retry(f.ctx, "r2", nil); err != nil || got.State != Sending || got.Attempt != other.Attempt {
 		t.Errorf("retry of a sending replication: %v, %s attempt %d", err, got.State, got.Attempt)
 	}
 
-	r, err = f.c.Retry(f.ctx, "r1")
+	r, err = f.c.Retry(f.ctx, "r1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.State != Planned || r.Attempt != 2 || r.RunStart != 2 {
-		t.Errorf("after retry: %s attempt %d run %d", r.State, r.Attempt, r.RunStart)
+	if r.State != Planned || r.Attempt != 2 || r.Targets["bad"].Attempts != 1 {
+		t.Errorf("after retry: %s attempt %d, target's attempts in the new run %d", r.State, r.Attempt, r.Targets["bad"].Attempts)
 	}
 	if r.Targets["good"].State != TCommitted || r.Targets["bad"].State != TPending || r.Targets["bad"].Error != "" {
 		t.Errorf("targets after retry: good %+v, bad %+v", *r.Targets["good"], *r.Targets["bad"])
@@ -275,21 +280,44 @@ func TestReportsThroughTheService(t *testing.T) {
 		t.Error("the committed target keeps its consumer")
 	}
 
-	// b saw a different stream: its verdict is discard and a new attempt begins.
-	v, err = f.report("r1", streams.Report{Event: streams.EvReceived, Target: "b", Attempt: 1, ChunksApplied: 1, BytesApplied: 10,
-		Digest: "sha256:00", ReceivedUUID: snapUUID, ReadOnly: true})
-	if err != nil || v.Action != streams.ActDiscard || v.Attempt != 2 || !strings.Contains(v.Reason, "digest") {
+	// b saw a different stream: its verdict is discard, and since the
+	// stream still holds its start, it is replayed to b alone.
+	badDigest := streams.Report{Event: streams.EvReceived, Target: "b", Attempt: 1, ChunksApplied: 1, BytesApplied: 10,
+		Digest: "sha256:00", ReceivedUUID: snapUUID, ReadOnly: true}
+	v, err = f.report("r1", badDigest)
+	if err != nil || v.Action != streams.ActDiscard || v.Attempt != 1 || !strings.Contains(v.Reason, "digest") {
 		t.Fatalf("received with a bad digest: %+v, %v", v, err)
 	}
 	r := f.get("r1")
+	if r.Attempt != 1 || r.State != Sent || r.Targets["b"].State != TPending || r.Targets["b"].Attempts != 2 {
+		t.Errorf("after the replay: %s attempt %d, b %s with %d attempts", r.State, r.Attempt, r.Targets["b"].State, r.Targets["b"].Attempts)
+	}
+	if ci := f.consumer("r1", "b"); ci == nil || ci.Delivered.Consumer != 0 || ci.NumPending == 0 {
+		t.Errorf("b's consumer was not reset to replay the stream: %+v", ci)
+	}
+	if n := f.streamMsgs("r1"); n == 0 {
+		t.Error("the replay emptied the stream")
+	}
+
+	// Once the stream lost its start, the same failure of the only active
+	// target discards the attempt and a new one begins.
+	s, err := f.b.JS.Stream(f.ctx, streams.StreamName("r1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	v, err = f.report("r1", badDigest)
+	if err != nil || v.Action != streams.ActDiscard || v.Attempt != 2 || !strings.Contains(v.Reason, "digest") {
+		t.Fatalf("received with a bad digest, start gone: %+v, %v", v, err)
+	}
+	r = f.get("r1")
 	if r.Attempt != 2 || r.State != Planned || r.Targets["a"].State != TCommitted || r.Targets["b"].State != TPending {
 		t.Errorf("after the discard: %s attempt %d, a %s, b %s", r.State, r.Attempt, r.Targets["a"].State, r.Targets["b"].State)
 	}
 	if r.Targets["a"].Path != "/t/src.1" {
 		t.Errorf("committed path %q", r.Targets["a"].Path)
-	}
-	if n := f.streamMsgs("r1"); n != 0 {
-		t.Errorf("the discarded attempt left %d messages", n)
 	}
 
 	// A late report of attempt 1 is refused and changes nothing.
@@ -352,7 +380,7 @@ func TestRewindReplaysOrRestarts(t *testing.T) {
 	if err != nil || v.Action != streams.ActStale || v.Attempt != 2 {
 		t.Fatalf("rewind without the start: %+v, %v", v, err)
 	}
-	if r := f.get("r1"); r.Attempt != 2 || r.State != Planned || !strings.Contains(r.Error, "no longer holds the start") {
+	if r := f.get("r1"); r.Attempt != 2 || r.State != Planned || !strings.Contains(r.Error, "lost its partial") {
 		t.Errorf("after the rewind: %s attempt %d %q", r.State, r.Attempt, r.Error)
 	}
 }

@@ -132,10 +132,17 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	}
 	p := &publisher{s: s, r: r, st: st, log: log, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes, recoveredAt: -1}
 	pubErr := p.run(sctx, order)
-	cancel()
-	for range order { // let the reader finish after a publish failure
+	if pubErr != nil {
+		// Only a failure stops btrfs send early: cancelling a send that
+		// already exited 0 would make Wait report "context canceled".
+		cancel()
+		for range order { // let the reader finish
+		}
 	}
 	wg.Wait()
+	if readErr != nil {
+		cancel() // the reader stopped reading: btrfs send may block on the pipe
+	}
 	waitErr := proc.Wait()
 	switch {
 	case pubErr != nil:
