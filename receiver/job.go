@@ -385,8 +385,17 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 	if err != nil {
 		return true, j.rejected(ctx, msg, err)
 	}
-	if m.Attempt != j.r.Attempt || m.Repl != j.r.ID {
-		_ = msg.Ack() // left from another attempt; worthless to everyone
+	switch {
+	case m.Repl != j.r.ID:
+		_ = msg.Term() // not of this replication at all; never ack past it
+		return false, nil
+	case m.Attempt > j.r.Attempt:
+		// This job lags behind the coordinator: the message belongs to the
+		// next attempt's job, and an ack (AckAll) would confirm chunks that
+		// job has not applied.
+		return true, errAttemptEnded
+	case m.Attempt < j.r.Attempt:
+		_ = msg.Ack() // left from an earlier attempt, before this one's chunks
 		return false, nil
 	}
 	if m.Kind == streams.KindChunk && m.Index < j.next {
