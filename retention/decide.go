@@ -44,6 +44,10 @@ type Input struct {
 	// Needed maps snapshot names to the unfinished replication that needs
 	// them (as its snapshot or its incremental parent).
 	Needed map[string]string
+	// Hold, when set, keeps everything and is the rule: the caller could
+	// not learn a fact a protection depends on (e.g. the replication
+	// records), and a snapshot deleted in doubt cannot come back.
+	Hold string
 }
 
 // Decision is the verdict on one snapshot and the rule that gave it.
@@ -96,6 +100,9 @@ func Decide(in Input) []Decision {
 // protections holds what replication needs, whatever the policy.
 func protections(in Input, snaps []Snapshot) map[string]string {
 	keep := map[string]string{}
+	if in.Hold != "" {
+		addAll(keep, snaps, in.Hold)
+	}
 	for _, t := range in.Targets {
 		if t.Failed {
 			addAll(keep, snaps, "target "+t.Name+" failed last run")

@@ -150,6 +150,10 @@ keep c: latest 1
 delete b: not kept by latest 1
 delete a: not kept by latest 1
 `},
+		{"a fact in doubt holds everything", Input{Now: t0, Policy: Policy{Latest: 1}, Snapshots: every(t0.Add(-2*time.Hour), time.Hour, 2), Hold: "replication records unreadable"}, `
+keep 20261130T130000Z: replication records unreadable
+keep 20261130T120000Z: replication records unreadable
+`},
 		{"no snapshots", Input{Now: t0, Policy: Policy{Latest: 1}}, "\n"},
 	}
 	for _, tc := range cases {
