@@ -18,6 +18,7 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/internal/loopfs"
+	"github.com/snapjet/snapjet/prune"
 	"github.com/snapjet/snapjet/sender"
 )
 
@@ -212,4 +213,14 @@ func listSubvolumes(t *testing.T, root string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// TestPruneNamesTargetsAsReplicate: prune finds a local target's records
+// by the name replicate gives it; the two must never drift apart.
+func TestPruneNamesTargetsAsReplicate(t *testing.T) {
+	for _, dir := range []string{"/mnt/site-a/backup", "/srv/my backups.d", "/x/a very long directory name that goes on and on and on", "rel/dir"} {
+		if got, want := prune.LocalTargetName(dir), targetName(dir); got != want {
+			t.Errorf("prune names %q %q, replicate %q", dir, got, want)
+		}
+	}
 }
