@@ -62,10 +62,11 @@ type facts struct {
 	ours    map[btrfs.UUID]bool   // UUIDs of every snapshot this source ever replicated
 	needed  map[btrfs.UUID]string // UUID → unfinished replication that needs it
 	failed  map[string]bool       // target name → its last replication failed
-	hold    string                // keeps everything on every side: records unreadable
-	// srcHold keeps everything on the source: a remote target's base is
-	// unknown.
-	srcHold  string
+	// hold keeps everything on every side: the records are unreadable,
+	// or what a remote target holds is unknown (so are its base and the
+	// parent of the next replication).
+	hold     string
+	parent   btrfs.UUID // the next replication's parent; zero for none
 	targets  []targetFacts
 	location *time.Location
 }
@@ -122,7 +123,25 @@ func gather(ctx context.Context, job config.Job, st State) (*facts, error) {
 		}
 		f.targets = append(f.targets, tf)
 	}
+	f.parent = f.nextParent()
 	return f, nil
+}
+
+// nextParent is the snapshot the sender will choose as the incremental
+// parent of the next replication: the newest source snapshot that every
+// target holds (as sender's chooseParent does).
+func (f *facts) nextParent() btrfs.UUID {
+	for i := len(f.source) - 1; i >= 0 && len(f.targets) > 0; i-- {
+		u := f.source[i].UUID
+		everywhere := true
+		for _, t := range f.targets {
+			everywhere = everywhere && t.received[u]
+		}
+		if everywhere {
+			return u
+		}
+	}
+	return btrfs.UUID{}
 }
 
 // fromRecords learns from this source's replication records which UUIDs
@@ -164,7 +183,7 @@ func (f *facts) target(ctx context.Context, t config.Target, st State) (targetFa
 		if err != nil {
 			// Without its inventory the remote base is unknown, so the
 			// source must keep everything.
-			f.srcHold = fmt.Sprintf("what target %s holds is unknown (%v)", t.Remote, err)
+			f.hold = firstOf(f.hold, fmt.Sprintf("what target %s holds is unknown (%v)", t.Remote, err))
 		}
 		for _, u := range uuids {
 			tf.received[u] = true
@@ -188,7 +207,7 @@ func (f *facts) target(ctx context.Context, t config.Target, st State) (targetFa
 }
 
 func (f *facts) sourceSide(job config.Job, now time.Time) Side {
-	in := retention.Input{Now: now, Policy: job.Retain.Source, Location: f.location, Hold: firstOf(f.hold, f.srcHold), Needed: map[string]string{}}
+	in := retention.Input{Now: now, Policy: job.Retain.Source, Location: f.location, Hold: f.hold, Needed: map[string]string{}}
 	byName := map[string]btrfs.Info{}
 	for _, s := range f.source {
 		name := filepath.Base(s.Path)
@@ -196,6 +215,9 @@ func (f *facts) sourceSide(job config.Job, now time.Time) Side {
 		in.Snapshots = append(in.Snapshots, retention.Snapshot{Name: name, Created: created(s)})
 		if id, ok := f.needed[s.UUID]; ok {
 			in.Needed[name] = id
+		}
+		if s.UUID == f.parent && !f.parent.IsZero() {
+			in.Parent = name
 		}
 	}
 	for _, t := range f.targets {
@@ -225,6 +247,9 @@ func (f *facts) targetSide(job config.Job, t targetFacts, now time.Time) Side {
 		}
 		if id, ok := f.needed[s.ReceivedUUID]; ok {
 			in.Needed[name] = id
+		}
+		if s.ReceivedUUID == f.parent && !f.parent.IsZero() {
+			in.Parent = name
 		}
 	}
 	in.Targets = []retention.Target{{Name: t.name, Holds: holds, Failed: f.failed[t.name]}}

@@ -228,10 +228,56 @@ target keep 100000Z: replication records unreadable (no server)
 		p, err = Build(ctx, job, st, now, time.UTC)
 		must(t, err)
 		if got := render(p); !strings.Contains(got, "source keep 100000Z: what target site-b holds is unknown (no receiver answers)\n") ||
-			!strings.Contains(got, "target delete 100000Z") {
+			!strings.Contains(got, "target keep 100000Z: what target site-b holds is unknown (no receiver answers)\n") {
 			t.Errorf("got:\n%s", got)
 		}
 	})
+}
+
+// TestParentOfTheNextRunSurvives: two targets out of step (a holds 10,
+// 11, 13; b holds 10, 11, 12). One send feeds both, so the next run sends
+// from 11, the newest both hold, which is neither's own base: every side
+// keeps it.
+func TestParentOfTheNextRunSurvives(t *testing.T) {
+	ctx := context.Background()
+	fs := loopfs.New(t, 256<<20)
+	src := filepath.Join(fs.Dir, "data", "share")
+	a, b := filepath.Join(fs.Dir, "a"), filepath.Join(fs.Dir, "b")
+	for _, d := range []string{filepath.Dir(src), a, b, sender.SnapshotDir(src)} {
+		must(t, os.MkdirAll(d, 0o755))
+	}
+	must(t, btrfs.CreateSubvolume(ctx, src))
+	for h := 10; h <= 13; h++ {
+		path := filepath.Join(sender.SnapshotDir(src), fmt.Sprintf("share.20261130T%d0000Z", h))
+		must(t, btrfs.Snapshot(ctx, src, path, true))
+		if h != 12 {
+			sendReceive(t, path, a)
+		}
+		if h != 13 {
+			sendReceive(t, path, b)
+		}
+	}
+	job := config.Job{Name: "share", Source: src, Targets: []config.Target{{Dir: a}, {Dir: b}},
+		Retain: config.Retain{Source: retention.Policy{Latest: 1}, Target: retention.Policy{Latest: 1}}}
+	p, err := Build(ctx, job, &fakeState{}, now, time.UTC)
+	must(t, err)
+	got := strings.NewReplacer(LocalTargetName(a), "A", LocalTargetName(b), "B").Replace(render(p))
+	const parent = "parent of the next replication (newest snapshot all targets hold)"
+	want := `
+source keep 130000Z: base of target A
+source keep 120000Z: base of target B
+source keep 110000Z: ` + parent + `
+source delete 100000Z: not kept by latest 1
+target keep 130000Z: base of target A
+target keep 110000Z: ` + parent + `
+target delete 100000Z: not kept by latest 1
+target keep 120000Z: base of target B
+target keep 110000Z: ` + parent + `
+target delete 100000Z: not kept by latest 1
+`
+	if "\n"+got != want {
+		t.Errorf("got:\n%s\nwant:%s", got, want)
+	}
 }
 
 // TestApplyDeletesExactlyThePlan: a plan that is only listed changes

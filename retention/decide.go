@@ -44,6 +44,12 @@ type Input struct {
 	// Needed maps snapshot names to the unfinished replication that needs
 	// them (as its snapshot or its incremental parent).
 	Needed map[string]string
+	// Parent names the snapshot the next replication will send from: the
+	// newest one that every target of the job holds. One send feeds all
+	// targets, so that is older than a target's own base when the targets
+	// are not in step, and every side must keep it or the next run falls
+	// back to a full send.
+	Parent string
 	// Hold, when set, keeps everything and is the rule: the caller could
 	// not learn a fact a protection depends on (e.g. the replication
 	// records), and a snapshot deleted in doubt cannot come back.
@@ -115,6 +121,9 @@ func protections(in Input, snaps []Snapshot) map[string]string {
 				break
 			}
 		}
+	}
+	if in.Parent != "" {
+		addRule(keep, in.Parent, "parent of the next replication (newest snapshot all targets hold)")
 	}
 	for _, s := range snaps {
 		if id, ok := in.Needed[s.Name]; ok {

@@ -127,6 +127,13 @@ delete 20261130T120000Z: not kept by latest 1
 keep 20261130T110000Z: base of target a, target b
 delete 20261130T100000Z: not kept by latest 1
 `},
+		{"the parent of the next run survives where the targets are out of step", Input{Now: t0, Policy: Policy{Latest: 1}, Snapshots: every(t0.Add(-4*time.Hour), time.Hour, 4),
+			Parent: snap(t0.Add(-3 * time.Hour)).Name, Targets: []Target{{Name: "a", Holds: holds(snap(t0.Add(-time.Hour)))}}}, `
+keep 20261130T130000Z: base of target a
+delete 20261130T120000Z: not kept by latest 1
+keep 20261130T110000Z: parent of the next replication (newest snapshot all targets hold)
+delete 20261130T100000Z: not kept by latest 1
+`},
 		{"a failed target holds everything", Input{Now: t0, Policy: Policy{Latest: 1}, Snapshots: every(t0.Add(-3*time.Hour), time.Hour, 3),
 			Targets: []Target{{Name: "a", Holds: holds(snap(t0.Add(-time.Hour)))}, {Name: "b", Failed: true, Holds: holds(snap(t0.Add(-3 * time.Hour)))}}}, `
 keep 20261130T130000Z: target b failed last run
