@@ -87,13 +87,14 @@ func TestSimulation(t *testing.T) {
 			bases[tg.name] = src.base(tg.held)
 			srcTargets = append(srcTargets, Target{Name: tg.name, Holds: src.common(tg.held), Failed: tg.failed})
 		}
-		prune(t, round, "source", src, Input{Now: clock, Policy: srcPol, Snapshots: src.list(), Targets: srcTargets})
+		parent := nextParent(src, targets)
+		prune(t, round, "source", src, Input{Now: clock, Policy: srcPol, Snapshots: src.list(), Targets: srcTargets, Parent: parent})
 		for _, tg := range targets {
 			if tg.down(round) {
 				continue // its host is away: nothing runs there
 			}
 			prune(t, round, "target "+tg.name, tg.held, Input{Now: clock, Policy: tgtPol, Snapshots: tg.held.list(),
-				Targets: []Target{{Name: tg.name, Holds: tg.held.common(src), Failed: tg.failed}}})
+				Targets: []Target{{Name: tg.name, Holds: tg.held.common(src), Failed: tg.failed}}, Parent: parent})
 		}
 		for _, tg := range targets {
 			b := bases[tg.name]
@@ -102,6 +103,9 @@ func TestSimulation(t *testing.T) {
 			}
 			if _, ok := tg.held[b]; b != "" && !ok {
 				t.Fatalf("round %d: target %s deleted its base %s", round, tg.name, b)
+			}
+			if _, ok := tg.held[parent]; parent != "" && !ok && !tg.down(round) {
+				t.Fatalf("round %d: target %s deleted the next parent %s", round, tg.name, parent)
 			}
 		}
 		anyFailed := targets[1].failed
@@ -123,6 +127,21 @@ func TestSimulation(t *testing.T) {
 			t.Errorf("%s after 60 rounds = %s, want %s", which, g, want)
 		}
 	}
+}
+
+// nextParent is the newest source snapshot every target holds.
+func nextParent(src side, targets []*simTarget) string {
+	for _, s := range src.list() {
+		all := true
+		for _, tg := range targets {
+			_, ok := tg.held[s.Name]
+			all = all && ok
+		}
+		if all {
+			return s.Name
+		}
+	}
+	return ""
 }
 
 // prune decides for one side, checks the verdicts against an independent
@@ -161,6 +180,9 @@ func oracle(in Input) map[string]bool {
 		if i < in.Policy.Latest || failed {
 			keep[s.Name] = true
 		}
+	}
+	if in.Parent != "" {
+		keep[in.Parent] = true
 	}
 	for _, tg := range in.Targets {
 		for _, s := range snaps {
