@@ -115,7 +115,7 @@ func Load(path string) (*Config, error) {
 
 // Parse validates data as the contents of the config file named file.
 func Parse(file string, data []byte) (*Config, error) {
-	p := &parser{file: file, seenSource: map[string]int{}, seenTarget: map[string]int{}, seenDir: map[string]int{}}
+	p := &parser{file: file, seenSource: map[string]int{}, seenTarget: map[string]int{}, seenDir: map[string]int{}, seenDest: map[string]int{}}
 	cfg := p.document(data)
 	if len(p.errs) > 0 {
 		return nil, &InvalidError{Errs: p.errs}

@@ -2,11 +2,13 @@ package config
 
 import (
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/snapjet/snapjet/retention"
+	"github.com/snapjet/snapjet/sender"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -122,6 +124,14 @@ func TestBadConfigs(t *testing.T) {
 		{"wrong shapes", "server: nats://hub\njobs:\n  name: a\n", []string{
 			`bad.yaml:1: server: expected a mapping, found "nats://hub" (write key: value pairs, one per line, indented below server)`,
 			"bad.yaml:3: jobs: expected a list, found a mapping (write a list of jobs, each item starting with `- name: ...`)"}},
+		{"targets inside the source, the snapshot directory, or shared with a same-named source", job + `  - name: b
+    source: /srv/a
+    targets: [/backup/a, /srv/a/copies, /srv/.snapjet/x]
+    schedule: "@every 1h"
+`, []string{
+			`bad.yaml:8: jobs[1].targets[0]: the job at line 2 already puts snapshots named a.<time> into /backup/a (use another target directory for one of the jobs, or rename one source)`,
+			`bad.yaml:8: jobs[1].targets[1]: /srv/a/copies is inside the source /srv/a; every snapshot would contain the copies before it (put the target outside the source, e.g. on another subvolume or disk)`,
+			`bad.yaml:8: jobs[1].targets[2]: /srv/.snapjet/x is inside snapjet's snapshot directory /srv/.snapjet (put the target outside /srv/.snapjet)`}},
 		{"duplicate key", job + "    schedule: \"@every 2h\"\n", []string{
 			`bad.yaml:6: jobs[0].schedule: duplicate key (first at line 5) (remove one of them)`}},
 	}
@@ -149,6 +159,12 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load("testdata/nope.yaml")
 	if !errors.Is(err, ErrInvalid) || !strings.HasPrefix(err.Error(), "testdata/nope.yaml: cannot read the config file: ") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+func TestSnapshotRootMatchesSender(t *testing.T) {
+	if got := filepath.Dir(sender.SnapshotDir("/srv/a")); got != "/srv/.snapjet" {
+		t.Errorf("the sender keeps snapshots under %s; targetsApart assumes /srv/.snapjet", got)
 	}
 }
 

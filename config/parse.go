@@ -18,6 +18,8 @@ type parser struct {
 	// first line of each job source, receiver target and receiver
 	// directory, to name the earlier one in a duplicate's message
 	seenSource, seenTarget, seenDir map[string]int
+	// job line by local target directory and source base name
+	seenDest map[string]int
 }
 
 type handler func(n *yaml.Node, path string)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -136,10 +137,11 @@ func (p *parser) jobs(n *yaml.Node, path string) []Job {
 func (p *parser) job(n *yaml.Node, path string) Job {
 	j := Job{Line: n.Line}
 	var chunkLine, windowLine int
+	var targetLines []int
 	p.mapping(n, path, map[string]handler{
 		"name":       func(n *yaml.Node, path string) { j.Name = p.name(n, path) },
 		"source":     func(n *yaml.Node, path string) { j.Source = p.source(n, path) },
-		"targets":    func(n *yaml.Node, path string) { j.Targets = p.targets(n, path) },
+		"targets":    func(n *yaml.Node, path string) { j.Targets, targetLines = p.targets(n, path) },
 		"schedule":   func(n *yaml.Node, path string) { j.Schedule = p.schedule(n, path) },
 		"retain":     func(n *yaml.Node, path string) { j.Retain = p.retain(n, path) },
 		"rate_limit": func(n *yaml.Node, path string) { j.RateLimit = p.rate(n, path) },
@@ -156,7 +158,45 @@ func (p *parser) job(n *yaml.Node, path string) Job {
 		p.errorf(max(windowLine, chunkLine), path+".window", "make window at least twice chunk_size, so the sender can publish while receivers catch up",
 			"window %d bytes holds fewer than 2 chunks of %d bytes", j.Window, j.ChunkSize)
 	}
+	p.targetsApart(j, path, targetLines)
 	return j
+}
+
+// targetsApart refuses local targets that cannot work: inside the source
+// (each snapshot would hold the copies before it), inside snapjet's
+// snapshot directory (prune would judge copies as source snapshots), or a
+// directory into which another job already puts snapshots of the same
+// name (the sender names them <base name of source>.<UTC time>).
+func (p *parser) targetsApart(j Job, path string, lines []int) {
+	if j.Source == "" {
+		return
+	}
+	// The parent of sender.SnapshotDir(source).
+	snapRoot := filepath.Join(filepath.Dir(j.Source), ".snapjet")
+	for i, t := range j.Targets {
+		if t.Dir == "" {
+			continue
+		}
+		tp := fmt.Sprintf("%s.targets[%d]", path, i)
+		switch {
+		case within(t.Dir, j.Source):
+			p.errorf(lines[i], tp, "put the target outside the source, e.g. on another subvolume or disk", "%s is inside the source %s; every snapshot would contain the copies before it", t.Dir, j.Source)
+		case within(t.Dir, snapRoot):
+			p.errorf(lines[i], tp, "put the target outside "+snapRoot, "%s is inside snapjet's snapshot directory %s", t.Dir, snapRoot)
+		default:
+			key := t.Dir + "\x00" + filepath.Base(j.Source)
+			if first, dup := p.seenDest[key]; dup {
+				p.errorf(lines[i], tp, "use another target directory for one of the jobs, or rename one source",
+					"the job at line %d already puts snapshots named %s.<time> into %s", first, filepath.Base(j.Source), t.Dir)
+			}
+			p.seenDest[key] = j.Line
+		}
+	}
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
 }
 
 // Bounds of chunk_size: below 64 KiB the per-message overhead dominates;
@@ -189,13 +229,15 @@ func (p *parser) source(n *yaml.Node, path string) string {
 	}
 	if first, dup := p.seenSource[v]; dup {
 		p.errorf(n.Line, path, "make it one job with all the targets", "%s is already the source of the job at line %d; two jobs on one source would prune each other's snapshots", v, first)
+		return "" // said once is enough: no further checks on this source
 	}
 	p.seenSource[v] = n.Line
 	return v
 }
 
-func (p *parser) targets(n *yaml.Node, path string) []Target {
+func (p *parser) targets(n *yaml.Node, path string) ([]Target, []int) {
 	var out []Target
+	var lines []int
 	seen := map[Target]bool{}
 	const fix = "write an absolute directory such as /backup/share, or remote:NAME for a receiver's target"
 	p.sequence(n, path, fix, func(i int, n *yaml.Node, path string) {
@@ -223,11 +265,12 @@ func (p *parser) targets(n *yaml.Node, path string) []Target {
 		}
 		seen[t] = true
 		out = append(out, t)
+		lines = append(lines, n.Line)
 	})
 	if deref(n).Kind == yaml.SequenceNode && len(deref(n).Content) == 0 {
 		p.errorf(n.Line, path, fix, "no targets")
 	}
-	return out
+	return out, lines
 }
 
 const scheduleFix = `write "@every 1h" or a 5-field cron expression (minute hour day-of-month month day-of-week) such as "0 * * * *"`
