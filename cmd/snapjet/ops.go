@@ -84,7 +84,7 @@ func summarize(w io.Writer, cfg *config.Config, now time.Time) {
 		fmt.Fprintf(w, "  schedule %q, next run %s\n", j.Schedule.Spec, j.Next(now).Format(time.RFC3339))
 		fmt.Fprintf(w, "  retain on the source: %s; on the targets: %s\n", keepAll(j.Retain.Source.String()), keepAll(j.Retain.Target.String()))
 		if j.RateLimit > 0 {
-			fmt.Fprintf(w, "  rate limit %s/s\n", human(j.RateLimit))
+			fmt.Fprintf(w, "  rate limit %d bytes/s (%s/s)\n", j.RateLimit, human(j.RateLimit))
 		}
 	}
 	for _, r := range cfg.Receivers {

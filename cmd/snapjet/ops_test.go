@@ -75,7 +75,7 @@ receivers:
 	}
 	for _, want := range []string{": OK, 1 job(s), 1 receiver(s)\n", "server: embedded, store /var/lib/snapjet, listen 127.0.0.1:4222\n",
 		"job home: /data/home → /backup/home, remote:site-b\n", "retain on the source: latest 3; on the targets: everything (no policy)\n",
-		"rate limit 47.7 MiB/s\n", "receiver site-a: /backup/a\n"} {
+		"rate limit 50000000 bytes/s (47.7 MiB/s)\n", "receiver site-a: /backup/a\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
