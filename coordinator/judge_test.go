@@ -204,7 +204,7 @@ func TestJudge(t *testing.T) {
 				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "corrupt chunk 2"}
 			},
 			startStored: true,
-			want:        want{action: streams.ActDiscard, effect: resetConsumer, reason: "corrupt chunk 2", target: TPending, state: Sent, attempts: 1},
+			want:        want{action: streams.ActReplay, effect: resetConsumer, reason: "corrupt chunk 2", target: TPending, state: Sent, attempts: 1},
 		},
 		{
 			name:   "temporary failure of one of two targets moves it to a stream of its own when the start is gone",
@@ -215,12 +215,22 @@ func TestJudge(t *testing.T) {
 			want: want{action: streams.ActDiscard, effect: split, reason: "corrupt chunk 2", target: TMoved, targetError: "corrupt chunk 2", state: Sent},
 		},
 		{
-			name:        "a digest mismatch on one of two targets replays to it alone",
+			name:        "a digest mismatch on one of two targets moves it: replaying the same stream cannot help",
 			record:      sentRecord,
 			report:      func() streams.Report { r := received(); r.Digest = "sha256:00"; return r },
 			startStored: true,
-			want:        want{action: streams.ActDiscard, effect: resetConsumer, reason: "digest", target: TPending, state: Sent, attempts: 1},
+			want:        want{action: streams.ActDiscard, effect: split, reason: "digest", target: TMoved, targetError: "digest", state: Sent},
 		},
+		{
+			name:   "a corrupt stored chunk on one of two targets moves it even though the start is stored",
+			record: sentRecord,
+			report: func() streams.Report {
+				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "corrupt chunk 3", StreamBad: true}
+			},
+			startStored: true,
+			want:        want{action: streams.ActDiscard, effect: split, reason: "corrupt chunk 3", target: TMoved, targetError: "corrupt chunk 3", state: Sent},
+		},
+
 		{
 			name:   "missing parent on one of two targets moves it to a full send of its own",
 			record: sentRecord,

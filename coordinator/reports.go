@@ -75,7 +75,9 @@ func judge(r *Replication, rep streams.Report, startStored bool, budget int) (st
 			if err := r.setTarget(rep.Target, TDiscarded, why); err != nil {
 				return v, noEffect, "", err
 			}
-			eff, reason, err := trouble(r, rep.Target, why, startStored, false, budget)
+			// The stream as stored did not give the source snapshot: a
+			// replay would give the same.
+			eff, reason, err := trouble(r, rep.Target, why, false, false, budget)
 			return v, eff, reason, err
 		}
 		v.Action = streams.ActCommit
@@ -103,7 +105,10 @@ func judge(r *Replication, rep streams.Report, startStored bool, budget int) (st
 		if err := r.setTarget(rep.Target, TDiscarded, rep.Reason); err != nil {
 			return v, noEffect, "", err
 		}
-		eff, reason, err := trouble(r, rep.Target, rep.Reason, startStored, rep.ParentMissing, budget)
+		eff, reason, err := trouble(r, rep.Target, rep.Reason, startStored && !rep.StreamBad, rep.ParentMissing, budget)
+		if eff == resetConsumer {
+			v.Action = streams.ActReplay
+		}
 		return v, eff, reason, err
 	}
 	return v, noEffect, "", fmt.Errorf("unknown event %q", rep.Event)
@@ -111,11 +116,12 @@ func judge(r *Replication, rep streams.Report, startStored bool, budget int) (st
 
 // trouble decides what a temporary failure of one target costs, and costs
 // it only that target: past its attempt budget it fails; it is replayed
-// from the stream's start if the stream still holds it (the source is not
-// read again); otherwise, alone it restarts the attempt, and with others
-// active it moves to a stream of its own. full means the incremental parent
-// is missing on the target.
-func trouble(r *Replication, name, why string, startStored, full bool, budget int) (effect, string, error) {
+// from the stream's start when replay can help (the stream still holds its
+// start and is not itself bad: the source is not read again); otherwise,
+// alone it restarts the attempt, and with others active it moves to a
+// stream of its own. full means the incremental parent is missing on the
+// target.
+func trouble(r *Replication, name, why string, replay, full bool, budget int) (effect, string, error) {
 	t := r.Targets[name]
 	reason := fmt.Sprintf("target %s: %s", name, why)
 	if t.Attempts >= budget {
@@ -126,7 +132,7 @@ func trouble(r *Replication, name, why string, startStored, full bool, budget in
 	}
 	alone := len(r.Active()) == 1
 	switch {
-	case startStored && !full:
+	case replay && !full:
 		t.Attempts++
 		t.BytesApplied, t.ChunksApplied, t.RedeliveredChunks = 0, 0, 0
 		return resetConsumer, reason, r.setTarget(name, TPending, "")
@@ -243,9 +249,7 @@ func mayTrouble(rep streams.Report) bool {
 	case streams.EvRewind:
 		return rep.FromSeq == 0
 	case streams.EvFailed:
-		return !rep.Permanent
-	case streams.EvReceived:
-		return true
+		return !rep.Permanent && !rep.StreamBad
 	}
 	return false
 }

@@ -25,6 +25,9 @@ var (
 	errFallBack = errors.New("falling back to btrfs-progs")
 	// errRepull re-opens the consumer after the coordinator reset it.
 	errRepull = errors.New("consumer reset; pulling again")
+	// errReplay starts the job again: the coordinator discarded this
+	// target's partial and replays the stream to it from the start.
+	errReplay = errors.New("replaying the stream from its start")
 )
 
 // job receives one attempt of one replication into staging.
@@ -41,6 +44,7 @@ type job struct {
 
 	next, bytes, redelivered int64
 	lastProgress             time.Time
+	reported                 int64 // chunks applied as of the last progress report
 	buf                      []byte
 
 	// Native receives ack only what a checkpoint covers.
@@ -299,6 +303,9 @@ func (j *job) consume(ctx context.Context, cons jetstream.Consumer) error {
 					return j.fail(ctx, err)
 				}
 			}
+			if j.next > j.reported {
+				j.progress(ctx)
+			}
 			if err := j.idle(ctx, cons, &w); err != nil {
 				return err
 			}
@@ -390,10 +397,11 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 		_ = msg.Term() // not of this replication at all; never ack past it
 		return false, nil
 	case m.Attempt > j.r.Attempt:
-		// This job lags behind the coordinator: the message belongs to the
-		// next attempt's job, and an ack (AckAll) would confirm chunks that
-		// job has not applied.
-		return true, errAttemptEnded
+		// Either this job lags behind the coordinator (it is cancelled as
+		// soon as the record shows it) or the message is stray: never ack
+		// it, since AckAll would confirm chunks of the next attempt that
+		// its job has not applied.
+		return false, nil
 	case m.Attempt < j.r.Attempt:
 		_ = msg.Ack() // left from an earlier attempt, before this one's chunks
 		return false, nil
@@ -447,12 +455,12 @@ func (j *job) fillGap(ctx context.Context, msg jetstream.Msg, upto int64) error 
 	for k := j.next; k < upto; k++ {
 		back := uint64(upto - k)
 		if back >= meta.Sequence.Stream {
-			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d would precede the stream's start", j.r.ID, k))
+			return j.fail(ctx, errStreamBad{fmt.Errorf("stream of %s has a hole: chunk %d would precede the stream's start", j.r.ID, k)})
 		}
 		seq := meta.Sequence.Stream - back
 		raw, err := j.stream.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq))
+			return j.fail(ctx, errStreamBad{fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq)})
 		}
 		if err != nil {
 			return fmt.Errorf("fetch missing chunk %d (seq %d) of %s: %w", k, seq, j.r.ID, err)
@@ -464,7 +472,7 @@ func (j *job) fillGap(ctx context.Context, msg jetstream.Msg, upto int64) error 
 		if m.Kind != streams.KindChunk || m.Index != k || m.Attempt != j.r.Attempt {
 			// Replaying this stream would meet the same hole: only a new
 			// attempt can mend it.
-			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq))
+			return j.fail(ctx, errStreamBad{fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq)})
 		}
 		if err := j.apply(ctx, m); err != nil {
 			return err
@@ -485,16 +493,24 @@ func (j *job) apply(ctx context.Context, m streams.Message) error {
 		j.buf = m.Raw[:0]
 	}
 	if time.Since(j.lastProgress) >= time.Second {
-		j.lastProgress = time.Now()
-		rep := j.counters(streams.EvProgress)
-		go func() {
-			v, err := j.rc.report(ctx, j.r.ID, rep)
-			if err == nil && v.Action == streams.ActStale {
-				j.log.Info("attempt replaced; stopping")
-			}
-		}()
+		j.progress(ctx)
 	}
 	return nil
+}
+
+// progress tells the coordinator how far the job got, without waiting for
+// the answer. It is what the sender's watchdog sees of this target: a
+// job that applied everything stored and waits must say so, or it would be
+// taken for a stalled one.
+func (j *job) progress(ctx context.Context) {
+	j.lastProgress, j.reported = time.Now(), j.next
+	rep := j.counters(streams.EvProgress)
+	go func() {
+		v, err := j.rc.report(ctx, j.r.ID, rep)
+		if err == nil && v.Action == streams.ActStale {
+			j.log.Info("attempt replaced; stopping")
+		}
+	}()
 }
 
 // rejected handles a message that failed verification: it is never applied.
@@ -508,8 +524,14 @@ func (j *job) rejected(ctx context.Context, msg jetstream.Msg, err error) error 
 	if errors.Is(err, streams.ErrUnknownVersion) {
 		return j.fail(ctx, coordinator.Permanent(err))
 	}
-	return j.fail(ctx, err)
+	return j.fail(ctx, errStreamBad{err})
 }
+
+// errStreamBad marks a failure that lies in the stored stream itself (a
+// chunk that fails verification, a hole): replaying it cannot help.
+type errStreamBad struct{ error }
+
+func (e errStreamBad) Unwrap() error { return e.error }
 
 // applyFailed ends the attempt on an applier error. A stream the native
 // receive does not support goes to btrfs-progs instead: the partial is
@@ -547,9 +569,14 @@ func (j *job) fail(ctx context.Context, cause error) error {
 	rep.Reason = cause.Error()
 	rep.Permanent = coordinator.IsPermanent(cause)
 	rep.ParentMissing = errors.Is(cause, btrfs.ErrParentMissing)
+	rep.StreamBad = errors.As(cause, new(errStreamBad))
 	j.log.Error("receive failed", "error", cause, "permanent", rep.Permanent)
-	if _, err := j.rc.report(ctx, j.r.ID, rep); err != nil {
+	v, err := j.rc.report(ctx, j.r.ID, rep)
+	if err != nil {
 		return err
+	}
+	if v.Action == streams.ActReplay {
+		return errReplay
 	}
 	return errAttemptEnded
 }

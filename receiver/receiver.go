@@ -259,7 +259,7 @@ func (rc *Receiver) runJob(ctx context.Context, r *coordinator.Replication) {
 		if err == nil || ctx.Err() != nil {
 			return
 		}
-		if !errors.Is(err, errFallBack) {
+		if !errors.Is(err, errFallBack) && !errors.Is(err, errReplay) {
 			log.Warn("receive interrupted; retrying", "error", err)
 			if b.Wait(ctx) != nil {
 				return

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand"
@@ -326,24 +327,46 @@ func (e *env) assertNothingApplied(name string) {
 }
 
 // assertStagingEmpty checks that no subvolume is left in staging (an empty
-// directory may linger for a moment after a commit).
+// directory may linger for a moment after a commit). The coordinator
+// answers a refused stream only after it recorded its verdict, so the
+// receiver may still be deleting its partial when the record moved on:
+// this waits, up to 10 s, for staging to be clean.
 func (e *env) assertStagingEmpty() {
+	e.t.Helper()
+	var left []string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		left = e.staged()
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // polling the filesystem: no event to wait for
+	}
+	for _, p := range left {
+		e.t.Errorf("staging holds %s", p)
+	}
+}
+
+// staged lists the subvolumes (and staging dirs that are subvolumes) in
+// the target's staging area.
+func (e *env) staged() []string {
 	e.t.Helper()
 	incoming := filepath.Join(e.target, ".snapjet", "incoming")
 	entries, err := os.ReadDir(incoming)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	var out []string
 	for _, en := range entries {
 		p := filepath.Join(incoming, en.Name())
 		subs, err := btrfs.List(p)
 		if err != nil || btrfs.IsSubvolume(p) {
-			e.t.Errorf("staging holds %s (%v)", p, err)
+			out = append(out, fmt.Sprintf("%s (%v)", p, err))
 		}
 		for _, s := range subs {
-			e.t.Errorf("staging holds subvolume %s", s.Path)
+			out = append(out, "subvolume "+s.Path)
 		}
 	}
+	return out
 }
 
 // assertCommitted checks the committed copy of s the way a user would.

@@ -48,6 +48,10 @@ type Report struct {
 	Reason        string `json:"reason,omitempty"`
 	Permanent     bool   `json:"permanent,omitempty"`
 	ParentMissing bool   `json:"parent_missing,omitempty"`
+	// StreamBad: what the stream stores is wrong (a chunk that fails its
+	// checksum, a hole), so replaying it cannot mend the target; only a
+	// fresh send can.
+	StreamBad bool `json:"stream_bad,omitempty"`
 }
 
 // Action is the coordinator's answer.
@@ -58,6 +62,7 @@ const (
 	ActCommit  Action = "commit"  // move the received subvolume to its final place
 	ActDiscard Action = "discard" // delete the partial; a new attempt follows (or the target failed)
 	ActStale   Action = "stale"   // the report is for an attempt that is over; stop it
+	ActReplay  Action = "replay"  // delete the partial and receive the stream again from its start (same attempt)
 )
 
 // Verdict is the coordinator's reply to a Report.
