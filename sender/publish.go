@@ -250,14 +250,14 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 			return fmt.Errorf("stream of %s: %w", p.r.ID, err)
 		}
 		p.stored = int64(info.State.Bytes)
-		if p.stored+need <= p.r.Window || info.State.Msgs == 0 {
+		if fits(p.stored, need, p.r.Window, info.State.Msgs) {
 			return nil
 		}
 		floor, slowest, err := p.ackFloor(ctx, info.State.LastSeq)
 		if err != nil {
 			return err
 		}
-		if keep := min(floor+1, info.State.LastSeq); keep > info.State.FirstSeq {
+		if keep, ok := purgeTo(info.State.FirstSeq, info.State.LastSeq, floor); ok {
 			if err := p.st.Purge(ctx, jetstream.WithPurgeSequence(keep)); err != nil {
 				return fmt.Errorf("drop acked chunks of %s: %w", p.r.ID, err)
 			}
@@ -277,6 +277,22 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		}
 		wait = min(2*wait, 500*time.Millisecond)
 	}
+}
+
+// fits says whether a message of need bytes may be stored now. An empty
+// stream always takes the next chunk, whatever the window: a chunk larger
+// than the window must still make progress.
+func fits(stored, need, window int64, msgs uint64) bool {
+	return stored+need <= window || msgs == 0
+}
+
+// purgeTo is the first sequence to keep when every active target acked up
+// to floor: everything acked goes, but the last stored message always
+// stays (a restarted sender reads where the stream ends from it). ok is
+// false when nothing can be dropped: then the sender waits.
+func purgeTo(first, last, floor uint64) (keep uint64, ok bool) {
+	keep = min(floor+1, last)
+	return keep, keep > first
 }
 
 // ackFloor is the highest stream sequence that every active target has

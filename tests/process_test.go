@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -45,8 +46,20 @@ func startSnapjet(t *testing.T, name string, args ...string) *proc {
 // startSnapjetEnv is startSnapjet with extra environment variables.
 func startSnapjetEnv(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
-	t.Logf("$ snapjet %s", strings.Join(args, " "))
-	cmd := exec.Command(snapjetBin, args...)
+	return startCommandEnv(t, name, env, snapjetBin, args...)
+}
+
+// startCommand starts another program the way startSnapjet starts snapjet
+// (a wrapper such as unshare that ends in exec snapjet).
+func startCommand(t *testing.T, name, prog string, args ...string) *proc {
+	t.Helper()
+	return startCommandEnv(t, name, nil, prog, args...)
+}
+
+func startCommandEnv(t *testing.T, name string, env []string, prog string, args ...string) *proc {
+	t.Helper()
+	t.Logf("$ %s %s", filepath.Base(prog), strings.Join(args, " "))
+	cmd := exec.Command(prog, args...)
 	cmd.Env = append(os.Environ(), env...)
 	// Its own process group lets cleanup reach orphaned btrfs children after
 	// the snapjet process itself was SIGKILLed. Pdeathsig ends it should the
@@ -63,7 +76,7 @@ func startSnapjetEnv(t *testing.T, name string, env []string, args ...string) *p
 	}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start snapjet %s: %v", name, err)
+		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() {
 		p.err = cmd.Wait()
