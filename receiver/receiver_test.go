@@ -759,19 +759,61 @@ func (e *env) partialReceive(dir string, s snapshot) {
 	}
 }
 
-// What sits at the snapshot's final name decides the commit: the partial of
-// an interrupted plain receive is replaced; anything else is the user's and
-// stays untouched while the target fails with a reason.
+// What sits at the snapshot's final name decides the commit: this
+// snapshot's own copy, left writable by a commit interrupted between the
+// rename and the read-only flag, is made read-only; anything else may be
+// the user's (even a writable subvolume without received UUID, which is
+// also what an interrupted plain receive leaves) and stays untouched while
+// the target fails with a reason that names the fix.
 func TestCommitOverWhatIsAtTheFinalName(t *testing.T) {
 	tests := []struct {
 		name   string
 		put    func(e *env, final string, s snapshot)
 		commit bool
+		want   string // in the target's error when it does not commit
 	}{
 		{
-			name:   "partial of an interrupted receive",
-			put:    func(e *env, final string, s snapshot) { e.partialReceive(e.target, s) },
+			name: "this snapshot's copy left writable by an interrupted commit",
+			put: func(e *env, final string, s snapshot) {
+				elsewhere := filepath.Join(e.target, "elsewhere")
+				if err := os.Mkdir(elsewhere, 0o755); err != nil {
+					e.t.Fatal(err)
+				}
+				in, proc, err := btrfs.StartReceive(e.ctx, elsewhere)
+				if err != nil {
+					e.t.Fatal(err)
+				}
+				_, werr := in.Write(s.stream)
+				in.Close()
+				if err := proc.Wait(); err != nil || werr != nil {
+					e.t.Fatalf("btrfs receive: %v %v", err, werr)
+				}
+				got := filepath.Join(elsewhere, s.name)
+				if err := btrfs.SetReadOnlyFlag(got, false); err != nil {
+					e.t.Fatal(err)
+				}
+				if err := os.Rename(got, final); err != nil {
+					e.t.Fatal(err)
+				}
+			},
 			commit: true,
+		},
+		{
+			name: "partial of an interrupted receive",
+			put:  func(e *env, final string, s snapshot) { e.partialReceive(e.target, s) },
+			want: "move or rename it",
+		},
+		{
+			name: "a writable subvolume with the user's files",
+			put: func(e *env, final string, s snapshot) {
+				if err := btrfs.CreateSubvolume(e.ctx, final); err != nil {
+					e.t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(final, "mine.txt"), []byte("keep me"), 0o644); err != nil {
+					e.t.Fatal(err)
+				}
+			},
+			want: "move or rename it",
 		},
 		{
 			name: "a directory with the user's files",
@@ -819,6 +861,7 @@ func TestCommitOverWhatIsAtTheFinalName(t *testing.T) {
 			})
 			before, _ := os.ReadFile(filepath.Join(final, "mine.txt"))
 			beforeFile, _ := os.ReadFile(final)
+			beforeSub, beforeErr := btrfs.Inspect(final)
 			e.plan("src-1", s)
 			e.send("src-1", 1, s)
 			r := e.wait("src-1", "the attempt to end", func(r *coordinator.Replication) bool {
@@ -832,8 +875,15 @@ func TestCommitOverWhatIsAtTheFinalName(t *testing.T) {
 				return
 			}
 			got := r.Targets[target]
-			if r.State != coordinator.Failed || got.State != coordinator.TFailed || !strings.Contains(got.Error, "already exists") {
-				t.Errorf("replication %s, target %s %q; want the target failed saying %s already exists", r.State, got.State, got.Error, final)
+			want := tc.want
+			if want == "" {
+				want = "already exists"
+			}
+			if r.State != coordinator.Failed || got.State != coordinator.TFailed || !strings.Contains(got.Error, final) || !strings.Contains(got.Error, want) {
+				t.Errorf("replication %s, target %s %q; want the target failed naming %s and saying %q", r.State, got.State, got.Error, final, want)
+			}
+			if sub, err := btrfs.Inspect(final); beforeSub.UUID != sub.UUID || (err == nil) != (beforeErr == nil) {
+				t.Errorf("the subvolume at %s was replaced: UUID %s (%v), was %s (%v)", final, sub.UUID, err, beforeSub.UUID, beforeErr)
 			}
 			after, _ := os.ReadFile(filepath.Join(final, "mine.txt"))
 			afterFile, _ := os.ReadFile(final)
