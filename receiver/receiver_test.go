@@ -565,7 +565,12 @@ func TestReceiveCommitsWhenMarkSentIsLate(t *testing.T) {
 	chunks := e.chunks("src-1", 1, s)
 	e.publish(chunks...)
 	e.end("src-1", 1, s, chunks)
-	time.Sleep(2 * time.Second) // the sender is slow between its two steps
+	// The sender is slow between its two steps: MarkSent only once the
+	// receiver has applied the whole stream and reported it.
+	e.wait("src-1", "the receiver to report the whole stream applied", func(r *coordinator.Replication) bool {
+		ts := r.Targets[target]
+		return ts != nil && (ts.State == coordinator.TReceived || ts.State == coordinator.TCommitted)
+	})
 	if err := e.markSent("src-1", 1, s, chunks); err != nil {
 		t.Errorf("MarkSent of the intact attempt 1: %v", err)
 	}
