@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"strconv"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 			srv := startServer(t)
 			proxy := startProxy(t, srv.addr)
 			t.Logf("receiver connects through a proxy at %s, the sender directly to %s", proxy.Addr(), srv.addr)
-			startReceiver(t, "nats://"+proxy.Addr(), "backup", target)
+			recv := startReceiver(t, "nats://"+proxy.Addr(), "backup", target)
 			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", "--chunk-size", strconv.Itoa(smallChunk), source)
 
 			rep := waitForReplication(t, send, srv.liveStatus, "the cut point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, smallChunk, target))
@@ -43,7 +44,13 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 			if cut == 0 {
 				t.Fatal("the receiver had no connection through the proxy to cut")
 			}
-			time.Sleep(tc.outage)
+			if tc.outage > 0 {
+				cutAt := time.Now()
+				// The outage only tests something once the receiver has
+				// found the network down; then it lasts its full length.
+				waitUntil(t, recv, 30*time.Second, "the receiver to find the network down", func(context.Context) bool { return proxy.Refused() > 0 })
+				time.Sleep(time.Until(cutAt.Add(tc.outage)))
+			}
 			proxy.SetDown(false)
 
 			if res := send.wait(transferTimeout); res.code != 0 {

@@ -9,9 +9,10 @@
 //   - Cut closes every open connection at once, both ends, as a network
 //     failure would; it returns how many client connections it closed.
 //   - While SetDown(true) holds, a new connection is accepted and closed at
-//     once without reaching the target, like an unreachable network; a
-//     connection the target refuses is closed the same way. SetDown does
-//     not touch open connections: call Cut for that.
+//     once without reaching the target, like an unreachable network, and
+//     counted by Refused; a connection the target refuses is closed the
+//     same way (not counted). SetDown does not touch open connections: call
+//     Cut for that.
 //   - SetDelay(d) holds every forwarded read for d before writing it, in
 //     both directions, so a round trip takes at least 2d; reads are
 //     forwarded one at a time, so a delay also bounds throughput.
@@ -34,14 +35,15 @@ const bufSize = 256 << 10
 
 // Relay is one simulated link. Its methods are safe for concurrent use.
 type Relay struct {
-	ln     net.Listener
-	target string
-	up     atomic.Int64 // client to target
-	down   atomic.Int64 // target to client
-	cuts   atomic.Int64
-	refuse atomic.Bool
-	delay  atomic.Int64 // time.Duration
-	closed chan struct{}
+	ln      net.Listener
+	target  string
+	up      atomic.Int64 // client to target
+	down    atomic.Int64 // target to client
+	cuts    atomic.Int64
+	refused atomic.Int64
+	refuse  atomic.Bool
+	delay   atomic.Int64 // time.Duration
+	closed  chan struct{}
 
 	mu    sync.Mutex
 	pairs map[*pair]struct{}
@@ -80,6 +82,10 @@ func (r *Relay) Down() int64 { return r.down.Load() }
 
 // Cuts is how many connections Cut has closed in all.
 func (r *Relay) Cuts() int64 { return r.cuts.Load() }
+
+// Refused is how many connections were refused while down, in all: a test
+// can wait for a client to have tried the link during an outage.
+func (r *Relay) Refused() int64 { return r.refused.Load() }
 
 // SetDown makes the relay refuse (true) or forward (false) new connections.
 func (r *Relay) SetDown(down bool) { r.refuse.Store(down) }
@@ -128,6 +134,7 @@ func (r *Relay) accept() {
 			return // listener closed
 		}
 		if r.refuse.Load() {
+			r.refused.Add(1) // first: the client may look once it sees the close
 			client.Close()
 			continue
 		}

@@ -120,6 +120,9 @@ func TestDownRefusesNewConnectionsOnly(t *testing.T) {
 	if err := roundTrip(r.Addr(), []byte("refused")); err == nil {
 		t.Fatal("a new connection was forwarded while the relay was down")
 	}
+	if r.Refused() != 1 {
+		t.Fatalf("Refused = %d after one refused connection, want 1", r.Refused())
+	}
 	if err := echo(open, []byte("still open")); err != nil {
 		t.Fatalf("an open connection failed while down without a cut: %v", err)
 	}
