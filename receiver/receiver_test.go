@@ -623,6 +623,9 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 		// native names what the native receive says instead, where it
 		// words a refusal differently from btrfs-progs.
 		native string
+		// redelivered is how many chunks a committing target must have
+		// received again and skipped.
+		redelivered int64
 	}{
 		{
 			name: "forged chunk with a matching checksum",
@@ -701,7 +704,8 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 				out = append(out, again)
 				return append(out, chunks[k:]...)
 			},
-			commit: true,
+			commit:      true,
+			redelivered: 1,
 		},
 	}
 	for _, tc := range tests {
@@ -727,6 +731,10 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 						t.Fatalf("replication %s in attempt %d: %q", r.State, r.Attempt, r.Error)
 					}
 					e.assertCommitted(r, s)
+					if got := r.Targets[target]; got.ChunksApplied != int64(len(chunks)) || got.RedeliveredChunks != tc.redelivered {
+						t.Errorf("target applied %d chunks and skipped %d as seen before; want %d applied, %d skipped",
+							got.ChunksApplied, got.RedeliveredChunks, len(chunks), tc.redelivered)
+					}
 					return
 				}
 				if r.State == coordinator.Done {
