@@ -136,7 +136,7 @@ func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (strea
 		eff    effect
 		reason string
 	)
-	_, err := c.update(ctx, id, func(r *Replication) error {
+	r, err := c.update(ctx, id, func(r *Replication) error {
 		if end != nil && r.State == Sending {
 			// The receiver saw the end marker before the sender reported it.
 			if err := markSent(r, end.Attempt, end.Chunks, end.TotalBytes, r.WireBytes, end.Digest); err != nil {
@@ -170,7 +170,7 @@ func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (strea
 			log.Warn("drop consumer", "error", err)
 		}
 	case restart, restartFull:
-		r, err := c.Restart(ctx, id, rep.Attempt, reason, eff == restartFull)
+		r, err = c.Restart(ctx, id, rep.Attempt, reason, eff == restartFull)
 		if err != nil {
 			return v, err
 		}
