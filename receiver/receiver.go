@@ -21,10 +21,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"golang.org/x/sys/unix"
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/internal/filelock"
 	"github.com/snapjet/snapjet/internal/retry"
 	"github.com/snapjet/snapjet/streams"
 )
@@ -191,24 +191,18 @@ func (rc *Receiver) Run(ctx context.Context) error {
 
 // lock makes sure one receiver at a time serves a target directory: two
 // would apply the same stream into one staging area.
-func (rc *Receiver) lock() (*os.File, error) {
+func (rc *Receiver) lock() (*filelock.Lock, error) {
 	path := filepath.Join(rc.dir, ".snapjet", "receiver.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	l, err := filelock.TryLock(path)
+	if errors.Is(err, filelock.ErrHeld) {
+		return nil, coordinator.Permanent(fmt.Errorf("target %s is already served by another snapjet receiver (pid %s): stop it first", rc.dir, filelock.Note(path)))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock target %s: %w", rc.dir, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, coordinator.Permanent(fmt.Errorf("target %s is already served by another snapjet receiver (pid %s): stop it first", rc.dir, readPID(path)))
-	}
-	_ = f.Truncate(0)
-	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
-	return f, nil
-}
-
-func readPID(path string) string {
-	b, _ := os.ReadFile(path)
-	return string(b)
+	// The pid only names the holder in a refused receiver's error.
+	_ = l.SetNote(strconv.Itoa(os.Getpid()))
+	return l, nil
 }
 
 // wants reports whether r asks this target to receive now.

@@ -17,7 +17,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/sys/unix"
+
+	"github.com/snapjet/snapjet/internal/filelock"
 )
 
 // Options choose the server.
@@ -45,7 +46,7 @@ var ErrStoreInUse = errors.New("store is in use by another snapjet process")
 // Embedded is a running in-process server and the lock on its store.
 type Embedded struct {
 	*server.Server
-	lock *os.File
+	lock *filelock.Lock
 }
 
 // Stop shuts the server down and releases the store.
@@ -60,22 +61,20 @@ const lockName = "snapjet.lock"
 // lockStore makes sure one process at a time serves a store: two servers
 // on one JetStream directory would corrupt it. The lock file holds the
 // client URL, so that others can join.
-func lockStore(store string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(store, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+func lockStore(store string) (*filelock.Lock, error) {
+	l, err := filelock.TryLock(filepath.Join(store, lockName))
+	if errors.Is(err, filelock.ErrHeld) {
+		url := runningURL(store)
+		return nil, fmt.Errorf("%w (%s, its server is at %s): pass --server %s to use it, or choose another --store", ErrStoreInUse, store, url, url)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock store %s: %w", store, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		url, _ := os.ReadFile(filepath.Join(store, lockName))
-		return nil, fmt.Errorf("%w (%s, its server is at %s): pass --server %s to use it, or choose another --store", ErrStoreInUse, store, url, url)
-	}
-	return f, nil
+	return l, nil
 }
 
 func runningURL(store string) string {
-	b, _ := os.ReadFile(filepath.Join(store, lockName))
-	return string(b)
+	return filelock.Note(filepath.Join(store, lockName))
 }
 
 // EmbeddedMaxPayload lets the embedded server carry 1 MiB chunks with room
@@ -121,8 +120,8 @@ func StartServer(store, listen string, log *slog.Logger) (*Embedded, error) {
 		lock.Close()
 		return nil, fmt.Errorf("embedded NATS server did not start on %s (is the port in use? choose another with --listen, or use --server)", listen)
 	}
-	_ = lock.Truncate(0)
-	_, _ = lock.WriteAt([]byte(srv.ClientURL()), 0)
+	// The URL only helps a refused process join; the lock holds without it.
+	_ = lock.SetNote(srv.ClientURL())
 	log.Info("embedded NATS server ready", "url", srv.ClientURL(), "store", store)
 	return &Embedded{Server: srv, lock: lock}, nil
 }
