@@ -47,6 +47,9 @@ func publishOpts(r *coordinator.Replication, idx int64) []jetstream.PublishOpt {
 	return opts
 }
 
+// windowLog is how often a sender waiting for room in the window says so.
+const windowLog = 30 * time.Second
+
 // msgOverhead approximates the stored size of a chunk's headers.
 const msgOverhead = 400
 
@@ -264,7 +267,7 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 			wait, since = 10*time.Millisecond, time.Now()
 			continue
 		}
-		if time.Since(logged) >= watchLog {
+		if time.Since(logged) >= windowLog {
 			logged = time.Now()
 			p.log.Info("window full: waiting for the slowest target", "target", slowest, "ack_floor", floor,
 				"since", since.Format(time.RFC3339))

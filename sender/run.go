@@ -372,7 +372,7 @@ func (s *Sender) collect(ctx context.Context, snapshot string, targets []string)
 func (s *Sender) drive(ctx context.Context, id string) error {
 	wctx, stopWatchdog := context.WithCancel(ctx)
 	defer stopWatchdog()
-	go s.watchdog(wctx, id)
+	go s.Coord.Watchdog(wctx, id, s.stall)
 	var troubleSince time.Time
 	b := retry.New(250*time.Millisecond, 5*time.Second)
 	for {

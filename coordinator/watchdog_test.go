@@ -1,10 +1,8 @@
-package sender
+package coordinator
 
 import (
 	"testing"
 	"time"
-
-	"github.com/snapjet/snapjet/coordinator"
 )
 
 // TestProgressed drives the stall decision with a fake clock: each step
@@ -13,14 +11,14 @@ import (
 func TestProgressed(t *testing.T) {
 	type step struct {
 		after  time.Duration
-		change func(r *coordinator.Replication)
+		change func(r *Replication)
 		idle   map[string]time.Duration
 	}
-	rec := func() *coordinator.Replication {
-		return &coordinator.Replication{ID: "r", State: coordinator.Sending, Attempt: 1, ChunksSent: 10,
-			Targets: map[string]*coordinator.Target{
-				"a": {State: coordinator.TReceiving, ChunksApplied: 5},
-				"b": {State: coordinator.TReceiving, ChunksApplied: 5},
+	rec := func() *Replication {
+		return &Replication{ID: "r", State: Sending, Attempt: 1, ChunksSent: 10,
+			Targets: map[string]*Target{
+				"a": {State: TReceiving, ChunksApplied: 5},
+				"b": {State: TReceiving, ChunksApplied: 5},
 			}}
 	}
 	tests := []struct {
@@ -29,34 +27,34 @@ func TestProgressed(t *testing.T) {
 	}{
 		{"a target that applies chunks is never idle, a silent one is, concurrently", []step{
 			{0, nil, map[string]time.Duration{"a": 0, "b": 0}},
-			{time.Minute, func(r *coordinator.Replication) { r.Targets["a"].ChunksApplied = 6 }, map[string]time.Duration{"a": 0, "b": time.Minute}},
-			{time.Minute, func(r *coordinator.Replication) { r.Targets["a"].ChunksApplied = 7 }, map[string]time.Duration{"a": 0, "b": 2 * time.Minute}},
+			{time.Minute, func(r *Replication) { r.Targets["a"].ChunksApplied = 6 }, map[string]time.Duration{"a": 0, "b": time.Minute}},
+			{time.Minute, func(r *Replication) { r.Targets["a"].ChunksApplied = 7 }, map[string]time.Duration{"a": 0, "b": 2 * time.Minute}},
 		}},
 		{"a target that applied all that is stored waits for the sender, not the other way round", []step{
 			{0, nil, map[string]time.Duration{"a": 0, "b": 0}},
-			{time.Hour, func(r *coordinator.Replication) { r.Targets["a"].ChunksApplied = 10 }, map[string]time.Duration{"a": 0, "b": time.Hour}},
+			{time.Hour, func(r *Replication) { r.Targets["a"].ChunksApplied = 10 }, map[string]time.Duration{"a": 0, "b": time.Hour}},
 			{time.Hour, nil, map[string]time.Duration{"a": 0, "b": 2 * time.Hour}},
 			// The sender stores more: a is behind again, counted from when
 			// it was last seen waiting.
-			{time.Minute, func(r *coordinator.Replication) { r.ChunksSent = 20 }, map[string]time.Duration{"a": time.Minute, "b": 2*time.Hour + time.Minute}},
+			{time.Minute, func(r *Replication) { r.ChunksSent = 20 }, map[string]time.Duration{"a": time.Minute, "b": 2*time.Hour + time.Minute}},
 			{time.Minute, nil, map[string]time.Duration{"a": 2 * time.Minute, "b": 2*time.Hour + 2*time.Minute}},
 		}},
 		{"in state sent everyone is behind until it committed", []step{
-			{0, func(r *coordinator.Replication) { r.State = coordinator.Sent; r.Targets["a"].ChunksApplied = 10 }, map[string]time.Duration{"a": 0, "b": 0}},
+			{0, func(r *Replication) { r.State = Sent; r.Targets["a"].ChunksApplied = 10 }, map[string]time.Duration{"a": 0, "b": 0}},
 			{time.Minute, nil, map[string]time.Duration{"a": time.Minute, "b": time.Minute}},
-			{time.Minute, func(r *coordinator.Replication) { r.Targets["a"].State = coordinator.TReceived }, map[string]time.Duration{"a": 0, "b": 2 * time.Minute}},
-			{time.Minute, func(r *coordinator.Replication) { r.Targets["a"].State = coordinator.TCommitted }, map[string]time.Duration{"b": 3 * time.Minute}},
+			{time.Minute, func(r *Replication) { r.Targets["a"].State = TReceived }, map[string]time.Duration{"a": 0, "b": 2 * time.Minute}},
+			{time.Minute, func(r *Replication) { r.Targets["a"].State = TCommitted }, map[string]time.Duration{"b": 3 * time.Minute}},
 		}},
 		{"a new attempt starts every clock again; a planned record waits for nobody", []step{
 			{0, nil, map[string]time.Duration{"a": 0, "b": 0}},
-			{time.Minute, func(r *coordinator.Replication) { r.State, r.Attempt = coordinator.Planned, 2 }, map[string]time.Duration{"a": 0, "b": 0}},
+			{time.Minute, func(r *Replication) { r.State, r.Attempt = Planned, 2 }, map[string]time.Duration{"a": 0, "b": 0}},
 			{time.Hour, nil, map[string]time.Duration{"a": 0, "b": 0}},
-			{time.Minute, func(r *coordinator.Replication) { r.State = coordinator.Sending }, map[string]time.Duration{"a": time.Minute, "b": time.Minute}},
+			{time.Minute, func(r *Replication) { r.State = Sending }, map[string]time.Duration{"a": time.Minute, "b": time.Minute}},
 			{time.Minute, nil, map[string]time.Duration{"a": 2 * time.Minute, "b": 2 * time.Minute}},
 		}},
 		{"a target that left the record is forgotten", []step{
 			{0, nil, map[string]time.Duration{"a": 0, "b": 0}},
-			{time.Minute, func(r *coordinator.Replication) { r.Targets["b"].State = coordinator.TMoved }, map[string]time.Duration{"a": time.Minute}},
+			{time.Minute, func(r *Replication) { r.Targets["b"].State = TMoved }, map[string]time.Duration{"a": time.Minute}},
 		}},
 	}
 	for _, tc := range tests {
