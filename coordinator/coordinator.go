@@ -16,6 +16,9 @@ import (
 	"github.com/snapjet/snapjet/streams"
 )
 
+// handleTimeout bounds the work on one report; the receiver asks again.
+const handleTimeout = 30 * time.Second
+
 // DefaultMaxAttempts bounds the attempts of one run before the remaining
 // targets fail.
 const DefaultMaxAttempts = 3
@@ -138,14 +141,16 @@ func (c *Coordinator) Serve(id string) error {
 		return nil
 	}
 	err := c.svc.AddEndpoint("report-"+id, micro.HandlerFunc(func(req micro.Request) {
-		v, err := c.handle(context.Background(), id, req.Data())
+		ctx, cancel := context.WithTimeout(context.Background(), handleTimeout)
+		defer cancel()
+		v, err := c.handle(ctx, id, streams.ReportTarget(req.Subject()), req.Data())
 		if err != nil {
 			c.log.Warn("receiver report refused", "replication", id, "error", err)
 			_ = req.Error("500", err.Error(), nil)
 			return
 		}
 		_ = req.RespondJSON(v)
-	}), micro.WithEndpointSubject(streams.ReportSubject(id)))
+	}), micro.WithEndpointSubject(streams.ReportSubjects(id)))
 	if err != nil {
 		return fmt.Errorf("serve replication %s: %w", id, err)
 	}

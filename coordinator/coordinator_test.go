@@ -84,7 +84,7 @@ func (f *fixture) get(id string) *Replication {
 func (f *fixture) report(id string, rep streams.Report) (streams.Verdict, error) {
 	f.t.Helper()
 	body, _ := json.Marshal(rep)
-	msg, err := f.b.NC.Request(streams.ReportSubject(id), body, 10*time.Second)
+	msg, err := f.b.NC.Request(streams.ReportSubject(id, rep.Target), body, 10*time.Second)
 	if err != nil {
 		f.t.Fatalf("report %s: %v", rep.Event, err)
 	}
@@ -381,5 +381,27 @@ func TestProgressOfAnOldAttemptIsIgnored(t *testing.T) {
 	}
 	if _, _, err := f.c.Store().Get(f.ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get of an unknown id: %v", err)
+	}
+}
+
+// A report for one target sent on another target's subject is refused and
+// changes nothing: with per-site permissions on the subjects, site A cannot
+// report a commit for site B.
+func TestForgedReportIsRefused(t *testing.T) {
+	f := newFixture(t)
+	f.create("r1", "siteA", "siteB")
+	if err := f.c.MarkSent(f.ctx, "r1", 1, 1, 10, 10, digest); err != nil {
+		t.Fatal(err)
+	}
+	forged, _ := json.Marshal(streams.Report{Event: streams.EvCommitted, Target: "siteB", Attempt: 1, Path: "/t/src.1"})
+	msg, err := f.b.NC.Request(streams.ReportSubject("r1", "siteA"), forged, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := msg.Header.Get("Nats-Service-Error"); !strings.Contains(e, "refused") {
+		t.Errorf("forged report answered %q / %s, want a refusal", e, msg.Data)
+	}
+	if r := f.get("r1"); r.Targets["siteB"].State != TPending || r.State != Sent {
+		t.Errorf("a forged report changed the record: %s, siteB %s", r.State, r.Targets["siteB"].State)
 	}
 }

@@ -172,10 +172,16 @@ func verify(r *Replication, rep streams.Report) string {
 	return ""
 }
 
-func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (streams.Verdict, error) {
+// handle judges one report that arrived on the subject of target.
+func (c *Coordinator) handle(ctx context.Context, id, target string, data []byte) (streams.Verdict, error) {
 	var rep streams.Report
 	if err := json.Unmarshal(data, &rep); err != nil {
 		return streams.Verdict{}, fmt.Errorf("decode report: %w", err)
+	}
+	if rep.Target != target {
+		// Permissions restrict who may publish on a target's subject; a
+		// body that names another target is a forgery.
+		return streams.Verdict{}, fmt.Errorf("report for target %q arrived on the subject of target %q: refused", rep.Target, target)
 	}
 	// What the stream holds is read before the record is judged; a read
 	// error is temporary (the receiver asks again), never a verdict.

@@ -373,7 +373,7 @@ func (rc *Receiver) report(ctx context.Context, id string, rep streams.Report) (
 func (rc *Receiver) request(ctx context.Context, id string, body []byte) (streams.Verdict, error) {
 	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
 	defer cancel()
-	msg, err := rc.nc.RequestWithContext(rctx, streams.ReportSubject(id), body)
+	msg, err := rc.nc.RequestWithContext(rctx, streams.ReportSubject(id, rc.target), body)
 	if err != nil {
 		return streams.Verdict{}, err
 	}
