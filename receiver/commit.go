@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/snapjet/snapjet/btrfs"
-	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -53,9 +53,9 @@ func (j *job) commit(ctx context.Context, got btrfs.Info) (string, error) {
 			}
 			return final, discard(ctx, j.staging)
 		case ierr == nil && !info.ReadOnly && info.ReceivedUUID.IsZero():
-			return "", coordinator.Permanent(fmt.Errorf("%s already exists and is a writable subvolume without received UUID, maybe the operator's data or what an interrupted btrfs receive left; snapjet does not delete it: move or rename it (delete it if it is such a leftover), then retry", final))
+			return "", driver.Permanent(fmt.Errorf("%s already exists and is a writable subvolume without received UUID, maybe the operator's data or what an interrupted btrfs receive left; snapjet does not delete it: move or rename it (delete it if it is such a leftover), then retry", final))
 		default:
-			return "", coordinator.Permanent(fmt.Errorf("%s already exists and is not this snapshot: move it away, then retry", final))
+			return "", driver.Permanent(fmt.Errorf("%s already exists and is not this snapshot: move it away, then retry", final))
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -522,7 +523,7 @@ func (j *job) rejected(ctx context.Context, msg jetstream.Msg, err error) error 
 	err = fmt.Errorf("replication %s, target %s: %w", j.r.ID, j.rc.target, err)
 	j.log.Error("refusing message", "error", err)
 	if errors.Is(err, streams.ErrUnknownVersion) {
-		return j.fail(ctx, coordinator.Permanent(err))
+		return j.fail(ctx, driver.Permanent(err))
 	}
 	return j.fail(ctx, errStreamBad{err})
 }
@@ -567,7 +568,7 @@ func (j *job) fail(ctx context.Context, cause error) error {
 	}
 	rep := j.counters(streams.EvFailed)
 	rep.Reason = cause.Error()
-	rep.Permanent = coordinator.IsPermanent(cause)
+	rep.Permanent = driver.IsPermanent(cause)
 	rep.ParentMissing = errors.Is(cause, btrfs.ErrParentMissing)
 	rep.StreamBad = errors.As(cause, new(errStreamBad))
 	j.log.Error("receive failed", "error", cause, "permanent", rep.Permanent)

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 )
 
 // A second receiver on a target is refused for good, with the first one's
@@ -26,8 +26,8 @@ func TestLockRefusesSecondReceiverWithPID(t *testing.T) {
 		t.Fatal("a second receiver locked the same target")
 	}
 	pid := "(pid " + strconv.Itoa(os.Getpid()) + ")"
-	if !coordinator.IsPermanent(err) || !strings.Contains(err.Error(), pid) || !strings.Contains(err.Error(), "stop it first") {
-		t.Fatalf("second lock: %v (permanent %v); want a permanent error naming %s and saying \"stop it first\"", err, coordinator.IsPermanent(err), pid)
+	if !driver.IsPermanent(err) || !strings.Contains(err.Error(), pid) || !strings.Contains(err.Error(), "stop it first") {
+		t.Fatalf("second lock: %v (permanent %v); want a permanent error naming %s and saying \"stop it first\"", err, driver.IsPermanent(err), pid)
 	}
 	if err := first.Close(); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/internal/filelock"
 	"github.com/snapjet/snapjet/internal/retry"
 	"github.com/snapjet/snapjet/streams"
@@ -54,7 +55,7 @@ type Option func(*Receiver) error
 func WithApplier(kind string) Option {
 	return func(rc *Receiver) error {
 		if kind != Native && kind != BtrfsProgs {
-			return coordinator.Permanent(fmt.Errorf("receiver %q: use %s or %s", kind, Native, BtrfsProgs))
+			return driver.Permanent(fmt.Errorf("receiver %q: use %s or %s", kind, Native, BtrfsProgs))
 		}
 		rc.applier = kind
 		return nil
@@ -72,19 +73,19 @@ type running struct {
 func CheckTarget(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", coordinator.Permanent(fmt.Errorf("target %s: %w", dir, err))
+		return "", driver.Permanent(fmt.Errorf("target %s: %w", dir, err))
 	}
 	fi, err := os.Stat(abs)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return "", coordinator.Permanent(fmt.Errorf("target %s does not exist: create the directory on a btrfs filesystem first", abs))
+		return "", driver.Permanent(fmt.Errorf("target %s does not exist: create the directory on a btrfs filesystem first", abs))
 	case err != nil:
-		return "", coordinator.Permanent(fmt.Errorf("target %s: %w", abs, err))
+		return "", driver.Permanent(fmt.Errorf("target %s: %w", abs, err))
 	case !fi.IsDir():
-		return "", coordinator.Permanent(fmt.Errorf("target %s is not a directory", abs))
+		return "", driver.Permanent(fmt.Errorf("target %s is not a directory", abs))
 	}
 	if err := btrfs.IsBtrfs(abs); err != nil {
-		return "", coordinator.Permanent(fmt.Errorf("target %s is not on a btrfs filesystem: received snapshots must live on btrfs (%w)", abs, err))
+		return "", driver.Permanent(fmt.Errorf("target %s is not on a btrfs filesystem: received snapshots must live on btrfs (%w)", abs, err))
 	}
 	return abs, nil
 }
@@ -92,7 +93,7 @@ func CheckTarget(dir string) (string, error) {
 // New checks the target directory and prepares its staging area.
 func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir string, log *slog.Logger, opts ...Option) (*Receiver, error) {
 	if !streams.ValidID(target) {
-		return nil, coordinator.Permanent(fmt.Errorf("target name %q: use letters, digits, '-' and '_'", target))
+		return nil, driver.Permanent(fmt.Errorf("target name %q: use letters, digits, '-' and '_'", target))
 	}
 	abs, err := CheckTarget(dir)
 	if err != nil {
@@ -195,7 +196,7 @@ func (rc *Receiver) lock() (*filelock.Lock, error) {
 	path := filepath.Join(rc.dir, ".snapjet", "receiver.lock")
 	l, err := filelock.TryLock(path)
 	if errors.Is(err, filelock.ErrHeld) {
-		return nil, coordinator.Permanent(fmt.Errorf("target %s is already served by another snapjet receiver (pid %s): stop it first", rc.dir, filelock.Note(path)))
+		return nil, driver.Permanent(fmt.Errorf("target %s is already served by another snapjet receiver (pid %s): stop it first", rc.dir, filelock.Note(path)))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lock target %s: %w", rc.dir, err)
@@ -244,27 +245,31 @@ func (rc *Receiver) dispatch(ctx context.Context, r *coordinator.Replication) {
 	}()
 }
 
-// runJob runs one attempt, retrying temporary trouble (a NATS outage) in place.
+// runJob runs one attempt, retrying temporary trouble (a NATS outage) in
+// place. It has no bound of its own: the record bounds it (the sender's
+// watchdog fails a target that makes no progress, and dispatch then ends
+// the job).
 func (rc *Receiver) runJob(ctx context.Context, r *coordinator.Replication) {
 	log := rc.log.With("replication", r.ID, "attempt", r.Attempt)
-	b := retry.New(time.Second, 30*time.Second)
-	for {
-		err := (&job{rc: rc, r: r, log: log}).run(ctx)
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		if !errors.Is(err, errFallBack) && !errors.Is(err, errReplay) {
-			log.Warn("receive interrupted; retrying", "error", err)
-			if b.Wait(ctx) != nil {
-				return
+	first := true
+	_ = driver.Run(ctx, log, "receive", driver.Policy{First: time.Second, Max: 30 * time.Second}, func(ctx context.Context) (bool, error) {
+		if !first {
+			cur, _, err := rc.store.Get(ctx, r.ID)
+			if err != nil {
+				return false, err
 			}
+			if cur.Attempt != r.Attempt || !rc.wants(cur) {
+				return true, nil
+			}
+			r = cur
 		}
-		cur, _, gerr := rc.store.Get(ctx, r.ID)
-		if gerr != nil || cur.Attempt != r.Attempt || !rc.wants(cur) {
-			return
+		first = false
+		err := (&job{rc: rc, r: r, log: log}).run(ctx)
+		if errors.Is(err, errFallBack) || errors.Is(err, errReplay) {
+			return false, nil // start again at once, as the verdict says
 		}
-		r = cur
-	}
+		return err == nil, err
+	})
 }
 
 // Inventory lists the committed snapshots the target holds: read-only

@@ -22,6 +22,7 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/internal/retry"
 	"github.com/snapjet/snapjet/streams"
 )
@@ -31,16 +32,16 @@ import (
 func CheckSource(source string) (string, btrfs.Info, error) {
 	abs, err := filepath.Abs(source)
 	if err != nil {
-		return "", btrfs.Info{}, coordinator.Permanent(fmt.Errorf("source %s: %w", source, err))
+		return "", btrfs.Info{}, driver.Permanent(fmt.Errorf("source %s: %w", source, err))
 	}
 	info, err := btrfs.Inspect(abs)
 	switch {
 	case errors.Is(err, btrfs.ErrNotFound):
-		return "", info, coordinator.Permanent(fmt.Errorf("source %s does not exist: give the path of a btrfs subvolume", abs))
+		return "", info, driver.Permanent(fmt.Errorf("source %s does not exist: give the path of a btrfs subvolume", abs))
 	case errors.Is(err, btrfs.ErrNotBtrfs):
-		return "", info, coordinator.Permanent(fmt.Errorf("source %s is not on a btrfs filesystem: snapjet replicates btrfs subvolumes", abs))
+		return "", info, driver.Permanent(fmt.Errorf("source %s is not on a btrfs filesystem: snapjet replicates btrfs subvolumes", abs))
 	case errors.Is(err, btrfs.ErrNotSubvolume):
-		return "", info, coordinator.Permanent(fmt.Errorf("source %s is not a btrfs subvolume: point at a subvolume, or make one with `btrfs subvolume create`", abs))
+		return "", info, driver.Permanent(fmt.Errorf("source %s is not a btrfs subvolume: point at a subvolume, or make one with `btrfs subvolume create`", abs))
 	case err != nil:
 		return "", info, fmt.Errorf("source %s: %w", abs, err)
 	}
@@ -75,7 +76,7 @@ func takeSnapshot(ctx context.Context, source, dir string) (btrfs.Info, error) {
 		return btrfs.Info{}, fmt.Errorf("snapshot directory %s: %w", dir, err)
 	}
 	if err := btrfs.IsBtrfs(dir); err != nil {
-		return btrfs.Info{}, coordinator.Permanent(fmt.Errorf("snapshot directory %s must be on the source's btrfs filesystem: %w", dir, err))
+		return btrfs.Info{}, driver.Permanent(fmt.Errorf("snapshot directory %s must be on the source's btrfs filesystem: %w", dir, err))
 	}
 	name := filepath.Base(source) + "." + time.Now().UTC().Format("20060102T150405Z")
 	path := filepath.Join(dir, name)

@@ -16,7 +16,7 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
-	"github.com/snapjet/snapjet/internal/retry"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -366,44 +366,30 @@ func (s *Sender) collect(ctx context.Context, snapshot string, targets []string)
 
 // drive runs attempts until the replication is done or failed, then deletes
 // its stream. Temporary trouble (a NATS outage, a killed process) is retried
-// where the stream left off, until OutageTimeout passes without progress.
-// A watchdog fails, concurrently, every target that makes no progress for
-// StallTimeout, so no target holds the record (or the window) for ever.
+// where the stream left off, until OutageTimeout passes without progress; a
+// permanent error fails the record. The coordinator's watchdog meanwhile
+// fails every target that makes no progress for StallTimeout.
 func (s *Sender) drive(ctx context.Context, id string) error {
 	wctx, stopWatchdog := context.WithCancel(ctx)
 	defer stopWatchdog()
 	go s.Coord.Watchdog(wctx, id, s.stall)
-	var troubleSince time.Time
-	b := retry.New(250*time.Millisecond, 5*time.Second)
-	for {
+	log := s.Log.With("replication", id)
+	err := driver.Run(ctx, log, "send", driver.Policy{Bound: s.outage}, func(ctx context.Context) (bool, error) {
 		over, err := s.step(ctx, id)
-		switch {
-		case err == nil && over:
-			return nil
-		case err == nil:
-			troubleSince = time.Time{}
-			b.Reset()
-			continue
-		case coordinator.IsPermanent(err):
-			s.Log.Error("replication failed", "replication", id, "error", err)
+		if driver.IsPermanent(err) {
+			// It ends the record, not the run: the next step finds it over.
+			log.Error("replication failed", "error", err)
 			if _, ferr := s.Coord.Fail(ctx, id, err.Error()); ferr != nil {
-				return fmt.Errorf("%w (and recording the failure: %v)", err, ferr)
+				return false, fmt.Errorf("%w (and recording the failure: %v)", err, ferr)
 			}
-			continue
-		case ctx.Err() != nil:
-			return ctx.Err()
+			return false, nil
 		}
-		if troubleSince.IsZero() {
-			troubleSince = time.Now()
-		} else if time.Since(troubleSince) > s.outage {
-			return fmt.Errorf("replication %s made no progress for %v: %w (is the NATS server running and reachable?)", id, s.outage, err)
-		}
-		s.Log.Warn("send interrupted; continuing where the stream left off", "replication", id, "error", err,
-			"trouble_since", troubleSince.Format(time.RFC3339))
-		if err := b.Wait(ctx); err != nil {
-			return err
-		}
+		return over, err
+	})
+	if err != nil && ctx.Err() == nil && !driver.IsPermanent(err) {
+		return fmt.Errorf("replication %s: %w (is the NATS server running and reachable?)", id, err)
 	}
+	return err
 }
 
 // step advances the replication by one attempt or one state change, and

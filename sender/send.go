@@ -18,6 +18,7 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -97,7 +98,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	defer cancel()
 	out, proc, err := btrfs.Send(sctx, r.Snapshot, opt)
 	if err != nil {
-		return coordinator.Permanent(fmt.Errorf("start btrfs send of %s: %w", r.Snapshot, err))
+		return driver.Permanent(fmt.Errorf("start btrfs send of %s: %w", r.Snapshot, err))
 	}
 	digest := sha256.New()
 	order := make(chan *job, 2*s.workers()+2)
@@ -151,7 +152,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 		return readErr
 	case waitErr != nil:
 		if errors.Is(waitErr, btrfs.ErrNotFound) || errors.Is(waitErr, btrfs.ErrNotSubvolume) {
-			return coordinator.Permanent(fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr))
+			return driver.Permanent(fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr))
 		}
 		return fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr)
 	}

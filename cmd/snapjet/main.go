@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/internal/broker"
 )
 
@@ -68,7 +68,7 @@ func main() {
 		switch {
 		case errors.As(err, &ee):
 			os.Exit(ee.code)
-		case coordinator.IsPermanent(err):
+		case driver.IsPermanent(err):
 			os.Exit(2)
 		}
 		os.Exit(1)
