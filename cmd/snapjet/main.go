@@ -132,6 +132,6 @@ func (g *globals) brokerConnect(opt broker.Options) (*broker.Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	opt.Credentials, opt.Replicas, opt.Log = creds, g.conn.replicaCount(), g.log
+	opt.Credentials, opt.JSDomain, opt.Replicas, opt.Log = creds, g.conn.jsDomain, g.conn.replicaCount(), g.log
 	return broker.Connect(opt)
 }

@@ -28,6 +28,10 @@ type Options struct {
 	// holds Store, instead of failing (for read-only commands like status).
 	JoinRunning bool
 	Credentials Credentials // for an external server
+	// JSDomain is the JetStream domain to use, empty for the one of the
+	// server connected to: a client of a site node reaches the hub's
+	// streams with the hub's domain.
+	JSDomain string
 	// Replicas of the streams and buckets this client creates (see
 	// replicaJS); 0 keeps an existing one's count and makes new ones R1.
 	Replicas int
@@ -140,7 +144,11 @@ func Connect(opt Options) (*Broker, error) {
 	b.NC = nc
 	// A publish whose ack was lost with the connection must fail, not wait
 	// for ever: the sender then resumes from what the stream holds.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second))
+	jsOpt := jetstream.WithPublishAsyncTimeout(10 * time.Second)
+	js, err := jetstream.New(nc, jsOpt)
+	if opt.JSDomain != "" {
+		js, err = jetstream.NewWithDomain(nc, opt.JSDomain, jsOpt)
+	}
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("JetStream at %s: %w", url, err)
