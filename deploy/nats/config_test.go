@@ -37,7 +37,7 @@ func newCerts(t *testing.T) *certs {
 	dir := t.TempDir()
 	c := &certs{ca: testpki.New(t, dir, "snapjet")}
 	c.replacements = []string{"/etc/nats/certs/ca.pem", c.ca.CAFile}
-	for _, name := range []string{"hub", "hub-1", "hub-2", "hub-3", "site-a"} {
+	for _, name := range []string{"hub", "hub-1", "hub-2", "hub-3", "site-a", "site-b"} {
 		cert, key := c.ca.Issue(t, name)
 		c.replacements = append(c.replacements, "/etc/nats/certs/"+name+"-key.pem", key, "/etc/nats/certs/"+name+".pem", cert)
 	}
