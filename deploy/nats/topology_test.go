@@ -119,7 +119,7 @@ func TestSiteNodes(t *testing.T) {
 			if code, _ := run(t, cmdTimeout, "status at site-a", env, snapjetBin, "status"); code != 0 {
 				t.Errorf("snapjet status at the site: exit %d", code)
 			}
-			if code, _ := run(t, cmdTimeout, "status of the hub from site-a", append(env, "SNAPJET_JS_DOMAIN=hub"), snapjetBin, "status"); code != 0 {
+			if code, _ := run(t, cmdTimeout, "status of the hub from site-a", env, snapjetBin, "status", "--js-domain", "hub"); code != 0 {
 				t.Errorf("snapjet status of the hub through the site: exit %d", code)
 			}
 			code, out := run(t, cmdTimeout, "status without a client certificate", nil, snapjetBin, "status", "--server", "tls://"+siteAddr, "--tls-ca", c.ca.CAFile)
@@ -134,6 +134,11 @@ func TestSiteNodes(t *testing.T) {
 				p := launch(t, "site-b", nil, natsBin, "-c", conf)
 				waitListening(t, p, siteB)
 				checkSite(t, h, "nats://"+siteB, "site-b", broker.Credentials{})
+				for _, domain := range [][]string{nil, {"--js-domain", "hub"}} {
+					if code, _ := run(t, cmdTimeout, "status at site-b", nil, snapjetBin, append([]string{"status", "--server", "nats://" + siteB}, domain...)...); code != 0 {
+						t.Errorf("snapjet status %v at site-b: exit %d", domain, code)
+					}
+				}
 			}
 		})
 	}
@@ -203,8 +208,8 @@ func TestPasswordNeverShown(t *testing.T) {
 	if code, _ := run(t, cmdTimeout, "status with --password-file", nil, snapjetBin, append([]string{"status"}, h.statusArgs...)...); code != 0 {
 		t.Errorf("--password-file: exit %d", code)
 	}
-	env := []string{"SNAPJET_PASSWORD=" + h.creds.Password, "SNAPJET_SERVER=" + h.clientURL, "SNAPJET_TLS_CA=" + c.ca.CAFile}
-	if code, _ := run(t, cmdTimeout, "status with SNAPJET_PASSWORD", env, snapjetBin, "status"); code != 0 {
+	env := []string{"SNAPJET_PASSWORD=" + h.creds.Password}
+	if code, _ := run(t, cmdTimeout, "status with SNAPJET_PASSWORD", env, snapjetBin, "status", "--server", h.clientURL, "--tls-ca", c.ca.CAFile); code != 0 {
 		t.Errorf("SNAPJET_PASSWORD: exit %d", code)
 	}
 	wrong := []string{"SNAPJET_PASSWORD=" + secret("not-the-password"), "SNAPJET_SERVER=" + h.clientURL, "SNAPJET_TLS_CA=" + c.ca.CAFile}
