@@ -111,7 +111,7 @@ func Connect(opt Options) (*Broker, error) {
 		creds.User, creds.Password = user, password
 	case token != "" && creds.Password != "":
 		creds.User, token = token, "" // nats://USER@host with the password from elsewhere
-	case creds.Password != "":
+	case creds.Password != "" && creds.User == "":
 		b.Close()
 		return nil, fmt.Errorf("%w: a password needs a user: name it in the server URL (nats://USER@HOST:PORT)", ErrCredentialFile)
 	}

@@ -167,32 +167,39 @@ func SplitUser(servers string) (clean, user, password, token string, err error) 
 // connectError explains a failed connect: the cause and what to do.
 func connectError(url string, err error) error {
 	msg := Redact(err.Error())
+	cause := redacted{err}
 	var (
-		verify  *tls.CertificateVerificationError
 		unknown x509.UnknownAuthorityError
 		host    x509.HostnameError
 	)
 	switch {
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked),
 		strings.Contains(msg, "Authorization Violation"), strings.Contains(msg, "authorization violation"):
-		return fmt.Errorf("%w at %s: %s: check the user and password (SNAPJET_PASSWORD, --password-file), the --creds or --nkey file, and that the server knows this user", ErrAuth, url, msg)
-	case errors.As(err, &unknown), errors.As(err, &verify) && errors.As(verify.Err, &unknown):
-		return fmt.Errorf("%w at %s: %s: the server's certificate is not signed by a CA this client trusts; pass the CA that signed it with --tls-ca", ErrTLS, url, msg)
+		return fmt.Errorf("%w at %s: %w: check the user and password (SNAPJET_PASSWORD, --password-file), the --creds or --nkey file, and that the server knows this user", ErrAuth, url, cause)
+	case errors.As(err, &unknown):
+		return fmt.Errorf("%w at %s: %w: the server's certificate is not signed by a CA this client trusts; pass the CA that signed it with --tls-ca", ErrTLS, url, cause)
 	case errors.As(err, &host):
-		return fmt.Errorf("%w at %s: %s: the server's certificate does not name this host; connect by a name or IP the certificate holds", ErrTLS, url, msg)
+		return fmt.Errorf("%w at %s: %w: the server's certificate does not name this host; connect by a name or IP the certificate holds", ErrTLS, url, cause)
 	// With TLS 1.3 the server checks the client's certificate after the
 	// client has finished its handshake, so a refusal is just a close.
 	case strings.Contains(msg, "certificate required"), strings.Contains(msg, "bad certificate"), strings.Contains(msg, "unknown certificate authority"),
 		strings.Contains(msg, "closed by remote after TLS handshake"):
-		return fmt.Errorf("%w at %s: %s: the server wants a client certificate signed by a CA it trusts; pass it with --tls-cert and --tls-key", ErrTLS, url, msg)
+		return fmt.Errorf("%w at %s: %w: the server wants a client certificate signed by a CA it trusts; pass it with --tls-cert and --tls-key", ErrTLS, url, cause)
 	case errors.Is(err, nats.ErrSecureConnRequired):
-		return fmt.Errorf("%w at %s: %s: the server requires TLS; use a tls:// URL and --tls-ca", ErrTLS, url, msg)
+		return fmt.Errorf("%w at %s: %w: the server requires TLS; use a tls:// URL and --tls-ca", ErrTLS, url, cause)
 	case errors.Is(err, nats.ErrSecureConnWanted):
-		return fmt.Errorf("%w at %s: %s: the server does not offer TLS; leave out the --tls options or enable TLS on the server", ErrTLS, url, msg)
+		return fmt.Errorf("%w at %s: %w: the server does not offer TLS; leave out the --tls options or enable TLS on the server", ErrTLS, url, cause)
 	case strings.Contains(msg, "tls:"), strings.Contains(msg, "x509:"):
-		return fmt.Errorf("%w at %s: %s: check --tls-ca, --tls-cert and --tls-key against the server's TLS settings", ErrTLS, url, msg)
+		return fmt.Errorf("%w at %s: %w: check --tls-ca, --tls-cert and --tls-key against the server's TLS settings", ErrTLS, url, cause)
 	case errors.Is(err, nats.ErrNoServers):
-		return fmt.Errorf("connect to NATS at %s: %s: is the server running and reachable? (start one with `snapjet server`, or leave out --server to embed one)", url, msg)
+		return fmt.Errorf("connect to NATS at %s: %w: is the server running and reachable? (start one with `snapjet server`, or leave out --server to embed one)", url, cause)
 	}
-	return fmt.Errorf("connect to NATS at %s: %s", url, msg)
+	return fmt.Errorf("connect to NATS at %s: %w", url, cause)
 }
+
+// redacted is an error whose message has lost the user information of its
+// URLs, and which still matches its cause with errors.Is.
+type redacted struct{ err error }
+
+func (r redacted) Error() string { return Redact(r.err.Error()) }
+func (r redacted) Unwrap() error { return r.err }
