@@ -175,7 +175,7 @@ func connectError(url string, err error) error {
 	switch {
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked),
 		strings.Contains(msg, "Authorization Violation"), strings.Contains(msg, "authorization violation"):
-		return fmt.Errorf("%w at %s: %w: check the user and password (SNAPJET_PASSWORD, --password-file), the --creds or --nkey file, and that the server knows this user", ErrAuth, url, cause)
+		return fmt.Errorf("%w at %s: %w: check the user and password (SNAPJET_PASSWORD, --password-file) or token (in SNAPJET_SERVER), the --creds or --nkey file, and that the server knows this user", ErrAuth, url, cause)
 	case errors.As(err, &unknown):
 		return fmt.Errorf("%w at %s: %w: the server's certificate is not signed by a CA this client trusts; pass the CA that signed it with --tls-ca", ErrTLS, url, cause)
 	case errors.As(err, &host):

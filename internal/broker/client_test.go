@@ -85,6 +85,9 @@ func TestCredentialsAndTheirErrors(t *testing.T) {
 	const password = "pa55-word-never-shown"
 	pwSrv := serve(t, &server.Options{Users: []*server.User{{Username: "snapjet", Password: password}}})
 	tlsURL := strings.Replace(tlsSrv.ClientURL(), "nats://", "tls://", 1)
+	const token = "t0ken-never-shown"
+	tokenSrv := serve(t, &server.Options{Authorization: token})
+	withToken := func(tok string) string { return strings.Replace(tokenSrv.ClientURL(), "//", "//"+tok+"@", 1) }
 
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
@@ -95,11 +98,15 @@ func TestCredentialsAndTheirErrors(t *testing.T) {
 		{"client certificate", tlsURL, Credentials{TLSCA: ca.CAFile, TLSCert: cliCert, TLSKey: cliKey}},
 		{"nkey", nkeySrv.ClientURL(), Credentials{NKey: seedFile}},
 		{"password from elsewhere", strings.Replace(pwSrv.ClientURL(), "//", "//snapjet@", 1), Credentials{Password: password}},
+		{"token in the URL (from SNAPJET_SERVER)", withToken(token), Credentials{}},
 	} {
 		b, err := connectWith(ok.url, ok.c, log)
 		if err != nil {
 			t.Errorf("%s: %v", ok.name, err)
 			continue
+		}
+		if strings.Contains(b.URL(), token) {
+			t.Errorf("%s: Broker.URL shows the token: %s", ok.name, b.URL())
 		}
 		b.Close()
 	}
@@ -122,20 +129,21 @@ func TestCredentialsAndTheirErrors(t *testing.T) {
 		{"creds file that is not one", nkeySrv.ClientURL(), Credentials{Creds: seedFile}, ErrCredentialFile, "nsc"},
 		{"wrong password", strings.Replace(pwSrv.ClientURL(), "//", "//snapjet@", 1), Credentials{Password: "not-" + password}, ErrAuth, "SNAPJET_PASSWORD"},
 		{"password without user", pwSrv.ClientURL(), Credentials{Password: password}, ErrCredentialFile, "nats://USER@"},
+		{"wrong token", withToken("not-" + token), Credentials{}, ErrAuth, "check"},
 	} {
 		_, err := connectWith(bad.url, bad.c, log)
 		if !errors.Is(err, bad.want) || !strings.Contains(err.Error(), bad.hint) {
 			t.Errorf("%s: %v; want %v naming %q", bad.name, err, bad.want, bad.hint)
 			continue
 		}
-		for _, secret := range []string{password, string(seed), string(wrongSeed)} {
+		for _, secret := range []string{password, token, string(seed), string(wrongSeed)} {
 			if strings.Contains(err.Error(), secret) {
 				t.Errorf("%s: the error shows a secret: %v", bad.name, err)
 			}
 		}
 		t.Logf("%s: %v", bad.name, err)
 	}
-	for _, secret := range []string{password, string(seed), string(wrongSeed)} {
+	for _, secret := range []string{password, token, string(seed), string(wrongSeed)} {
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("a log line shows a secret:\n%s", logs.String())
 		}
