@@ -68,10 +68,12 @@ func TestCredsAndNkey(t *testing.T) {
 	stranger, _ := nkeys.CreateAccount() // an account the server does not know
 	bad := userCreds("stranger.creds", stranger)
 
-	operatorAddr := freeAddr(t)
-	conf := write("operator.conf", fmt.Sprintf("listen: %s\noperator: %q\nsystem_account: %s\nresolver: MEMORY\nresolver_preload: { %s: %q, %s: %q }\njetstream { store_dir: %q }\n",
-		operatorAddr, opJWT, sysPub, accPub, accJWT, sysPub, sysJWT, filepath.Join(dir, "js-operator")))
-	waitListening(t, launch(t, "operator-mode server", nil, natsBin, "-c", conf), operatorAddr)
+	operatorAddr, operatorLeaf := freeAddr(t), freeAddr(t)
+	conf := write("operator.conf", fmt.Sprintf("listen: %s\noperator: %q\nsystem_account: %s\nresolver: MEMORY\nresolver_preload: { %s: %q, %s: %q }\njetstream { store_dir: %q, domain: hub }\nleafnodes { listen: %s }\n",
+		operatorAddr, opJWT, sysPub, accPub, accJWT, sysPub, sysJWT, filepath.Join(dir, "js-operator"), operatorLeaf))
+	operatorHub := launch(t, "operator-mode server", nil, natsBin, "-c", conf)
+	waitListening(t, operatorHub, operatorAddr)
+	waitListening(t, operatorHub, operatorLeaf)
 
 	// An nkey user.
 	user, _ := nkeys.CreateUser()
@@ -109,5 +111,20 @@ func TestCredsAndNkey(t *testing.T) {
 			t.Errorf("%s: exit %d, output %q; want a failure naming %q", tc.name, code, out, tc.want)
 		}
 	}
+
+	// A site node whose link to the hub authenticates with --hub-creds.
+	siteAddr := freeAddr(t)
+	site := launch(t, "site with --hub-creds", nil, snapjetBin, "server", "--store", t.TempDir(), "--listen", siteAddr,
+		"--domain", "site-a", "--hub", "nats-leaf://"+operatorLeaf, "--hub-creds", good)
+	waitFor(t, "the site's link to the hub", processStartTimeout, site, func() bool { return strings.Contains(site.out.String(), "link to hub up") })
+	if code, _ := run(t, cmdTimeout, "status of the hub from the site", nil, snapjetBin, "status", "--server", "nats://"+siteAddr, "--js-domain", "hub"); code != 0 {
+		t.Errorf("snapjet status --js-domain hub through a site linked with --hub-creds: exit %d", code)
+	}
+	// With the creds of an account the hub does not know, the site says why.
+	refused := launch(t, "site with wrong --hub-creds", nil, snapjetBin, "server", "--store", t.TempDir(), "--listen", freeAddr(t),
+		"--domain", "site-b", "--hub", "nats-leaf://"+operatorLeaf, "--hub-creds", bad)
+	waitFor(t, "the refused link's error", processStartTimeout, refused, func() bool {
+		return strings.Contains(refused.out.String(), "level=ERROR") && strings.Contains(refused.out.String(), "Authorization Violation")
+	})
 	checkOutputs(t)
 }
