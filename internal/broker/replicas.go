@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -32,14 +34,32 @@ func (js replicaJS) replicasFor(ctx context.Context, name string, configured int
 	return 1
 }
 
+// Error codes of the JetStream API for a replica count the servers cannot
+// hold: a single server, or a cluster with fewer nodes.
+const (
+	errCodeReplicasNotSupported = 10074
+	errCodeNoPeers              = 10005
+)
+
+// explain adds the fix to an error caused by the replica count.
+func explain(err error, replicas int) error {
+	var api *jetstream.APIError
+	if errors.As(err, &api) && (api.ErrorCode == errCodeReplicasNotSupported || api.ErrorCode == errCodeNoPeers) {
+		return fmt.Errorf("%w: --replicas %d needs a JetStream cluster of at least %d servers; leave it out (1) on a single server", err, replicas, replicas)
+	}
+	return err
+}
+
 func (js replicaJS) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	cfg.Replicas = js.replicasFor(ctx, cfg.Name, cfg.Replicas)
-	return js.JetStream.CreateStream(ctx, cfg)
+	s, err := js.JetStream.CreateStream(ctx, cfg)
+	return s, explain(err, cfg.Replicas)
 }
 
 func (js replicaJS) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	cfg.Replicas = js.replicasFor(ctx, cfg.Name, cfg.Replicas)
-	return js.JetStream.CreateOrUpdateStream(ctx, cfg)
+	s, err := js.JetStream.CreateOrUpdateStream(ctx, cfg)
+	return s, explain(err, cfg.Replicas)
 }
 
 // kvStream is the stream behind a KV bucket (a nats.go convention).
@@ -47,10 +67,12 @@ func kvStream(bucket string) string { return "KV_" + bucket }
 
 func (js replicaJS) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = js.replicasFor(ctx, kvStream(cfg.Bucket), cfg.Replicas)
-	return js.JetStream.CreateKeyValue(ctx, cfg)
+	kv, err := js.JetStream.CreateKeyValue(ctx, cfg)
+	return kv, explain(err, cfg.Replicas)
 }
 
 func (js replicaJS) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = js.replicasFor(ctx, kvStream(cfg.Bucket), cfg.Replicas)
-	return js.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+	kv, err := js.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+	return kv, explain(err, cfg.Replicas)
 }

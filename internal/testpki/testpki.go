@@ -25,7 +25,14 @@ type CA struct {
 	key    *ecdsa.PrivateKey
 }
 
-var serial int64
+// serial is a random certificate serial number, unique in practice.
+func serial(t testing.TB) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
 
 // New makes a CA named name with its certificate in dir.
 func New(t testing.TB, dir, name string) *CA {
@@ -34,9 +41,8 @@ func New(t testing.TB, dir, name string) *CA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial++
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial),
+		SerialNumber:          serial(t),
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
@@ -62,9 +68,8 @@ func (ca *CA) Issue(t testing.TB, name string) (certFile, keyFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial++
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
+		SerialNumber: serial(t),
 		Subject:      pkix.Name{CommonName: name},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
