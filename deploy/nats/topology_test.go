@@ -3,6 +3,7 @@ package natsconf_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -269,46 +270,16 @@ func runWithSecretArgs(t *testing.T, bin string, args ...string) execResult {
 // that a client without --replicas keeps them at three.
 func TestClusterFromDeployExample(t *testing.T) {
 	binaries(t)
-	c := newCerts(t)
-	password := secret("cluster-password-" + filepath.Base(t.TempDir()))
-	var clients, routes [3]string
-	for i := range 3 {
-		clients[i], routes[i] = freeAddr(t), freeAddr(t)
-	}
-	var nodes [3]*proc
-	for i := range 3 {
-		repl := []string{"0.0.0.0:4222", clients[i], "0.0.0.0:6222", routes[i], "0.0.0.0:7422", freeAddr(t),
-			"/var/lib/nats/jetstream", t.TempDir(), "CHANGE-ME-clients", password}
-		for j := range 3 {
-			repl = append(repl, "hub-"+string(rune('1'+j))+".example.net:6222", routes[j])
-		}
-		conf := c.render(t, "cluster/hub-"+string(rune('1'+i))+".conf", repl...)
-		nodes[i] = launch(t, "hub-"+string(rune('1'+i)), nil, natsBin, "-c", conf)
-	}
-	for i := range 3 {
-		waitListening(t, nodes[i], clients[i])
-	}
-	var urls []string
-	for _, a := range clients {
-		urls = append(urls, "tls://snapjet@"+a)
-	}
-	env := []string{"SNAPJET_SERVER=" + strings.Join(urls, ","), "SNAPJET_TLS_CA=" + c.ca.CAFile, "SNAPJET_PASSWORD=" + password}
-
+	cl := startCluster(t)
+	env, creds, urls := cl.env, cl.creds, cl.urls
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	creds := broker.Credentials{TLSCA: c.ca.CAFile, Password: password}
-	b, err := broker.Connect(broker.Options{Server: strings.Join(urls, ","), Name: "cluster", Replicas: 3, Credentials: creds, Log: slog.New(slog.DiscardHandler)})
+	b, err := broker.Connect(broker.Options{Server: urls, Name: "cluster", Replicas: 3, Credentials: creds, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	// JetStream answers once the nodes have elected a meta leader.
-	waitFor(t, "a JetStream meta leader", time.Minute, nil, func() bool {
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		_, err := b.JS.AccountInfo(actx)
-		return err == nil
-	})
+	cl.waitJetStream(t, ctx, b)
 
 	if code, _ := run(t, cmdTimeout, "status --replicas 3", env, snapjetBin, "status", "--replicas", "3"); code != 0 {
 		t.Fatalf("snapjet status --replicas 3: exit %d", code)
@@ -322,7 +293,7 @@ func TestClusterFromDeployExample(t *testing.T) {
 	}
 
 	// A receiver opens the bucket without --replicas: it must stay R3.
-	plain, err := broker.Connect(broker.Options{Server: strings.Join(urls, ","), Name: "receiver", Credentials: creds, Log: slog.New(slog.DiscardHandler)})
+	plain, err := broker.Connect(broker.Options{Server: urls, Name: "receiver", Credentials: creds, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,4 +313,53 @@ func TestClusterFromDeployExample(t *testing.T) {
 		t.Errorf("state bucket: %d replicas, cluster %+v; want 3 on three nodes", info.Config.Replicas, info.Cluster)
 	}
 	checkOutputs(t)
+}
+
+// cluster is the hub of deploy/nats/cluster running as three nats-server
+// processes, with TLS and the password of user snapjet.
+type cluster struct {
+	nodes [3]*proc
+	urls  string   // every node, comma-separated, with the user name
+	env   []string // SNAPJET_SERVER, SNAPJET_TLS_CA, SNAPJET_PASSWORD for snapjet
+	creds broker.Credentials
+}
+
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	c := newCerts(t)
+	password := secret("cluster-password-" + filepath.Base(t.TempDir()))
+	var clients, routes [3]string
+	for i := range 3 {
+		clients[i], routes[i] = freeAddr(t), freeAddr(t)
+	}
+	cl := &cluster{creds: broker.Credentials{TLSCA: c.ca.CAFile, Password: password}}
+	for i := range 3 {
+		repl := []string{"0.0.0.0:4222", clients[i], "0.0.0.0:6222", routes[i], "0.0.0.0:7422", freeAddr(t),
+			"/var/lib/nats/jetstream", t.TempDir(), "CHANGE-ME-clients", password}
+		for j := range 3 {
+			repl = append(repl, fmt.Sprintf("hub-%d.example.net:6222", j+1), routes[j])
+		}
+		conf := c.render(t, fmt.Sprintf("cluster/hub-%d.conf", i+1), repl...)
+		cl.nodes[i] = launch(t, fmt.Sprintf("hub-%d", i+1), nil, natsBin, "-c", conf)
+	}
+	var urls []string
+	for i := range 3 {
+		waitListening(t, cl.nodes[i], clients[i])
+		urls = append(urls, "tls://snapjet@"+clients[i])
+	}
+	cl.urls = strings.Join(urls, ",")
+	cl.env = []string{"SNAPJET_SERVER=" + cl.urls, "SNAPJET_TLS_CA=" + c.ca.CAFile, "SNAPJET_PASSWORD=" + password}
+	return cl
+}
+
+// waitJetStream waits until JetStream answers, which it does once the
+// nodes have elected a meta leader.
+func (cl *cluster) waitJetStream(t *testing.T, ctx context.Context, b *broker.Broker) {
+	t.Helper()
+	waitFor(t, "a JetStream meta leader", time.Minute, nil, func() bool {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := b.JS.AccountInfo(actx)
+		return err == nil
+	})
 }
