@@ -145,9 +145,11 @@ func Connect(opt Options) (*Broker, error) {
 	// A publish whose ack was lost with the connection must fail, not wait
 	// for ever: the sender then resumes from what the stream holds.
 	jsOpt := jetstream.WithPublishAsyncTimeout(10 * time.Second)
-	js, err := jetstream.New(nc, jsOpt)
+	var js jetstream.JetStream
 	if opt.JSDomain != "" {
 		js, err = jetstream.NewWithDomain(nc, opt.JSDomain, jsOpt)
+	} else {
+		js, err = jetstream.New(nc, jsOpt)
 	}
 	if err != nil {
 		b.Close()
