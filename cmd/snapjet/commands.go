@@ -196,23 +196,6 @@ func receiveCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func serverCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "server [--store DIR] [--listen ADDR]",
-		Short: "Run the embedded NATS server with JetStream alone, until SIGTERM",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			srv, err := broker.StartServer(g.store, g.listen, g.log)
-			if err != nil {
-				return err
-			}
-			<-cmd.Context().Done()
-			srv.Stop()
-			return nil
-		},
-	}
-}
-
 func statusCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -221,8 +204,8 @@ func statusCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			b, err := broker.Connect(broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
-				Name: "snapjet status", JoinRunning: true, Log: g.log})
+			b, err := g.brokerConnect(broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
+				Name: "snapjet status", JoinRunning: true})
 			if err != nil {
 				return err
 			}

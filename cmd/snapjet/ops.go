@@ -206,8 +206,8 @@ type natsState struct {
 }
 
 func connectState(g *globals, s config.Server) *natsState {
-	b, err := broker.Connect(broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
-		Name: "snapjet prune", JoinRunning: true, Log: g.log})
+	b, err := g.brokerConnectConfig(broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
+		Name: "snapjet prune", JoinRunning: true}, s)
 	if err != nil {
 		g.log.Warn("cannot read the replication records; keeping every snapshot", "error", err)
 	}

@@ -8,10 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -30,7 +27,15 @@ type Options struct {
 	// JoinRunning connects to the server of another snapjet process that
 	// holds Store, instead of failing (for read-only commands like status).
 	JoinRunning bool
-	Log         *slog.Logger
+	Credentials Credentials // for an external server
+	// JSDomain is the JetStream domain to use, empty for the one of the
+	// server connected to: a client of a site node reaches the hub's
+	// streams with the hub's domain.
+	JSDomain string
+	// Replicas of the streams and buckets this client creates (see
+	// replicaJS); 0 keeps an existing one's count and makes new ones R1.
+	Replicas int
+	Log      *slog.Logger
 }
 
 // Broker is a connected client, and the embedded server if there is one.
@@ -77,61 +82,12 @@ func runningURL(store string) string {
 	return filelock.Note(filepath.Join(store, lockName))
 }
 
-// EmbeddedMaxPayload lets the embedded server carry 1 MiB chunks with room
-// to spare; an external server's max_payload limits the chunk size instead.
-const EmbeddedMaxPayload = 8 << 20
-
-// StartServer runs an embedded JetStream server on store. Stop it with Stop.
-func StartServer(store, listen string, log *slog.Logger) (*Embedded, error) {
-	host, portStr, err := net.SplitHostPort(listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen address %q: %w", listen, err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return nil, fmt.Errorf("listen address %q: bad port", listen)
-	}
-	if port == 0 {
-		port = server.RANDOM_PORT
-	}
-	if err := os.MkdirAll(store, 0o700); err != nil {
-		return nil, fmt.Errorf("store %s: %w (choose another with --store)", store, err)
-	}
-	lock, err := lockStore(store)
-	if err != nil {
-		return nil, err
-	}
-	srv, err := server.NewServer(&server.Options{
-		ServerName: "snapjet",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   store,
-		MaxPayload: EmbeddedMaxPayload,
-		NoSigs:     true,
-	})
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("embedded NATS server: %w", err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(30 * time.Second) {
-		srv.Shutdown()
-		lock.Close()
-		return nil, fmt.Errorf("embedded NATS server did not start on %s (is the port in use? choose another with --listen, or use --server)", listen)
-	}
-	// The URL only helps a refused process join; the lock holds without it.
-	_ = lock.SetNote(srv.ClientURL())
-	log.Info("embedded NATS server ready", "url", srv.ClientURL(), "store", store)
-	return &Embedded{Server: srv, lock: lock}, nil
-}
-
 // Connect connects to the external server, or starts the embedded one.
 func Connect(opt Options) (*Broker, error) {
 	b := &Broker{}
 	url := opt.Server
 	if url == "" {
-		srv, err := StartServer(opt.Store, opt.Listen, opt.Log)
+		srv, err := StartServer(ServerConfig{Store: opt.Store, Listen: opt.Listen, Log: opt.Log})
 		switch {
 		case errors.Is(err, ErrStoreInUse) && opt.JoinRunning:
 			url = runningURL(opt.Store)
@@ -142,40 +98,67 @@ func Connect(opt Options) (*Broker, error) {
 		}
 	}
 	log := opt.Log
-	nc, err := nats.Connect(url,
+	url, user, password, token, err := SplitUser(url)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	creds := opt.Credentials
+	switch {
+	case password != "":
+		creds.User, creds.Password = user, password
+	case token != "" && creds.Password != "":
+		creds.User, token = token, "" // nats://USER@host with the password from elsewhere
+	case creds.Password != "" && creds.User == "":
+		b.Close()
+		return nil, fmt.Errorf("%w: a password needs a user: name it in the server URL (nats://USER@HOST:PORT)", ErrCredentialFile)
+	}
+	copts, err := creds.natsOptions()
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	if token != "" {
+		copts = append(copts, nats.Token(token))
+	}
+	nc, err := nats.Connect(url, append(copts,
 		nats.Name(opt.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				log.Warn("NATS connection lost; reconnecting", "error", err)
+				log.Warn("NATS connection lost; reconnecting", "error", Redact(err.Error()))
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
-	)
+		// The URLs were stripped of user information above; Redact also
+		// covers servers that the cluster announced.
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", Redact(c.ConnectedUrl())) }),
+	)...)
 	if err != nil {
 		b.Close()
-		var hint string
-		if errors.Is(err, nats.ErrNoServers) {
-			hint = ": is the server running and reachable? (start one with `snapjet server`, or leave out --server to embed one)"
-		}
-		return nil, fmt.Errorf("connect to NATS at %s: %w%s", url, err, hint)
+		return nil, connectError(url, err)
 	}
 	b.NC = nc
 	// A publish whose ack was lost with the connection must fail, not wait
 	// for ever: the sender then resumes from what the stream holds.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second))
+	jsOpt := jetstream.WithPublishAsyncTimeout(10 * time.Second)
+	var js jetstream.JetStream
+	if opt.JSDomain != "" {
+		js, err = jetstream.NewWithDomain(nc, opt.JSDomain, jsOpt)
+	} else {
+		js, err = jetstream.New(nc, jsOpt)
+	}
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("JetStream at %s: %w", url, err)
 	}
-	b.JS = js
+	b.JS = replicaJS{JetStream: js, replicas: opt.Replicas}
 	return b, nil
 }
 
-// URL is where clients reach the server.
-func (b *Broker) URL() string { return b.NC.ConnectedUrl() }
+// URL is where clients reach the server, without user information.
+func (b *Broker) URL() string { return Redact(b.NC.ConnectedUrl()) }
 
 // Close drains the connection and stops an embedded server.
 func (b *Broker) Close() {
