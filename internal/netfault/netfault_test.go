@@ -73,7 +73,12 @@ func TestCountsBothDirections(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The relay counts a write once it returned, which can be just after
+	// the peer read the bytes: wait (bounded) for the count to settle.
 	want := int64(2 * len(msg))
+	for deadline := time.Now().Add(5 * time.Second); (r.Up() != want || r.Down() != want) && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if r.Up() != want || r.Down() != want {
 		t.Fatalf("up %d down %d, want %d each", r.Up(), r.Down(), want)
 	}
