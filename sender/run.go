@@ -116,12 +116,12 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 		}
 		s.codec = c
 	}
-	if opt.SnapshotDir == "" {
-		opt.SnapshotDir = SnapshotDir(opt.Source)
-	}
 	src, srcInfo, err := CheckSource(opt.Source)
 	if err != nil {
 		return nil, err
+	}
+	if opt.SnapshotDir == "" {
+		opt.SnapshotDir = SnapshotDir(src)
 	}
 	// One sender drives a source at a time; the lease says who.
 	lease, err := s.Coord.AcquireLease(ctx, srcInfo.UUID.String(), coordinator.ThisProcess(src), coordinator.DefaultLeaseTTL)
@@ -132,7 +132,9 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 	go lease.Keep(ctx, s.Log, lost)
 	defer func() {
 		lost(nil)
-		if err := lease.Release(context.WithoutCancel(ctx)); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := lease.Release(rctx); err != nil {
 			s.Log.Warn("release lease", "source", src, "error", err)
 		}
 	}()
