@@ -70,7 +70,7 @@ replication first: it resumes, or discards the partial and starts over.`,
 				}
 				names = append(names, targetName(t))
 			}
-			b, err := g.connect("snapjet replicate", true)
+			b, err := g.connect(ctx, "snapjet replicate", true, f.outage)
 			if err != nil {
 				return err
 			}
@@ -114,7 +114,7 @@ func sendCmd(g *globals) *cobra.Command {
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
-			b, err := g.connect("snapjet send", false)
+			b, err := g.connect(cmd.Context(), "snapjet send", false, f.outage)
 			if err != nil {
 				return err
 			}
@@ -176,7 +176,7 @@ func receiveCmd(g *globals) *cobra.Command {
 			if _, err := receiver.CheckTarget(args[0]); err != nil {
 				return err
 			}
-			b, err := g.connect("snapjet receive "+target, false)
+			b, err := g.connect(cmd.Context(), "snapjet receive "+target, false, sender.DefaultOutageTimeout)
 			if err != nil {
 				return err
 			}
@@ -204,7 +204,7 @@ func statusCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			b, err := g.brokerConnect(broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
+			b, err := g.brokerConnect(ctx, broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
 				Name: "snapjet status", JoinRunning: true})
 			if err != nil {
 				return err

@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -119,23 +120,24 @@ func (g *globals) setup() error {
 }
 
 // connect reaches NATS: the external server when --server is set,
-// otherwise (when embed is true) an embedded one.
-func (g *globals) connect(name string, embed bool) (*broker.Broker, error) {
+// otherwise (when embed is true) an embedded one. An external server that
+// does not answer yet (restarting, its link down) is waited for up to wait.
+func (g *globals) connect(ctx context.Context, name string, embed bool, wait time.Duration) (*broker.Broker, error) {
 	server := g.server
 	if server == "" && !embed {
 		server = "nats://127.0.0.1:4222"
 	}
-	return g.brokerConnect(broker.Options{Server: server, Store: g.store, Listen: g.listen, Name: name})
+	return g.brokerConnect(ctx, broker.Options{Server: server, Store: g.store, Listen: g.listen, Name: name, ConnectWait: wait})
 }
 
 // brokerConnect connects with the connection flags applied.
-func (g *globals) brokerConnect(opt broker.Options) (*broker.Broker, error) {
-	return g.brokerConnectConfig(opt, config.Server{})
+func (g *globals) brokerConnect(ctx context.Context, opt broker.Options) (*broker.Broker, error) {
+	return g.brokerConnectConfig(ctx, opt, config.Server{})
 }
 
 // brokerConnectConfig is brokerConnect with the config file's credentials
 // for what the flags and environment leave empty.
-func (g *globals) brokerConnectConfig(opt broker.Options, s config.Server) (*broker.Broker, error) {
+func (g *globals) brokerConnectConfig(ctx context.Context, opt broker.Options, s config.Server) (*broker.Broker, error) {
 	creds, err := g.conn.credentials()
 	if err == nil {
 		creds, err = fromConfig(creds, s)
@@ -144,5 +146,5 @@ func (g *globals) brokerConnectConfig(opt broker.Options, s config.Server) (*bro
 		return nil, err
 	}
 	opt.Credentials, opt.JSDomain, opt.Replicas, opt.Log = creds, g.conn.jsDomain, g.conn.replicaCount(), g.log
-	return broker.Connect(opt)
+	return broker.ConnectContext(ctx, opt)
 }

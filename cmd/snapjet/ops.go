@@ -206,7 +206,7 @@ type natsState struct {
 }
 
 func connectState(g *globals, s config.Server) *natsState {
-	b, err := g.brokerConnectConfig(broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
+	b, err := g.brokerConnectConfig(context.Background(), broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
 		Name: "snapjet prune", JoinRunning: true}, s)
 	if err != nil {
 		g.log.Warn("cannot read the replication records; keeping every snapshot", "error", err)

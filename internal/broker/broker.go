@@ -5,6 +5,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/snapjet/snapjet/internal/retry"
 
 	"github.com/snapjet/snapjet/internal/filelock"
 )
@@ -35,7 +38,11 @@ type Options struct {
 	// Replicas of the streams and buckets this client creates (see
 	// replicaJS); 0 keeps an existing one's count and makes new ones R1.
 	Replicas int
-	Log      *slog.Logger
+	// ConnectWait is how long a server that does not answer yet (being
+	// restarted, its link down) is waited for at connect, with a log line
+	// per try; 0 fails at once. Refused credentials or TLS fail at once.
+	ConnectWait time.Duration
+	Log         *slog.Logger
 }
 
 // Broker is a connected client, and the embedded server if there is one.
@@ -84,6 +91,12 @@ func runningURL(store string) string {
 
 // Connect connects to the external server, or starts the embedded one.
 func Connect(opt Options) (*Broker, error) {
+	return ConnectContext(context.Background(), opt)
+}
+
+// ConnectContext is Connect, giving up waiting for the server
+// (Options.ConnectWait) when ctx ends.
+func ConnectContext(ctx context.Context, opt Options) (*Broker, error) {
 	b := &Broker{}
 	url := opt.Server
 	if url == "" {
@@ -121,7 +134,7 @@ func Connect(opt Options) (*Broker, error) {
 	if token != "" {
 		copts = append(copts, nats.Token(token))
 	}
-	nc, err := nats.Connect(url, append(copts,
+	copts = append(copts,
 		nats.Name(opt.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
@@ -134,10 +147,11 @@ func Connect(opt Options) (*Broker, error) {
 		// The URLs were stripped of user information above; Redact also
 		// covers servers that the cluster announced.
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", Redact(c.ConnectedUrl())) }),
-	)...)
+	)
+	nc, err := dial(ctx, url, copts, opt.ConnectWait, log)
 	if err != nil {
 		b.Close()
-		return nil, connectError(url, err)
+		return nil, err
 	}
 	b.NC = nc
 	// A publish whose ack was lost with the connection must fail, not wait
@@ -170,5 +184,27 @@ func (b *Broker) Close() {
 	}
 	if b.srv != nil {
 		b.srv.Stop()
+	}
+}
+
+// dial connects to url, waiting up to wait for a server that does not
+// answer yet. A refusal of the credentials or of TLS is final at once.
+func dial(ctx context.Context, url string, copts []nats.Option, wait time.Duration, log *slog.Logger) (*nats.Conn, error) {
+	since := time.Now()
+	b := retry.New(250*time.Millisecond, 5*time.Second)
+	for {
+		nc, err := nats.Connect(url, copts...)
+		if err == nil {
+			return nc, nil
+		}
+		cerr := connectError(url, err)
+		if wait <= 0 || time.Since(since) > wait || errors.Is(cerr, ErrAuth) || errors.Is(cerr, ErrTLS) || errors.Is(cerr, ErrCredentialFile) {
+			return nil, cerr
+		}
+		log.Warn("NATS server does not answer; waiting for it", "url", Redact(url), "since", since.Format(time.RFC3339),
+			"gives_up_in", (wait - time.Since(since)).Round(time.Second), "error", Redact(err.Error()))
+		if err := b.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("%w (then: %v)", cerr, err)
+		}
 	}
 }
