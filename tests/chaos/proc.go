@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -72,8 +73,9 @@ func (p *proc) exited() bool {
 }
 
 // wait waits at most bound for the process to exit and returns its exit
-// code (-1 when a signal ended it); errHung when the bound passed.
-func (p *proc) wait(bound time.Duration) (int, error) {
+// code (-1 when a signal ended it); errHung when the bound passed, or
+// ctx's error when the run is being interrupted.
+func (p *proc) wait(ctx context.Context, bound time.Duration) (int, error) {
 	timer := time.NewTimer(bound)
 	defer timer.Stop()
 	select {
@@ -81,6 +83,8 @@ func (p *proc) wait(bound time.Duration) (int, error) {
 		return p.cmd.ProcessState.ExitCode(), nil
 	case <-timer.C:
 		return 0, fmt.Errorf("%s (pid %d) did not exit within %v: %w", p.name, p.pid(), bound, errHung)
+	case <-ctx.Done():
+		return 0, ctx.Err()
 	}
 }
 
@@ -94,7 +98,8 @@ func (p *proc) signal(sig syscall.Signal) {
 // destroy kills the whole process group and waits (bounded) for the end.
 func (p *proc) destroy() error {
 	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
-	_, err := p.wait(15 * time.Second)
+	// Not the run's context: cleanup must finish when it was cancelled.
+	_, err := p.wait(context.Background(), 15*time.Second)
 	p.log.Close()
 	return err
 }

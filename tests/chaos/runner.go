@@ -1,0 +1,191 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Config is one run of the runner.
+type Config struct {
+	Bin      string   // the snapjet binary under test
+	Seed     uint64   // names the run; trial n uses the PRNG (Seed, n)
+	First    int      // number of the first trial (to rerun one trial)
+	Trials   int      // how many trials
+	Mode     string   // "send", "replicate" or "" for both
+	Faults   []string // fault kinds to choose from; empty: all
+	WorkDir  string   // where trials make their files ("" = os.TempDir())
+	LogDir   string   // failing trials' logs are kept here
+	KeepLogs bool     // keep the logs of passing trials too
+	Verbose  bool     // print each trial's timeline as it happens
+	Out      io.Writer
+}
+
+// Result is the outcome of one trial.
+type Result struct {
+	Trial    int
+	Plan     string
+	Fault    string
+	Injected string
+	Missed   bool
+	Problems []string
+	Duration time.Duration
+	Logs     string // directory of the logs, when kept
+}
+
+// Failed reports whether the trial found a problem.
+func (r Result) Failed() bool { return len(r.Problems) > 0 }
+
+// Summary is the tally of a run.
+type Summary struct {
+	Results []Result
+}
+
+// active is the trial under way, for Abandon on a second signal.
+var (
+	activeMu sync.Mutex
+	active   *trial
+)
+
+// Abandon cleans up the trial under way at once. The runner calls it from a
+// second interrupt, when the user will not wait for the orderly path.
+func Abandon() {
+	activeMu.Lock()
+	t := active
+	activeMu.Unlock()
+	if t != nil {
+		t.cleanup()
+	}
+}
+
+// Run runs the trials one after another. Cancelling ctx stops the trial
+// under way, cleans it up and ends the run.
+func Run(ctx context.Context, cfg *Config) (Summary, error) {
+	var sum Summary
+	if err := os.MkdirAll(cfg.LogDir, 0o755); err != nil {
+		return sum, err
+	}
+	for n := cfg.First; n < cfg.First+cfg.Trials; n++ {
+		if ctx.Err() != nil {
+			return sum, ctx.Err()
+		}
+		res, err := runTrial(ctx, cfg, n)
+		if err != nil {
+			return sum, fmt.Errorf("trial %d: %w", n, err)
+		}
+		sum.Results = append(sum.Results, res)
+		status := "PASS"
+		if res.Failed() {
+			status = "FAIL: " + oneLine(res.Problems[0])
+		}
+		fmt.Fprintf(cfg.Out, "trial %d [seed %d] %s (%s) %.1fs: %s\n", n, cfg.Seed, res.Plan, res.Injected, res.Duration.Seconds(), status)
+		if res.Failed() {
+			for _, p := range res.Problems {
+				fmt.Fprintf(cfg.Out, "    %s\n", strings.ReplaceAll(p, "\n", "\n    "))
+			}
+			fmt.Fprintf(cfg.Out, "    logs: %s\n", res.Logs)
+		}
+	}
+	return sum, nil
+}
+
+func runTrial(ctx context.Context, cfg *Config, n int) (res Result, err error) {
+	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(n)))
+	t := &trial{cfg: cfg, n: n, rng: rng, start: time.Now()}
+	t.plan = newPlan(rng, cfg.Mode, cfg.Faults)
+	res = Result{Trial: n, Plan: t.plan.String(), Fault: t.plan.fault}
+	if t.dir, err = os.MkdirTemp(cfg.WorkDir, fmt.Sprintf("snapjet-chaos-%d-%d-", cfg.Seed, n)); err != nil {
+		return res, err
+	}
+	t.logDir = filepath.Join(cfg.LogDir, fmt.Sprintf("seed%d-trial%d", cfg.Seed, n))
+	_ = os.RemoveAll(t.logDir) // a rerun of the same trial replaces its logs
+	if err := os.MkdirAll(t.logDir, 0o755); err != nil {
+		return res, err
+	}
+	activeMu.Lock()
+	active = t
+	activeMu.Unlock()
+	defer func() {
+		activeMu.Lock()
+		active = nil
+		activeMu.Unlock()
+		// A leak (a mount, a process that survived SIGKILL) is a failure.
+		for _, e := range t.cleanup() {
+			t.problems = append(t.problems, "cleanup: "+e)
+		}
+		res.Problems = t.problems
+		if res.Injected = t.injected; res.Injected == "" {
+			res.Injected = "not injected"
+		}
+		res.Missed = t.missed
+		res.Duration = time.Since(t.start)
+		res.Logs = t.logDir
+		if !res.Failed() && !cfg.KeepLogs {
+			os.RemoveAll(t.logDir)
+			res.Logs = ""
+		}
+	}()
+	return res, t.run(ctx)
+}
+
+func oneLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// Report prints the tally: trials, faults by kind (with misses and
+// failures), every failure with its seed and trial, and the closing line
+// "N passed, M failed".
+func (s Summary) Report(w io.Writer, seed uint64) {
+	type tally struct{ n, missed, failed int }
+	kinds := map[string]*tally{}
+	passed, failed := 0, 0
+	var total time.Duration
+	for _, r := range s.Results {
+		k := kinds[r.Fault]
+		if k == nil {
+			k = &tally{}
+			kinds[r.Fault] = k
+		}
+		k.n++
+		total += r.Duration
+		if r.Missed {
+			k.missed++
+		}
+		if r.Failed() {
+			k.failed++
+			failed++
+		} else {
+			passed++
+		}
+	}
+	names := make([]string, 0, len(kinds))
+	for k := range kinds {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	fmt.Fprintf(w, "\n== %d trials (seed %d), %.1fs per trial on average\n", len(s.Results), seed, total.Seconds()/float64(max(1, len(s.Results))))
+	fmt.Fprintln(w, "faults by kind (trials / moment missed, struck the idle system / failed):")
+	for _, k := range names {
+		t := kinds[k]
+		fmt.Fprintf(w, "  %-15s %3d / %d / %d\n", k, t.n, t.missed, t.failed)
+	}
+	if failed > 0 {
+		fmt.Fprintln(w, "failures:")
+		for _, r := range s.Results {
+			if r.Failed() {
+				fmt.Fprintf(w, "  seed %d trial %d: %s: %s\n", seed, r.Trial, r.Fault, oneLine(r.Problems[0]))
+			}
+		}
+	}
+	fmt.Fprintf(w, "%d passed, %d failed\n", passed, failed)
+}
