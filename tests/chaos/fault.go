@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"os"
 	"syscall"
 	"time"
 )
@@ -99,7 +100,19 @@ func (t *trial) outage(ctx context.Context) error {
 	}
 }
 
-// waitMoment polls JetStream (and status, for commits) until the plan's
+// finalEntries counts what sits at final names in a target directory.
+func finalEntries(dir string) int {
+	entries, _ := os.ReadDir(dir)
+	n := 0
+	for _, e := range entries {
+		if e.Name() != ".snapjet" {
+			n++
+		}
+	}
+	return n
+}
+
+// waitMoment polls JetStream (and the targets, for commits) until the plan's
 // moment is reached. It reports reached=false when the command exited
 // first or the bound passed; the fault then strikes the idle system.
 func (t *trial) waitMoment(ctx context.Context, cmd *proc, est int64) (string, bool, error) {
@@ -110,7 +123,10 @@ func (t *trial) waitMoment(ctx context.Context, cmd *proc, est int64) (string, b
 	estChunks := uint64(float64(est) / chunkSize * p.fraction)
 	victim := t.targets[p.victim].name
 	var last progress
-	var lastStatus time.Time
+	before := map[string]int{}
+	for _, tg := range t.targets {
+		before[tg.dir] = finalEntries(tg.dir)
+	}
 	desc := p.moment
 	reached := false
 	err := poll(ctx, roundBound, 20*time.Millisecond, func() bool {
@@ -133,22 +149,11 @@ func (t *trial) waitMoment(ctx context.Context, cmd *proc, est int64) (string, b
 			reached = pr.endStored
 			desc = fmt.Sprintf("end marker stored at seq %d", pr.stored)
 		case AtCommitting:
-			// Status is a subprocess: ask at most every 200 ms.
-			if time.Since(lastStatus) < 200*time.Millisecond {
-				return false
-			}
-			lastStatus = time.Now()
-			doc, err := readStatus(ctx, t.cfg.Bin, "nats://"+t.srvAddr)
-			if err != nil {
-				return false
-			}
-			rep, ok := doc.newest()
-			if !ok || rep.State == "done" {
-				return false
-			}
-			for name, ts := range rep.Targets {
-				if ts.State == "committed" {
-					desc = fmt.Sprintf("%s committed, replication %s", name, rep.State)
+			// A replica appearing at a final name is the commit itself,
+			// seen the moment it happens (status lags by up to a second).
+			for _, tg := range t.targets {
+				if n := finalEntries(tg.dir); n > before[tg.dir] {
+					desc = fmt.Sprintf("%s committed (%d chunks stored)", tg.name, pr.stored)
 					reached = true
 				}
 			}
