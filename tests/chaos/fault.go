@@ -133,6 +133,17 @@ func (t *trial) waitMoment(ctx context.Context, cmd *proc, est int64) (string, b
 		if cmd.exited() {
 			return true
 		}
+		if p.moment == AtCommitting {
+			// A replica appearing at a final name is the commit itself,
+			// seen the moment it happens (status lags by up to a second).
+			for _, tg := range t.targets {
+				if n := finalEntries(tg.dir); n > before[tg.dir] {
+					desc = tg.name + " committed"
+					reached = true
+				}
+			}
+			return reached
+		}
 		pr, err := t.probe.look(ctx, t.seen)
 		if err != nil {
 			return false
@@ -148,15 +159,6 @@ func (t *trial) waitMoment(ctx context.Context, cmd *proc, est int64) (string, b
 		case AtEndStored:
 			reached = pr.endStored
 			desc = fmt.Sprintf("end marker stored at seq %d", pr.stored)
-		case AtCommitting:
-			// A replica appearing at a final name is the commit itself,
-			// seen the moment it happens (status lags by up to a second).
-			for _, tg := range t.targets {
-				if n := finalEntries(tg.dir); n > before[tg.dir] {
-					desc = fmt.Sprintf("%s committed (%d chunks stored)", tg.name, pr.stored)
-					reached = true
-				}
-			}
 		}
 		return reached
 	})
