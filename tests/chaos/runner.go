@@ -35,6 +35,7 @@ type Result struct {
 	Fault    string
 	Injected string
 	Missed   bool
+	Recovery time.Duration // from the end of the fault to the end of its round
 	Problems []string
 	Duration time.Duration
 	Logs     string // directory of the logs, when kept
@@ -83,9 +84,10 @@ func Run(ctx context.Context, cfg *Config) (Summary, error) {
 		sum.Results = append(sum.Results, res)
 		status := "PASS"
 		if res.Failed() {
-			status = "FAIL: " + oneLine(res.Problems[0])
+			status = "FAIL: " + res.reason()
 		}
-		fmt.Fprintf(cfg.Out, "trial %d [seed %d] %s (%s) %.1fs: %s\n", n, cfg.Seed, res.Plan, res.Injected, res.Duration.Seconds(), status)
+		fmt.Fprintf(cfg.Out, "trial %d [seed %d] %s (%s; round ended %.1fs after the fault) %.1fs: %s\n",
+			n, cfg.Seed, res.Plan, res.Injected, res.Recovery.Seconds(), res.Duration.Seconds(), status)
 		if res.Failed() {
 			for _, p := range res.Problems {
 				fmt.Fprintf(cfg.Out, "    %s\n", strings.ReplaceAll(p, "\n", "\n    "))
@@ -125,6 +127,7 @@ func runTrial(ctx context.Context, cfg *Config, n int) (res Result, err error) {
 			res.Injected = "not injected"
 		}
 		res.Missed = t.missed
+		res.Recovery = t.recovery
 		res.Duration = time.Since(t.start)
 		res.Logs = t.logDir
 		if !res.Failed() && !cfg.KeepLogs {
@@ -133,6 +136,15 @@ func runTrial(ctx context.Context, cfg *Config, n int) (res Result, err error) {
 		}
 	}()
 	return res, t.run(ctx)
+}
+
+// reason is the one-line reason of a failed trial: its first problem.
+func (r Result) reason() string {
+	s := oneLine(r.Problems[0])
+	if n := len(r.Problems) - 1; n > 0 {
+		s += fmt.Sprintf(" (+%d more)", n)
+	}
+	return s
 }
 
 func oneLine(s string) string {
@@ -183,7 +195,7 @@ func (s Summary) Report(w io.Writer, seed uint64) {
 		fmt.Fprintln(w, "failures:")
 		for _, r := range s.Results {
 			if r.Failed() {
-				fmt.Fprintf(w, "  seed %d trial %d: %s: %s\n", seed, r.Trial, r.Fault, oneLine(r.Problems[0]))
+				fmt.Fprintf(w, "  seed %d trial %d: %s: %s\n", seed, r.Trial, r.Fault, r.reason())
 			}
 		}
 	}

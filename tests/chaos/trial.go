@@ -168,6 +168,7 @@ type trial struct {
 	problems []string
 	injected string // how the fault went: "at ...", or "missed: ..."
 	missed   bool
+	recovery time.Duration // from the end of the fault to the end of its round
 }
 
 // errAbort ends a trial after a problem was recorded: later rounds would
@@ -294,8 +295,34 @@ func (t *trial) setup(ctx context.Context) error {
 				return err
 			}
 		}
+		// A fault at the start of round 1 must meet receivers that are
+		// up, not ones still connecting (a receiver that cannot connect at
+		// its own start exits, which is not the fault under test).
+		for i, tg := range t.targets {
+			if err := t.waitReceiver(ctx, i); err != nil {
+				return fmt.Errorf("receiver %s not ready: %w", tg.name, err)
+			}
+		}
 	}
 	return nil
+}
+
+// waitReceiver waits (bounded) until target i's receiver answers its
+// inventory request, the sender's first question to it.
+func (t *trial) waitReceiver(ctx context.Context, i int) error {
+	subject := "snapjet.target." + t.targets[i].name + ".inventory"
+	p := t.receivers[i]
+	err := poll(ctx, listenBound, 50*time.Millisecond, func() bool {
+		_, err := t.probe.nc.Request(subject, nil, time.Second)
+		return err == nil || p.exited()
+	})
+	if p.exited() {
+		return fmt.Errorf("%s exited (code %d):\n%s", p.name, p.cmd.ProcessState.ExitCode(), p.lastLines())
+	}
+	if err == nil {
+		t.logf("%s answers", p.name)
+	}
+	return err
 }
 
 func freeAddr() (string, error) {
@@ -407,12 +434,17 @@ func (t *trial) round(ctx context.Context, r int) error {
 		return err
 	}
 	faulted := r == t.plan.faultRound
+	var recovered time.Time
 	if faulted {
 		if cmd, err = t.fault(ctx, r, cmd, est); err != nil {
 			return err
 		}
+		recovered = time.Now()
 	}
 	code, err := cmd.wait(ctx, roundBound)
+	if faulted {
+		t.recovery = time.Since(recovered)
+	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -445,7 +477,12 @@ func (t *trial) check(ctx context.Context, r int) error {
 		// Its receivers ended with the process: nothing will change.
 		bound = 200 * time.Millisecond
 	}
-	problems := waitStagingEmpty(ctx, t.targets, bound)
+	// Leftover staging is reported but does not end the trial: it wastes
+	// space but breaks nothing, and later rounds may find worse.
+	for _, p := range waitStagingEmpty(ctx, t.targets, bound) {
+		t.problem("round %d: %s", r, p)
+	}
+	var problems []string
 	snaps, err := btrfs.List(snapshotDir(t.source))
 	if err != nil {
 		return err
@@ -462,7 +499,7 @@ func (t *trial) check(ctx context.Context, r int) error {
 		problems = append(problems, checkStatus(doc, t.targets)...)
 	}
 	if len(problems) == 0 {
-		t.logf("round %d: checks hold (%d snapshots on %d targets)", r, len(want), len(t.targets))
+		t.logf("round %d: replicas and status hold (%d snapshots on %d targets)", r, len(want), len(t.targets))
 		return nil
 	}
 	for _, p := range problems {
@@ -475,7 +512,12 @@ func (t *trial) check(ctx context.Context, r int) error {
 // would; one that does not exit within its bound hung.
 func (t *trial) stopAll(ctx context.Context) {
 	for _, p := range append(append([]*proc(nil), t.receivers...), t.server) {
-		if p == nil || p.exited() {
+		if p == nil {
+			continue
+		}
+		if p.exited() {
+			// The runner restarts what it stops; this one ended by itself.
+			t.problem("%s exited on its own (code %d):\n%s", p.name, p.cmd.ProcessState.ExitCode(), p.lastLines())
 			continue
 		}
 		p.signal(syscall.SIGTERM)
