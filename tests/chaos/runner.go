@@ -191,6 +191,15 @@ func (s Summary) Report(w io.Writer, seed uint64) {
 		t := kinds[k]
 		fmt.Fprintf(w, "  %-15s %3d / %d / %d\n", k, t.n, t.missed, t.failed)
 	}
+	// Slow recoveries are not failures (the machine may be loaded), but
+	// seconds after a fault ended tell a re-issued pull from a timer.
+	byRecovery := append([]Result(nil), s.Results...)
+	sort.Slice(byRecovery, func(i, j int) bool { return byRecovery[i].Recovery > byRecovery[j].Recovery })
+	fmt.Fprint(w, "slowest recoveries (fault ended to round ended):")
+	for _, r := range byRecovery[:min(3, len(byRecovery))] {
+		fmt.Fprintf(w, " trial %d %s %.1fs;", r.Trial, r.Fault, r.Recovery.Seconds())
+	}
+	fmt.Fprintln(w)
 	if failed > 0 {
 		fmt.Fprintln(w, "failures:")
 		for _, r := range s.Results {
