@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -147,6 +148,42 @@ func (r Result) reason() string {
 	return s
 }
 
+// volatile matches what differs between trials in the same message.
+var volatile = regexp.MustCompile(`127\.0\.0\.1:[0-9]+|/tmp/[^ :]+|data_[0-9TZ]+`)
+
+// classify names the kind of a problem line for the tally.
+func classify(p string) string {
+	p = oneLine(p)
+	for _, c := range []struct{ substr, class string }{
+		{"staging not empty", "staging left after success"},
+		{"hang:", "hang"},
+		{"exited on its own", "process exited on its own"},
+		{"differs from its source", "replica differs from its source"},
+		{"partial at a final name", "partial at a final name"},
+		{"not a subvolume at a final name", "partial at a final name"},
+		{"was not committed", "snapshot not committed"},
+		{"status:", "status inconsistent with the disks"},
+		{"cleanup:", "runner cleanup"},
+	} {
+		if strings.Contains(p, c.substr) {
+			return c.class
+		}
+	}
+	if i := strings.Index(p, " exited "); i >= 0 && strings.HasPrefix(p, "round ") {
+		// "round 2: send exited 1 after x: snapjet: <cause>": keep the cause.
+		cause := p[i+1:]
+		if j := strings.Index(cause, "snapjet: "); j >= 0 {
+			cause = cause[:strings.Index(cause, ":")] + ": " + cause[j+len("snapjet: "):]
+		}
+		cause = volatile.ReplaceAllString(cause, "…")
+		if len(cause) > 90 {
+			cause = cause[:90] + "…"
+		}
+		return cause
+	}
+	return "other: " + p
+}
+
 func oneLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		return s[:i]
@@ -201,6 +238,28 @@ func (s Summary) Report(w io.Writer, seed uint64) {
 	}
 	fmt.Fprintln(w)
 	if failed > 0 {
+		// Problems by class and fault, so one defect seen in many trials
+		// reads as one line.
+		classes := map[string][]int{}
+		for _, r := range s.Results {
+			seen := map[string]bool{}
+			for _, p := range r.Problems {
+				c := classify(p) + " [" + r.Fault + "]"
+				if !seen[c] {
+					seen[c] = true
+					classes[c] = append(classes[c], r.Trial)
+				}
+			}
+		}
+		keys := make([]string, 0, len(classes))
+		for c := range classes {
+			keys = append(keys, c)
+		}
+		sort.Strings(keys)
+		fmt.Fprintln(w, "problems by class [fault] (trials):")
+		for _, c := range keys {
+			fmt.Fprintf(w, "  %s: %v\n", c, classes[c])
+		}
 		fmt.Fprintln(w, "failures:")
 		for _, r := range s.Results {
 			if r.Failed() {
