@@ -157,6 +157,7 @@ func classify(p string) string {
 	for _, c := range []struct{ substr, class string }{
 		{"staging not empty", "staging left after success"},
 		{"hang:", "hang"},
+		{"left behind after the run", "stream left behind after success"},
 		{"exited on its own", "process exited on its own"},
 		{"differs from its source", "replica differs from its source"},
 		{"partial at a final name", "partial at a final name"},
