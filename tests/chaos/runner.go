@@ -192,6 +192,9 @@ func oneLine(s string) string {
 	return s
 }
 
+// slowRecovery is the recovery time the tally warns about.
+const slowRecovery = 15 * time.Second
+
 // Report prints the tally: trials, faults by kind (with misses and
 // failures), every failure with its seed and trial, and the closing line
 // "N passed, M failed".
@@ -229,13 +232,22 @@ func (s Summary) Report(w io.Writer, seed uint64) {
 		t := kinds[k]
 		fmt.Fprintf(w, "  %-15s %3d / %d / %d\n", k, t.n, t.missed, t.failed)
 	}
-	// Slow recoveries are not failures (the machine may be loaded), but
-	// seconds after a fault ended tell a re-issued pull from a timer.
+	// Slow recoveries are not failures (the machine may be loaded), but a
+	// round that ends many seconds after the fault ended points at a timer
+	// (a redelivery, a watch rebuilt after missed heartbeats) rather than
+	// at work: issue 7 asks for commits within 15 s of a link returning.
 	byRecovery := append([]Result(nil), s.Results...)
 	sort.Slice(byRecovery, func(i, j int) bool { return byRecovery[i].Recovery > byRecovery[j].Recovery })
-	fmt.Fprint(w, "slowest recoveries (fault ended to round ended):")
-	for _, r := range byRecovery[:min(3, len(byRecovery))] {
-		fmt.Fprintf(w, " trial %d %s %.1fs;", r.Trial, r.Fault, r.Recovery.Seconds())
+	fmt.Fprintf(w, "recoveries slower than %v (fault ended to round ended; warnings, not failures):", slowRecovery)
+	slow := 0
+	for _, r := range byRecovery {
+		if r.Recovery > slowRecovery {
+			slow++
+			fmt.Fprintf(w, "\n  seed %d trial %d: %s %s: %.1fs", seed, r.Trial, r.Fault, r.Injected, r.Recovery.Seconds())
+		}
+	}
+	if slow == 0 {
+		fmt.Fprint(w, " none")
 	}
 	fmt.Fprintln(w)
 	if failed > 0 {
