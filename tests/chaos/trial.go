@@ -201,7 +201,9 @@ func (t *trial) hung(p *proc, what string, err error) {
 // run executes the trial; problems end up in t.problems, and an error is
 // returned only for trouble of the runner itself (setup, interruption).
 func (t *trial) run(ctx context.Context) error {
-	if err := t.setup(ctx); err != nil {
+	if err := t.setup(ctx); errors.Is(err, errAbort) {
+		return nil // a snapjet process failed at start: recorded
+	} else if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
 	extra := 0
@@ -300,7 +302,11 @@ func (t *trial) setup(ctx context.Context) error {
 		// its own start exits, which is not the fault under test).
 		for i, tg := range t.targets {
 			if err := t.waitReceiver(ctx, i); err != nil {
-				return fmt.Errorf("receiver %s not ready: %w", tg.name, err)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				t.problem("receiver %s not ready at start: %v", tg.name, err)
+				return errAbort
 			}
 		}
 	}
