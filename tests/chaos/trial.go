@@ -17,11 +17,11 @@ import (
 	"github.com/snapjet/snapjet/internal/loopfs"
 )
 
-// Bounds of every wait of a trial. A round moves at most about 100 MiB on
+// Bounds of every wait of a trial. A round moves at most about 50 MiB on
 // loopback, seconds of work even on a shared machine, so these bounds tell
 // a hang from slowness by a wide margin.
 const (
-	roundBound   = 3 * time.Minute  // one send/replicate command
+	roundBound   = 2 * time.Minute  // one send/replicate command
 	stopBound    = 15 * time.Second // a process to exit after a signal
 	listenBound  = 30 * time.Second // the server to accept connections
 	stagingBound = 15 * time.Second // receivers to clear staging after success
