@@ -131,7 +131,7 @@ func runTrial(ctx context.Context, cfg *Config, n int) (res Result, err error) {
 		res.Recovery = t.recovery
 		res.Duration = time.Since(t.start)
 		res.Logs = t.logDir
-		if !res.Failed() && !cfg.KeepLogs {
+		if !res.Failed() && res.Recovery <= slowRecovery && !cfg.KeepLogs {
 			os.RemoveAll(t.logDir)
 			res.Logs = ""
 		}
@@ -243,7 +243,7 @@ func (s Summary) Report(w io.Writer, seed uint64) {
 	for _, r := range byRecovery {
 		if r.Recovery > slowRecovery {
 			slow++
-			fmt.Fprintf(w, "\n  seed %d trial %d: %s %s: %.1fs", seed, r.Trial, r.Fault, r.Injected, r.Recovery.Seconds())
+			fmt.Fprintf(w, "\n  seed %d trial %d: %s %s: %.1fs (logs %s)", seed, r.Trial, r.Fault, r.Injected, r.Recovery.Seconds(), r.Logs)
 		}
 	}
 	if slow == 0 {
