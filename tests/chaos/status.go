@@ -50,18 +50,6 @@ func (r replication) String() string {
 	return b.String()
 }
 
-// newest returns the replication whose snapshot name sorts last (names end
-// in a UTC timestamp).
-func (d statusDoc) newest() (replication, bool) {
-	var best replication
-	for _, r := range d.Replications {
-		if r.SnapshotName > best.SnapshotName {
-			best = r
-		}
-	}
-	return best, best.ID != ""
-}
-
 // readStatus runs `snapjet status --json --server url`, bounded.
 func readStatus(ctx context.Context, bin, url string) (statusDoc, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
