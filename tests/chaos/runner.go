@@ -16,17 +16,20 @@ import (
 
 // Config is one run of the runner.
 type Config struct {
-	Bin      string   // the snapjet binary under test
-	Seed     uint64   // names the run; trial n uses the PRNG (Seed, n)
-	First    int      // number of the first trial (to rerun one trial)
-	Trials   int      // how many trials
-	Mode     string   // "send", "replicate" or "" for both
-	Faults   []string // fault kinds to choose from; empty: all
-	WorkDir  string   // where trials make their files ("" = os.TempDir())
-	LogDir   string   // failing trials' logs are kept here
-	KeepLogs bool     // keep the logs of passing trials too
-	Verbose  bool     // print each trial's timeline as it happens
-	Out      io.Writer
+	Bin string // the snapjet binary under test
+	// NATSServer is a stock nats-server binary to use instead of
+	// `snapjet server` ("" for snapjet server).
+	NATSServer string
+	Seed       uint64   // names the run; trial n uses the PRNG (Seed, n)
+	First      int      // number of the first trial (to rerun one trial)
+	Trials     int      // how many trials
+	Mode       string   // "send", "replicate" or "" for both
+	Faults     []string // fault kinds to choose from; empty: all
+	WorkDir    string   // where trials make their files ("" = os.TempDir())
+	LogDir     string   // failing trials' logs are kept here
+	KeepLogs   bool     // keep the logs of passing trials too
+	Verbose    bool     // print each trial's timeline as it happens
+	Out        io.Writer
 }
 
 // Result is the outcome of one trial.

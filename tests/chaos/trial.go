@@ -360,7 +360,20 @@ func (t *trial) spawn(name string, args ...string) (*proc, error) {
 // startServer runs `snapjet server` on the trial's fixed address and store
 // and waits (bounded) until it accepts connections.
 func (t *trial) startServer(ctx context.Context) error {
-	p, err := t.spawn("server", "server", "--listen", t.srvAddr, "--store", t.srvStore)
+	var p *proc
+	var err error
+	if t.cfg.NATSServer != "" {
+		// A stock nats-server, as sites run it; the same port and store
+		// on every restart, like `snapjet server`.
+		host, port, _ := net.SplitHostPort(t.srvAddr)
+		p, err = startProc(t.logDir, "server", t.cfg.NATSServer, "-js", "-a", host, "-p", port, "-sd", t.srvStore)
+		if err == nil {
+			t.procs = append(t.procs, p)
+			t.logf("started server (pid %d): %s", p.pid(), t.cfg.NATSServer)
+		}
+	} else {
+		p, err = t.spawn("server", "server", "--listen", t.srvAddr, "--store", t.srvStore)
+	}
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ func main() {
 	cfg := &chaos.Config{Out: os.Stdout}
 	var faults string
 	flag.StringVar(&cfg.Bin, "snapjet", "", "the snapjet binary under test (required)")
+	flag.StringVar(&cfg.NATSServer, "nats-server", "", "a stock nats-server binary to run instead of `snapjet server`")
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "seed of the run; trial n draws its choices from (seed, n)")
 	flag.IntVar(&cfg.Trials, "trials", 10, "number of trials")
 	flag.IntVar(&cfg.First, "trial", 1, "number of the first trial (rerun a failure with -seed S -trial N -trials 1)")
@@ -52,6 +53,12 @@ func main() {
 		os.Exit(2)
 	}
 	var err error
+	if cfg.NATSServer != "" {
+		if cfg.NATSServer, err = filepath.Abs(cfg.NATSServer); err != nil {
+			fmt.Fprintln(os.Stderr, "chaos:", err)
+			os.Exit(2)
+		}
+	}
 	if cfg.Bin, err = filepath.Abs(cfg.Bin); err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		os.Exit(2)
@@ -78,7 +85,11 @@ func main() {
 		os.Exit(130)
 	}()
 
-	fmt.Printf("== snapjet chaos: seed %d, trials %d-%d, logs of failures in %s\n", cfg.Seed, cfg.First, cfg.First+cfg.Trials-1, cfg.LogDir)
+	server := "snapjet server"
+	if cfg.NATSServer != "" {
+		server = cfg.NATSServer
+	}
+	fmt.Printf("== snapjet chaos: seed %d, trials %d-%d, server %s, logs of failures in %s\n", cfg.Seed, cfg.First, cfg.First+cfg.Trials-1, server, cfg.LogDir)
 	sum, err := chaos.Run(ctx, cfg)
 	sum.Report(os.Stdout, cfg.Seed)
 	if err != nil {
