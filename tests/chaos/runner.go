@@ -36,6 +36,7 @@ type Config struct {
 type Result struct {
 	Trial    int
 	Plan     string
+	Mode     string // send or replicate
 	Fault    string
 	Injected string
 	Missed   bool
@@ -106,7 +107,7 @@ func runTrial(ctx context.Context, cfg *Config, n int) (res Result, err error) {
 	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(n)))
 	t := &trial{cfg: cfg, n: n, rng: rng, start: time.Now()}
 	t.plan = newPlan(rng, cfg.Mode, cfg.Faults)
-	res = Result{Trial: n, Plan: t.plan.String(), Fault: t.plan.fault}
+	res = Result{Trial: n, Plan: t.plan.String(), Mode: t.plan.mode, Fault: t.plan.fault}
 	if t.dir, err = os.MkdirTemp(cfg.WorkDir, fmt.Sprintf("snapjet-chaos-%d-%d-", cfg.Seed, n)); err != nil {
 		return res, err
 	}
@@ -260,7 +261,7 @@ func (s Summary) Report(w io.Writer, seed uint64) {
 		for _, r := range s.Results {
 			seen := map[string]bool{}
 			for _, p := range r.Problems {
-				c := classify(p) + " [" + r.Fault + "]"
+				c := classify(p) + " [" + r.Mode + ", " + r.Fault + "]"
 				if !seen[c] {
 					seen[c] = true
 					classes[c] = append(classes[c], r.Trial)
@@ -272,7 +273,7 @@ func (s Summary) Report(w io.Writer, seed uint64) {
 			keys = append(keys, c)
 		}
 		sort.Strings(keys)
-		fmt.Fprintln(w, "problems by class [fault] (trials):")
+		fmt.Fprintln(w, "problems by class [mode, fault] (trials):")
 		for _, c := range keys {
 			fmt.Fprintf(w, "  %s: %v\n", c, classes[c])
 		}
