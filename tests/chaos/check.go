@@ -118,9 +118,9 @@ func checkStatus(doc statusDoc, targets []target) []string {
 		if r.State != "done" {
 			problems = append(problems, fmt.Sprintf("status: replication %v is not done", r))
 		}
-		if len(r.Targets) != len(targets) {
-			problems = append(problems, fmt.Sprintf("status: replication %s has %d targets, the trial %d", r.SnapshotName, len(r.Targets), len(targets)))
-		}
+		// No count of targets per record: targets with different parents
+		// may get records of their own. Coverage is checked from the disks
+		// below: every replica has a committed record.
 		for name, ts := range r.Targets {
 			if ts.State != "committed" {
 				problems = append(problems, fmt.Sprintf("status: %s target %s is %s (%s) in a finished run", r.SnapshotName, name, ts.State, ts.Error))
