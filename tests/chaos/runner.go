@@ -41,6 +41,7 @@ type Result struct {
 	Injected string
 	Missed   bool
 	Recovery time.Duration // from the end of the fault to the end of its round
+	Rerun    string        // why the fault's round needed a second run ("" if not)
 	Problems []string
 	Duration time.Duration
 	Logs     string // directory of the logs, when kept
@@ -88,6 +89,9 @@ func Run(ctx context.Context, cfg *Config) (Summary, error) {
 		}
 		sum.Results = append(sum.Results, res)
 		status := "PASS"
+		if res.Rerun != "" {
+			status = "PASS after a rerun (" + res.Rerun + ")"
+		}
 		if res.Failed() {
 			status = "FAIL: " + res.reason()
 		}
@@ -133,6 +137,7 @@ func runTrial(ctx context.Context, cfg *Config, n int) (res Result, err error) {
 		}
 		res.Missed = t.missed
 		res.Recovery = t.recovery
+		res.Rerun = t.rerun
 		res.Duration = time.Since(t.start)
 		res.Logs = t.logDir
 		if !res.Failed() && res.Recovery <= slowRecovery && !cfg.KeepLogs {
@@ -251,6 +256,18 @@ func (s Summary) Report(w io.Writer, seed uint64) {
 		}
 	}
 	if slow == 0 {
+		fmt.Fprint(w, " none")
+	}
+	fmt.Fprintln(w)
+	fmt.Fprint(w, "rounds that needed a second run (targets failed alone, the next run completed them):")
+	reruns := 0
+	for _, r := range s.Results {
+		if r.Rerun != "" {
+			reruns++
+			fmt.Fprintf(w, "\n  seed %d trial %d: %s %s: %s", seed, r.Trial, r.Fault, r.Injected, r.Rerun)
+		}
+	}
+	if reruns == 0 {
 		fmt.Fprint(w, " none")
 	}
 	fmt.Fprintln(w)
