@@ -25,7 +25,7 @@ func main() {
 	cfg := &chaos.Config{Out: os.Stdout}
 	var faults string
 	flag.StringVar(&cfg.Bin, "snapjet", "", "the snapjet binary under test (required)")
-	flag.StringVar(&cfg.NATSServer, "nats-server", "", "a stock nats-server binary to run instead of `snapjet server`")
+	flag.StringVar(&cfg.NATSServer, "nats-server", "", "path of a stock nats-server binary to run instead of snapjet server")
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "seed of the run; trial n draws its choices from (seed, n)")
 	flag.IntVar(&cfg.Trials, "trials", 10, "number of trials")
 	flag.IntVar(&cfg.First, "trial", 1, "number of the first trial (rerun a failure with -seed S -trial N -trials 1)")
