@@ -27,8 +27,8 @@ const (
 	// The same with the external btrfs receive instead of the native one,
 	// to compare the two appliers on the same streams.
 	methodReplicateProgs = "snapjet replicate --receiver btrfs-progs"
-	methodThree     = "snapjet send + nats-server + snapjet receive"
-	targetName      = "t1"
+	methodThree          = "snapjet send + nats-server + snapjet receive"
+	targetName           = "t1"
 )
 
 func (b *bench) sendCmd(ds *dataSet) *proc {
