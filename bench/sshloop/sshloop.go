@@ -95,7 +95,8 @@ func (s *Server) config() string { return filepath.Join(s.Dir, "sshd_config") }
 
 // Command is the sshd process, in the foreground, logging to stderr.
 func (s *Server) Command() *exec.Cmd {
-	return exec.Command(s.sshd, s.Args()...)
+	args := s.Args()
+	return exec.Command(args[0], args[1:]...)
 }
 
 // Args are the program and arguments of Command, for a caller that
