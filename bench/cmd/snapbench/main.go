@@ -182,12 +182,23 @@ func run(ctx context.Context, cfg config) error {
 		// which commit it was and whether the tree had changes on top.
 		"snapjet source": {"git", "describe", "--always", "--dirty"},
 	})
-	if err := b.runSections(ctx); err != nil {
-		return err
-	}
+	err = b.runSections(ctx)
 	b.res.Finished = time.Now().UTC()
 	for _, ds := range b.order {
 		b.res.Datasets = append(b.res.Datasets, *ds.Dataset)
+	}
+	if err != nil {
+		if len(b.res.WAN) > 0 {
+			// A WAN grid takes long enough to be stopped on purpose; what
+			// it measured is kept, in the results files only.
+			b.res.WANCells = report.SummariseWAN(b.res.WAN)
+			b.res.Notes = append(b.res.Notes, "interrupted ("+err.Error()+"): only the rows above ran")
+			b.cfg.readme = ""
+			if werr := b.write(); werr != nil {
+				slog.Error("writing the partial results", "err", werr)
+			}
+		}
+		return err
 	}
 	b.evaluateTargets()
 	return b.write()
