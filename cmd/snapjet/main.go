@@ -53,7 +53,7 @@ func main() {
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
 	pf.StringVar(&g.cpuprofile, "cpuprofile", "", "write a pprof CPU profile to this file")
-	root.AddCommand(replicateCmd(g), sendCmd(g), receiveCmd(g), serverCmd(g), statusCmd(g))
+	root.AddCommand(replicateCmd(g), sendCmd(g), receiveCmd(g), serverCmd(g), statusCmd(g), daemonCmd(g))
 	root.AddCommand(opsCommands(g)...)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
