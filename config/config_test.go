@@ -186,3 +186,14 @@ func TestValues(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricsListen(t *testing.T) {
+	cfg, err := Parse("ok.yaml", []byte("server: {metrics_listen: \"127.0.0.1:9464\"}\nreceivers: [{target: a, dir: /b}]\n"))
+	if err != nil || cfg.Server.MetricsListen != "127.0.0.1:9464" {
+		t.Fatalf("%+v %v", cfg, err)
+	}
+	_, err = Parse("bad.yaml", []byte("server: {metrics_listen: \"9464\"}\nreceivers: [{target: a, dir: /b}]\n"))
+	if err == nil || !strings.Contains(err.Error(), `bad.yaml:1: server.metrics_listen: "9464" is not HOST:PORT`) {
+		t.Fatalf("error %v", err)
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/snapjet/snapjet/config"
 	"github.com/snapjet/snapjet/jobrun"
+	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/receiver"
 	"github.com/snapjet/snapjet/schedule"
 )
@@ -42,6 +43,7 @@ type Daemon struct {
 	rwg       sync.WaitGroup
 	dirs      map[string]*sync.Mutex // local target directory → its turn
 	applier   string
+	metrics   *metrics.Metrics
 }
 
 // Options of New; the zero value is production.
@@ -50,6 +52,7 @@ type Options struct {
 	Run     RunFunc        // default jobrun.Run with JobOptions
 	JobOpts jobrun.Options
 	Applier string // of the receivers section's receivers
+	Metrics *metrics.Metrics
 }
 
 // New prepares a daemon on a NATS connection.
@@ -69,7 +72,7 @@ func New(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, opt Options) *
 		clock = schedule.RealClock{}
 	}
 	d.sched = schedule.New(clock, d.runJob, log)
-	d.applier = opt.Applier
+	d.applier, d.metrics = opt.Applier, opt.Metrics
 	if d.applier == "" {
 		d.applier = receiver.Native
 	}
@@ -148,7 +151,7 @@ func (d *Daemon) startReceiver(r config.Receiver) {
 	go func() {
 		defer d.rwg.Done()
 		log := d.log.With("target", r.Target, "dir", r.Dir)
-		rc, err := receiver.New(ctx, d.nc, d.js, r.Target, r.Dir, d.log, receiver.WithApplier(d.applier))
+		rc, err := receiver.New(ctx, d.nc, d.js, r.Target, r.Dir, d.log, receiver.WithApplier(d.applier), receiver.WithMetrics(d.metrics))
 		if err == nil {
 			err = rc.Run(ctx)
 		}

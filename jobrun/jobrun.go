@@ -19,6 +19,7 @@ import (
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/config"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/prune"
 	"github.com/snapjet/snapjet/receiver"
 	"github.com/snapjet/snapjet/sender"
@@ -39,6 +40,8 @@ type Options struct {
 	OnProgress func(sender.Progress)
 	// Delete removes a subvolume (default btrfs.DeleteSubvolume).
 	Delete func(ctx context.Context, path string) error
+	// Metrics, when set, is told what the run does (nil: nothing).
+	Metrics *metrics.Metrics
 }
 
 // Target is where one target of the job ended.
@@ -117,7 +120,7 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 	if so.Window == 0 {
 		so.Window = sender.DefaultWindow
 	}
-	s := &sender.Sender{NC: nc, JS: js, Coord: coord, Log: log, OnProgress: opt.OnProgress}
+	s := &sender.Sender{NC: nc, JS: js, Coord: coord, Log: log, OnProgress: opt.OnProgress, Metrics: opt.Metrics, Job: job.Name}
 	res, err := s.Run(ctx, so)
 	if err != nil {
 		return nil, fmt.Errorf("job %s: %w", job.Name, err)
@@ -143,6 +146,7 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 		return out, nil
 	}
 	out.Deleted, out.PruneErr = out.Plan.Apply(ctx, opt.Delete)
+	countDeletions(opt.Metrics, out.Plan, out.Deleted)
 	if len(out.Deleted) > 0 {
 		log.Info("retention deleted snapshots", "count", len(out.Deleted))
 	}
@@ -174,6 +178,25 @@ func (opt Options) withDefaults() Options {
 	return opt
 }
 
+// countDeletions reports the deleted snapshots by side.
+func countDeletions(m *metrics.Metrics, p *prune.Plan, deleted []string) {
+	gone := map[string]bool{}
+	for _, d := range deleted {
+		gone[d] = true
+	}
+	for _, side := range p.Sides {
+		n := 0
+		for _, it := range side.Items {
+			if !it.Keep && gone[it.Path] {
+				n++
+			}
+		}
+		if n > 0 {
+			m.Pruned(p.Job, side.Kind, n)
+		}
+	}
+}
+
 // startLocalReceivers runs a receiver for each local target directory of
 // the job until the returned stop is called (it may be called twice).
 func startLocalReceivers(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.Job, names []string, opt Options, log *slog.Logger) (stop func(), err error) {
@@ -184,7 +207,7 @@ func startLocalReceivers(ctx context.Context, nc *nats.Conn, js jetstream.JetStr
 		if t.Dir == "" {
 			continue
 		}
-		rc, err := receiver.New(ctx, nc, js, names[i], t.Dir, log, receiver.WithApplier(opt.Applier))
+		rc, err := receiver.New(ctx, nc, js, names[i], t.Dir, log, receiver.WithApplier(opt.Applier), receiver.WithMetrics(opt.Metrics))
 		if err != nil {
 			stop()
 			return nil, err

@@ -224,6 +224,7 @@ func (p *publisher) confirmed(j *job) {
 	p.chunks = j.idx + 1
 	p.bytes = j.off + int64(len(j.raw))
 	p.wire += int64(len(j.msg.Data))
+	p.s.Metrics.Sent(p.s.Job, 1, int64(len(j.raw)), int64(len(j.msg.Data)))
 	if len(j.msg.Data) > 0 && len(j.raw) > 0 && &j.msg.Data[0] != &j.raw[0] {
 		p.s.bufs.put(j.msg.Data)
 	}
@@ -330,6 +331,7 @@ func (p *publisher) report(ctx context.Context, force bool) {
 		return
 	}
 	p.lastReport = time.Now()
+	p.s.Metrics.StreamUse(p.s.Job, p.stored, p.r.Window)
 	if err := p.s.Coord.Progress(ctx, p.r.ID, p.r.Attempt, p.chunks, p.bytes, p.wire); err != nil {
 		p.log.Warn("record progress", "error", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/receiver"
 	"github.com/snapjet/snapjet/sender"
 )
@@ -70,6 +71,11 @@ replication first: it resumes, or discards the partial and starts over.`,
 				}
 				names = append(names, targetName(t))
 			}
+			m, stopMetrics, err := g.startMetrics(g.metricsListen)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			b, err := g.connect("snapjet replicate", true)
 			if err != nil {
 				return err
@@ -79,14 +85,14 @@ replication first: it resumes, or discards the partial and starts over.`,
 			var wg sync.WaitGroup
 			defer func() { stopReceivers(); wg.Wait() }()
 			for i, t := range args[1:] {
-				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log, receiver.WithApplier(applier))
+				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log, receiver.WithApplier(applier), receiver.WithMetrics(m))
 				if err != nil {
 					return err
 				}
 				wg.Add(1)
 				go func() { defer wg.Done(); _ = rc.Run(rctx) }()
 			}
-			return runSend(ctx, g, b, f.options(args[0], names))
+			return runSend(ctx, g, b, m, f.options(args[0], names))
 		},
 	}
 	f.add(cmd)
@@ -114,12 +120,17 @@ func sendCmd(g *globals) *cobra.Command {
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
+			m, stopMetrics, err := g.startMetrics(g.metricsListen)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			b, err := g.connect("snapjet send", false)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			return runSend(cmd.Context(), g, b, f.options(args[0], strings.Split(to, ",")))
+			return runSend(cmd.Context(), g, b, m, f.options(args[0], strings.Split(to, ",")))
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "comma-separated target names")
@@ -128,14 +139,14 @@ func sendCmd(g *globals) *cobra.Command {
 }
 
 // runSend runs the coordinator and the sender, and reports the outcome.
-func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Options) error {
+func runSend(ctx context.Context, g *globals, b *broker.Broker, m *metrics.Metrics, opt sender.Options) error {
 	coord, err := coordinator.New(ctx, b.NC, b.JS, g.log)
 	if err != nil {
 		return err
 	}
 	defer coord.Close()
 	prog := newProgress(g.log)
-	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update}
+	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update, Metrics: m}
 	res, err := s.Run(ctx, opt)
 	prog.done()
 	if err != nil {
@@ -176,12 +187,17 @@ func receiveCmd(g *globals) *cobra.Command {
 			if _, err := receiver.CheckTarget(args[0]); err != nil {
 				return err
 			}
+			m, stopMetrics, err := g.startMetrics(g.metricsListen)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			b, err := g.connect("snapjet receive "+target, false)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			rc, err := receiver.New(cmd.Context(), b.NC, b.JS, target, args[0], g.log, receiver.WithApplier(applier))
+			rc, err := receiver.New(cmd.Context(), b.NC, b.JS, target, args[0], g.log, receiver.WithApplier(applier), receiver.WithMetrics(m))
 			if err != nil {
 				return err
 			}

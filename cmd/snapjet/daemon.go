@@ -62,12 +62,19 @@ func runDaemon(ctx context.Context, g *globals, stderr io.Writer, file, applier 
 		}
 		return err
 	}
+	addr := firstNonEmpty(g.metricsListen, cfg.Server.MetricsListen)
+	m, stopMetrics, err := g.startMetrics(addr)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	b, err := connectConfig(g, cfg.Server, "snapjet daemon", false)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	d := daemon.New(b.NC, b.JS, g.log, daemon.Options{Applier: applier, JobOpts: jobrun.Options{Log: g.log, Applier: applier}})
+	d := daemon.New(b.NC, b.JS, g.log, daemon.Options{Applier: applier, Metrics: m,
+		JobOpts: jobrun.Options{Log: g.log, Applier: applier, Metrics: m}})
 	d.Apply(cfg)
 	g.log.Info("daemon running", "config", file, "jobs", len(cfg.Jobs), "receivers", len(cfg.Receivers))
 	done := make(chan struct{})
@@ -95,6 +102,7 @@ func runDaemon(ctx context.Context, g *globals, stderr io.Writer, file, applier 
 				continue
 			}
 			if next.Server != cfg.Server {
+				// metrics_listen too: the endpoint stays where it is.
 				g.log.Warn("the server section changed; restart the daemon to apply it (jobs and receivers are reloaded now)")
 			}
 			d.Apply(next)

@@ -31,6 +31,7 @@ func (e *exitError) Unwrap() error { return e.err }
 
 type globals struct {
 	store, server, listen, logFormat, cpuprofile string
+	metricsListen                                string
 	verbose                                      bool
 	log                                          *slog.Logger
 }
@@ -52,6 +53,7 @@ func main() {
 	pf.StringVar(&g.listen, "listen", "127.0.0.1:4222", "client address of the embedded server (port 0: any free port)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
+	pf.StringVar(&g.metricsListen, "metrics-listen", "", "serve Prometheus /metrics and /healthz on HOST:PORT (send, receive, replicate, run, daemon)")
 	pf.StringVar(&g.cpuprofile, "cpuprofile", "", "write a pprof CPU profile to this file")
 	root.AddCommand(replicateCmd(g), sendCmd(g), receiveCmd(g), serverCmd(g), statusCmd(g), daemonCmd(g))
 	root.AddCommand(opsCommands(g)...)

@@ -41,13 +41,18 @@ keep/delete and its rule).`,
 			if job == nil {
 				return &exitError{2, fmt.Errorf("no job %q in %s: name one of its jobs", args[0], file)}
 			}
+			m, stopMetrics, err := g.startMetrics(g.metricsListen)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			b, err := connectConfig(g, cfg.Server, "snapjet run "+job.Name, true)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
 			w := cmd.OutOrStdout()
-			opt := jobrun.Options{Log: g.log, Applier: applier}
+			opt := jobrun.Options{Log: g.log, Applier: applier, Metrics: m}
 			if dryRun {
 				p, err := jobrun.Plan(cmd.Context(), b.NC, *job, opt)
 				if err != nil {
