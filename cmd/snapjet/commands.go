@@ -6,7 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -16,8 +16,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/snapjet/snapjet/config"
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/jobstatus"
 	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/receiver"
 	"github.com/snapjet/snapjet/sender"
@@ -231,16 +233,38 @@ func serverCmd(g *globals) *cobra.Command {
 
 func statusCmd(g *globals) *cobra.Command {
 	var asJSON bool
+	var file string
 	cmd := &cobra.Command{
-		Use:   "status [--server URL | --store DIR] [--json]",
-		Short: "Show replications, the state of every target, bytes and the last error",
-		Args:  cobra.NoArgs,
+		Use:   "status [--server URL | --store DIR | --config FILE] [--json]",
+		Short: "Show replications, the state of every target, bytes and the last error; with --config, what is late and why",
+		Long: `Without --config: every replication on record, per target, with its state,
+bytes and last error.
+
+With --config FILE: per job and target, the last success and its age, the
+next scheduled run, the replication in progress and the last error; exits 1
+when a job is overdue (a target without a success within twice the job's
+interval, or none on record).
+
+Status never starts a server: without a reachable one (--server, the
+config's server.url, or the embedded server of a running daemon or server on
+the store) it says so and exits 1.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			b, err := broker.Connect(broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
-				Name: "snapjet status", JoinRunning: true, Log: g.log})
+			opts := broker.Options{Server: g.server, Store: g.store, Listen: g.listen, Name: "snapjet status", JoinOnly: true, Log: g.log}
+			var cfg *config.Config
+			if file != "" {
+				var err error
+				if cfg, err = loadConfig(cmd, file); err != nil {
+					return err
+				}
+				if !cmd.Flags().Changed("server") && !cmd.Flags().Changed("store") {
+					opts.Server, opts.Store = cfg.Server.URL, cfg.Server.Store
+				}
+			}
+			b, err := broker.Connect(opts)
 			if err != nil {
-				return err
+				return &exitError{1, fmt.Errorf("status unknown: %w", err)}
 			}
 			defer b.Close()
 			store, err := coordinator.OpenStore(ctx, b.JS)
@@ -251,15 +275,18 @@ func statusCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if cfg != nil {
+				return printJobStatus(cmd.OutOrStdout(), jobstatus.Of(cfg.Jobs, all, time.Now()), asJSON)
+			}
 			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
+				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				if all == nil {
 					all = []*coordinator.Replication{}
 				}
 				return enc.Encode(map[string]any{"replications": all})
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "REPLICATION\tSTATE\tATTEMPT\tSENT\tTARGET\tTARGET STATE\tAPPLIED\tERROR")
 			for _, r := range all {
 				for _, name := range coordinator.SortedNames(r.Targets) {
@@ -271,7 +298,56 @@ func statusCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&file, "config", "", "report per job of this config file (and use its server section)")
 	return cmd
+}
+
+// printJobStatus prints the jobs' status and returns an exit-1 error
+// naming the overdue jobs.
+func printJobStatus(out io.Writer, jobs []jobstatus.Job, asJSON bool) error {
+	var overdue []string
+	for _, j := range jobs {
+		if j.Overdue {
+			overdue = append(overdue, j.Name)
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if jobs == nil {
+			jobs = []jobstatus.Job{}
+		}
+		if err := enc.Encode(map[string]any{"jobs": jobs}); err != nil {
+			return err
+		}
+	} else {
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "JOB\tTARGET\tLAST SUCCESS\tAGE\tNEXT RUN\tRUNNING\tSTATUS\tLAST ERROR")
+		for _, j := range jobs {
+			for _, t := range j.Targets {
+				last, age := "never", "-"
+				if !t.LastSuccess.IsZero() {
+					last, age = t.LastSuccess.Format(time.RFC3339), t.Age.Round(time.Second).String()
+				}
+				running := "-"
+				if r := t.Running; r != nil {
+					running = fmt.Sprintf("%s %s/%s", r.ID, human(r.BytesApplied), human(max(r.BytesSent, r.Estimated)))
+				}
+				status := "ok"
+				if t.Overdue {
+					status = "OVERDUE"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, t.Display, last, age, j.NextRun.Format(time.RFC3339), running, status, t.LastError)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(overdue) > 0 {
+		return &exitError{1, fmt.Errorf("overdue (no success within twice the interval): %s", strings.Join(overdue, ", "))}
+	}
+	return nil
 }
 
 var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_-]+`)

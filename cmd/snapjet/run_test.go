@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/internal/broker"
 	"github.com/snapjet/snapjet/internal/loopfs"
 	"github.com/snapjet/snapjet/sender"
 )
@@ -29,7 +31,8 @@ func TestRunJob(t *testing.T) {
 	if err := btrfs.CreateSubvolume(ctx, src); err != nil {
 		t.Fatal(err)
 	}
-	cfg := writeConfig(t, fmt.Sprintf(`
+	store := t.TempDir()
+	text := fmt.Sprintf(`
 server: {store: %s, listen: "127.0.0.1:0"}
 jobs:
   - name: share
@@ -39,7 +42,8 @@ jobs:
     retain:
       source: {latest: 1}
       target: {latest: 1}
-`, t.TempDir(), src, backup))
+`, store, src, backup)
+	cfg := writeConfig(t, text)
 
 	for round := 1; round <= 3; round++ {
 		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d", round)), []byte(strings.Repeat("x", 100000*round)), 0o644); err != nil {
@@ -73,6 +77,39 @@ jobs:
 
 	if _, _, err := execute(runCmd(testGlobals()), "--config", cfg, "nosuch"); exitCode(err) != 2 {
 		t.Errorf("unknown job: exit %d (%v)", exitCode(err), err)
+	}
+
+	// status never starts a server: none runs on the store now.
+	g := testGlobals()
+	g.store = store
+	out, _, err = execute(statusCmd(g), "--config", cfg)
+	if exitCode(err) != 1 || !strings.Contains(err.Error(), "no snapjet server is running") {
+		t.Fatalf("status without a server: exit %d (%v)\n%s", exitCode(err), err, out)
+	}
+	empty := t.TempDir()
+	g.store = empty
+	if _, _, err := execute(statusCmd(g)); exitCode(err) != 1 {
+		t.Errorf("status on an empty store: exit %d (%v)", exitCode(err), err)
+	}
+	if entries, _ := os.ReadDir(empty); len(entries) != 0 {
+		t.Errorf("status created %d entries in the store", len(entries))
+	}
+
+	// With the server up (as a daemon would run it): the job is fine.
+	srv, err := broker.StartServer(store, "127.0.0.1:0", g.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	out, _, err = execute(statusCmd(testGlobals()), "--config", cfg)
+	if err != nil || !regexp.MustCompile(`share +`+regexp.QuoteMeta(backup)+` +\S+ +\S+ +\S+ +- +ok`).MatchString(out) {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	// A target that never had a success makes the job overdue: exit 1.
+	late := writeConfig(t, strings.Replace(text, "targets: ["+backup+"]", "targets: ["+backup+", \"remote:gone\"]", 1))
+	out, _, err = execute(statusCmd(testGlobals()), "--config", late, "--json")
+	if exitCode(err) != 1 || !strings.Contains(out, `"overdue": true`) || !strings.Contains(err.Error(), "overdue") {
+		t.Errorf("status of an overdue job: exit %d (%v)\n%s", exitCode(err), err, out)
 	}
 }
 

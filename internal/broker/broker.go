@@ -30,8 +30,16 @@ type Options struct {
 	// JoinRunning connects to the server of another snapjet process that
 	// holds Store, instead of failing (for read-only commands like status).
 	JoinRunning bool
-	Log         *slog.Logger
+	// JoinOnly never starts a server: without Server it joins the
+	// embedded server of the snapjet process that holds Store, and fails
+	// with ErrNoServer when none does (for status: an empty new server
+	// would only hide that the real one is down).
+	JoinOnly bool
+	Log      *slog.Logger
 }
+
+// ErrNoServer means no snapjet process serves the store.
+var ErrNoServer = errors.New("no snapjet server is running")
 
 // Broker is a connected client, and the embedded server if there is one.
 type Broker struct {
@@ -71,6 +79,30 @@ func lockStore(store string) (*filelock.Lock, error) {
 		return nil, fmt.Errorf("lock store %s: %w", store, err)
 	}
 	return l, nil
+}
+
+// joinOnly is the URL of the server that serves store now, or
+// ErrNoServer. It takes the store's lock for a moment to see whether it is
+// held, and creates nothing.
+func joinOnly(store string) (string, error) {
+	path := filepath.Join(store, lockName)
+	noServer := fmt.Errorf("%w on store %s: start `snapjet daemon` or `snapjet server`, or pass --server URL of the running one", ErrNoServer, store)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return "", noServer
+	}
+	l, err := filelock.TryLock(path)
+	switch {
+	case err == nil:
+		_ = l.Close()
+		return "", noServer
+	case !errors.Is(err, filelock.ErrHeld):
+		return "", fmt.Errorf("store %s: %w", store, err)
+	}
+	url := runningURL(store)
+	if url == "" {
+		return "", fmt.Errorf("%w: the process holding %s did not note its URL; pass --server", ErrNoServer, store)
+	}
+	return url, nil
 }
 
 func runningURL(store string) string {
@@ -130,6 +162,13 @@ func StartServer(store, listen string, log *slog.Logger) (*Embedded, error) {
 func Connect(opt Options) (*Broker, error) {
 	b := &Broker{}
 	url := opt.Server
+	if url == "" && opt.JoinOnly {
+		u, err := joinOnly(opt.Store)
+		if err != nil {
+			return nil, err
+		}
+		url = u
+	}
 	if url == "" {
 		srv, err := StartServer(opt.Store, opt.Listen, opt.Log)
 		switch {
