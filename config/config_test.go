@@ -197,3 +197,16 @@ func TestMetricsListen(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]int64{"": 0, "0": 0, "50MB/s": 50e6, "800KiB/s": 800 << 10, "1000": 1000} {
+		if got, err := ParseRate(in); err != nil || got != want {
+			t.Errorf("ParseRate(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"fast", "-1MB/s", "5 parsecs"} {
+		if _, err := ParseRate(in); err == nil {
+			t.Errorf("ParseRate(%q) accepted", in)
+		}
+	}
+}

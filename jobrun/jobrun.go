@@ -113,7 +113,7 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 	}
 	defer coord.Close()
 	so := opt.Send
-	so.Source, so.Targets, so.ChunkSize, so.Window = job.Source, names, job.ChunkSize, job.Window
+	so.Source, so.Targets, so.ChunkSize, so.Window, so.RateLimit = job.Source, names, job.ChunkSize, job.Window, job.RateLimit
 	if so.ChunkSize == 0 {
 		so.ChunkSize = sender.DefaultChunkSize
 	}

@@ -56,7 +56,15 @@ func value(body, series string) float64 {
 // (loop btrfs, embedded server) runs and after it: bytes sent grow during
 // it, and at the end equal the record's, the target applied as much,
 // one replication is done and none runs.
-func TestMetricsDuringReplication(t *testing.T) {
+// fixture is a source with size bytes of incompressible data, a local
+// target on loop btrfs and an embedded server.
+type fixture struct {
+	src, backup string
+	b           *broker.Broker
+	log         *slog.Logger
+}
+
+func newFixture(t *testing.T, size int) *fixture {
 	ctx := context.Background()
 	fs := loopfs.New(t, 512<<20)
 	src := filepath.Join(fs.Dir, "data", "share")
@@ -69,7 +77,7 @@ func TestMetricsDuringReplication(t *testing.T) {
 	if err := btrfs.CreateSubvolume(ctx, src); err != nil {
 		t.Fatal(err)
 	}
-	data := make([]byte, 6<<20) // incompressible: six chunks and more on the wire
+	data := make([]byte, size) // incompressible
 	_, _ = rand.Read(data)
 	if err := os.WriteFile(filepath.Join(src, "blob"), data, 0o644); err != nil {
 		t.Fatal(err)
@@ -79,14 +87,26 @@ func TestMetricsDuringReplication(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(b.Close)
+	return &fixture{src: src, backup: backup, b: b, log: log}
+}
+
+func (f *fixture) job() config.Job {
+	sched, _ := cron.ParseStandard("@every 1h")
+	return config.Job{Name: "share", Source: f.src, Targets: []config.Target{{Dir: f.backup}},
+		Schedule: config.Schedule{Spec: "@every 1h", Schedule: sched}, ChunkSize: 1 << 20}
+}
+
+func TestMetricsDuringReplication(t *testing.T) {
+	ctx := context.Background()
+	const size = 6 << 20 // six chunks and more on the wire
+	f := newFixture(t, size)
+	b, log := f.b, f.log
 	m := metrics.New(time.Now)
 	srv := httptest.NewServer(m.Handler(nil))
 	defer srv.Close()
 
-	sched, _ := cron.ParseStandard("@every 1h")
-	job := config.Job{Name: "share", Source: src, Targets: []config.Target{{Dir: backup}},
-		Schedule: config.Schedule{Spec: "@every 1h", Schedule: sched}, ChunkSize: 1 << 20}
+	job := f.job()
 	target := TargetName(job.Targets[0])
 	var mu sync.Mutex
 	var during []string
@@ -139,11 +159,43 @@ func TestMetricsDuringReplication(t *testing.T) {
 			t.Errorf("%s = %v, want %v", c.series, got, c.want)
 		}
 	}
-	if rec.BytesSent < int64(len(data)) {
-		t.Errorf("record says %d bytes sent for %d bytes of data", rec.BytesSent, len(data))
+	if rec.BytesSent < size {
+		t.Errorf("record says %d bytes sent for %d bytes of data", rec.BytesSent, size)
 	}
 	if v := value(end, `snapjet_last_success_timestamp_seconds{job_name="share",target="`+target+`"}`); v <= 0 {
 		t.Errorf("last success %v", v)
 	}
 	t.Logf("sent %d bytes in %d chunks (%d on the wire); %d scrapes during the run", rec.BytesSent, rec.ChunksSent, rec.WireBytes, len(during))
+}
+
+// TestRateLimitEndToEnd: a job's rate_limit holds the transfer to its
+// rate: 8 MiB at 4 MiB/s cannot take less than 2 s (minus one burst), and
+// on an idle machine takes little more.
+func TestRateLimitEndToEnd(t *testing.T) {
+	const size, bps = 8 << 20, 4 << 20
+	f := newFixture(t, size)
+	job := f.job()
+	job.RateLimit = bps
+	var first, last time.Time
+	var sent int64
+	opt := Options{Log: f.log, OnProgress: func(p sender.Progress) {
+		if first.IsZero() {
+			first = time.Now()
+		}
+		last, sent = time.Now(), p.Wire
+	}}
+	start := time.Now()
+	out, err := Run(context.Background(), f.b.NC, f.b.JS, job, opt)
+	if err != nil || len(out.Failed()) > 0 {
+		t.Fatalf("run: %v %+v", err, out)
+	}
+	took := time.Since(start)
+	floor := time.Duration(float64(sent-bps/10) / bps * float64(time.Second))
+	if took < floor {
+		t.Errorf("%d wire bytes in %v: faster than %d B/s allows (%v)", sent, took, bps, floor)
+	}
+	if rate := float64(sent) / last.Sub(start).Seconds(); rate > bps*1.1 {
+		t.Errorf("%d wire bytes at %.0f B/s, more than 10%% over %d", sent, rate, bps)
+	}
+	t.Logf("%d wire bytes; run took %v (the limit alone: %v)", sent, took, time.Duration(float64(sent)/bps*float64(time.Second)))
 }

@@ -53,6 +53,8 @@ type Options struct {
 	StallTimeout time.Duration
 	// RecordRetention is how long finished records are kept.
 	RecordRetention time.Duration
+	// RateLimit bounds the wire bytes published per second; 0: no limit.
+	RateLimit int64
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -87,6 +89,7 @@ type Sender struct {
 	compress compressGate
 	bufs     bufPool
 	outage   time.Duration // Options.OutageTimeout of the current run
+	limit    *wireLimiter  // Options.RateLimit of the current run
 	stall    time.Duration // Options.StallTimeout of the current run
 }
 
@@ -114,6 +117,7 @@ func (res *Result) Outcome(target string) (*coordinator.Replication, *coordinato
 // these targets is completed first, instead of taking a new snapshot.
 func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 	s.outage, s.stall = orDefault(opt.OutageTimeout, DefaultOutageTimeout), orDefault(opt.StallTimeout, DefaultStallTimeout)
+	s.limit = newWireLimiter(opt.RateLimit)
 	if s.codec == nil {
 		c, err := streams.NewCodec(zstd.SpeedDefault)
 		if err != nil {

@@ -33,6 +33,7 @@ type sendFlags struct {
 	outage    time.Duration
 	stall     time.Duration
 	retention time.Duration
+	rateLimit string
 }
 
 func (f *sendFlags) add(cmd *cobra.Command) {
@@ -43,10 +44,15 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.outage, "outage-timeout", sender.DefaultOutageTimeout, "give up after the NATS server was unreachable this long")
 	cmd.Flags().DurationVar(&f.stall, "stall-timeout", sender.DefaultStallTimeout, "drop a target from the run when it made no progress this long (its receiver or its link is down); the next run retries it")
 	cmd.Flags().DurationVar(&f.retention, "record-retention", coordinator.DefaultRecordRetention, "how long records of finished replications are kept")
+	cmd.Flags().StringVar(&f.rateLimit, "rate-limit", "", "bytes per second on the wire, e.g. 50MB/s (default: no limit)")
 }
 
-func (f *sendFlags) options(source string, targets []string) sender.Options {
-	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention}
+func (f *sendFlags) options(source string, targets []string) (sender.Options, error) {
+	limit, err := config.ParseRate(f.rateLimit)
+	if err != nil {
+		return sender.Options{}, &exitError{2, fmt.Errorf("--rate-limit: %w", err)}
+	}
+	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention, RateLimit: limit}, nil
 }
 
 func replicateCmd(g *globals) *cobra.Command {
@@ -63,6 +69,10 @@ replication first: it resumes, or discards the partial and starts over.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			opt, err := f.options(args[0], nil)
+			if err != nil {
+				return err
+			}
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
@@ -94,7 +104,8 @@ replication first: it resumes, or discards the partial and starts over.`,
 				wg.Add(1)
 				go func() { defer wg.Done(); _ = rc.Run(rctx) }()
 			}
-			return runSend(ctx, g, b, m, f.options(args[0], names))
+			opt.Targets = names
+			return runSend(ctx, g, b, m, opt)
 		},
 	}
 	f.add(cmd)
@@ -119,6 +130,10 @@ func sendCmd(g *globals) *cobra.Command {
 				return &exitError{2, fmt.Errorf("--to: name at least one target")}
 			}
 			limitMemory()
+			opt, err := f.options(args[0], strings.Split(to, ","))
+			if err != nil {
+				return err
+			}
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
@@ -132,7 +147,7 @@ func sendCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer b.Close()
-			return runSend(cmd.Context(), g, b, m, f.options(args[0], strings.Split(to, ",")))
+			return runSend(cmd.Context(), g, b, m, opt)
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "comma-separated target names")

@@ -13,7 +13,7 @@ import (
 )
 
 func runCmd(g *globals) *cobra.Command {
-	var file, applier string
+	var file, applier, rateLimit string
 	var dryRun bool
 	cmd := &cobra.Command{
 		Use:   "run --config FILE [--dry-run] JOB",
@@ -40,6 +40,11 @@ keep/delete and its rule).`,
 			job := cfg.Job(args[0])
 			if job == nil {
 				return &exitError{2, fmt.Errorf("no job %q in %s: name one of its jobs", args[0], file)}
+			}
+			if cmd.Flags().Changed("rate-limit") {
+				if job.RateLimit, err = config.ParseRate(rateLimit); err != nil {
+					return &exitError{2, fmt.Errorf("--rate-limit: %w", err)}
+				}
 			}
 			m, stopMetrics, err := g.startMetrics(g.metricsListen)
 			if err != nil {
@@ -74,6 +79,7 @@ keep/delete and its rule).`,
 	}
 	cmd.Flags().StringVar(&file, "config", "", "the config file")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "change nothing: print the retention plan only")
+	cmd.Flags().StringVar(&rateLimit, "rate-limit", "", "bytes per second on the wire, e.g. 50MB/s, instead of the job's rate_limit (0: no limit)")
 	addApplierFlag(cmd, &applier)
 	return cmd
 }
