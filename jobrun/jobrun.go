@@ -44,6 +44,10 @@ type Options struct {
 	Metrics *metrics.Metrics
 }
 
+// DefaultReceiverWait is how long a run waits for the targets' receivers
+// to answer (`replicate --receiver-wait`'s default).
+const DefaultReceiverWait = 30 * time.Second
+
 // Target is where one target of the job ended.
 type Target struct {
 	Name        string // its target name (a local directory's derived name)
@@ -119,6 +123,11 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 	}
 	if so.Window == 0 {
 		so.Window = sender.DefaultWindow
+	}
+	if so.InventoryTimeout == 0 {
+		// The local receivers started just now; remote ones may be
+		// reconnecting: as long as `replicate` waits for them.
+		so.InventoryTimeout = DefaultReceiverWait
 	}
 	s := &sender.Sender{NC: nc, JS: js, Coord: coord, Log: log, OnProgress: opt.OnProgress, Metrics: opt.Metrics, Job: job.Name}
 	res, err := s.Run(ctx, so)
