@@ -37,6 +37,7 @@ checkpoint (the next run resumes them), and exits 0.`,
 			if file == "" {
 				file = config.DefaultPath
 			}
+			limitMemoryTo(daemonMemoryLimit)
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)

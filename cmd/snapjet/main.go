@@ -83,9 +83,18 @@ func main() {
 const streamingMemoryLimit = 64 << 20
 
 // limitMemory applies streamingMemoryLimit to a streaming-only process.
-func limitMemory() {
+func limitMemory() { limitMemoryTo(streamingMemoryLimit) }
+
+// daemonMemoryLimit is the soft heap limit of the daemon unless GOMEMLIMIT
+// says otherwise. It hosts the embedded server, whose file store caches
+// recent messages, next to a sender and receivers: a 300 MB incompressible
+// run peaked at 583 MiB RSS without a limit (725 MiB on the next one) and
+// at 321 MiB with 256 MiB.
+const daemonMemoryLimit = 256 << 20
+
+func limitMemoryTo(n int64) {
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(streamingMemoryLimit)
+		debug.SetMemoryLimit(n)
 	}
 }
 
