@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/snapjet/snapjet/internal/fakeclock"
 )
 
 type syncBuffer struct {
@@ -31,7 +33,7 @@ func (b *syncBuffer) String() string {
 
 type harness struct {
 	t        *testing.T
-	clk      *fakeClock
+	clk      *fakeclock.Clock
 	s        *Scheduler
 	started  chan string
 	finished chan string
@@ -45,7 +47,7 @@ type harness struct {
 const bound = 10 * time.Second // every wait of the test is bounded
 
 func newHarness(t *testing.T, jobs ...Job) *harness {
-	h := &harness{t: t, clk: newFakeClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)),
+	h := &harness{t: t, clk: fakeclock.New(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)),
 		started: make(chan string, 10), finished: make(chan string, 10), release: map[string]chan struct{}{},
 		logs: &syncBuffer{}, stopped: make(chan struct{}), runCtx: make(chan context.Context, 10)}
 	for _, j := range []string{"a", "b"} {
@@ -81,7 +83,7 @@ func newHarness(t *testing.T, jobs ...Job) *harness {
 func (h *harness) settled() {
 	h.t.Helper()
 	select {
-	case <-h.clk.blocked:
+	case <-h.clk.Blocked:
 	case <-time.After(bound):
 		h.t.Fatal("scheduler did not wait on the clock")
 	}
