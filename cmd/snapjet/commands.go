@@ -247,10 +247,10 @@ func serverCmd(g *globals) *cobra.Command {
 }
 
 func statusCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, offline bool
 	var file string
 	cmd := &cobra.Command{
-		Use:   "status [--server URL | --store DIR | --config FILE] [--json]",
+		Use:   "status [--server URL | --store DIR [--offline] | --config FILE] [--json]",
 		Short: "Show replications, the state of every target, bytes and the last error; with --config, what is late and why",
 		Long: `Without --config: every replication on record, per target, with its state,
 bytes and last error.
@@ -262,7 +262,9 @@ interval, or none on record).
 
 Status never starts a server: without a reachable one (--server, the
 config's server.url, or the embedded server of a running daemon or server on
-the store) it says so and exits 1.`,
+the store) it says so and exits 1. --offline reads a store that no process
+serves (e.g. a one-shot replicate's, between runs) by embedding a server on
+it for the moment; a store that holds no snapjet state is refused even then.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -276,6 +278,12 @@ the store) it says so and exits 1.`,
 				if !cmd.Flags().Changed("server") && !cmd.Flags().Changed("store") {
 					opts.Server, opts.Store = cfg.Server.URL, cfg.Server.Store
 				}
+			}
+			if offline && opts.Server == "" {
+				if !broker.HasState(opts.Store) {
+					return &exitError{1, fmt.Errorf("status unknown: store %s holds no snapjet state (no server ever ran on it): check --store", opts.Store)}
+				}
+				opts.JoinOnly, opts.JoinRunning = false, true
 			}
 			b, err := broker.Connect(opts)
 			if err != nil {
@@ -314,6 +322,7 @@ the store) it says so and exits 1.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&file, "config", "", "report per job of this config file (and use its server section)")
+	cmd.Flags().BoolVar(&offline, "offline", false, "when no process serves the store, read it by embedding a server for the moment")
 	return cmd
 }
 

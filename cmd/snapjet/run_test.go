@@ -81,7 +81,7 @@ jobs:
 
 	// status never starts a server: none runs on the store now.
 	g := testGlobals()
-	g.store = store
+	g.store, g.listen = store, "127.0.0.1:0"
 	out, _, err = execute(statusCmd(g), "--config", cfg)
 	if exitCode(err) != 1 || !strings.Contains(err.Error(), "no snapjet server is running") {
 		t.Fatalf("status without a server: exit %d (%v)\n%s", exitCode(err), err, out)
@@ -91,8 +91,17 @@ jobs:
 	if _, _, err := execute(statusCmd(g)); exitCode(err) != 1 {
 		t.Errorf("status on an empty store: exit %d (%v)", exitCode(err), err)
 	}
+	if _, _, err := execute(statusCmd(g), "--offline"); exitCode(err) != 1 || !strings.Contains(err.Error(), "holds no snapjet state") {
+		t.Errorf("status --offline on an empty store: exit %d (%v)", exitCode(err), err)
+	}
 	if entries, _ := os.ReadDir(empty); len(entries) != 0 {
 		t.Errorf("status created %d entries in the store", len(entries))
+	}
+	// --offline reads the records of a store nothing serves.
+	g.store = store
+	out, _, err = execute(statusCmd(g), "--offline", "--json")
+	if err != nil || !strings.Contains(out, `"state": "done"`) {
+		t.Fatalf("status --offline: %v\n%s", err, out)
 	}
 
 	// With the server up (as a daemon would run it): the job is fine.

@@ -105,6 +105,13 @@ func joinOnly(store string) (string, error) {
 	return url, nil
 }
 
+// HasState reports whether store holds a JetStream store (an embedded
+// server ran on it), as opposed to a directory that would start empty.
+func HasState(store string) bool {
+	fi, err := os.Stat(filepath.Join(store, "jetstream"))
+	return err == nil && fi.IsDir()
+}
+
 func runningURL(store string) string {
 	return filelock.Note(filepath.Join(store, lockName))
 }
