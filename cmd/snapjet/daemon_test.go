@@ -110,11 +110,17 @@ receivers:
 	reload <- nil
 	waitFor(t, 10*time.Second, "reload", func() bool { return strings.Contains(logs.String(), "config reloaded") })
 
+	if err := g.health(); err != nil {
+		t.Errorf("healthz while running: %v", err)
+	}
 	stop()
 	select {
 	case err := <-result:
 		if err != nil {
 			t.Fatalf("daemon returned %v", err)
+		}
+		if err := g.health(); err == nil || !strings.Contains(err.Error(), "NATS connection is CLOSED") {
+			t.Errorf("healthz after the connection closed: %v", err)
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("daemon did not stop within 60 s of SIGTERM")

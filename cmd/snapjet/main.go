@@ -11,8 +11,10 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"sync/atomic"
 	"syscall"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/snapjet/snapjet/driver"
@@ -34,6 +36,7 @@ type globals struct {
 	metricsListen                                string
 	verbose                                      bool
 	log                                          *slog.Logger
+	conn                                         atomic.Pointer[nats.Conn] // for /healthz
 }
 
 func main() {
@@ -130,5 +133,9 @@ func (g *globals) connect(name string, embed bool) (*broker.Broker, error) {
 	if server == "" && !embed {
 		server = "nats://127.0.0.1:4222"
 	}
-	return broker.Connect(broker.Options{Server: server, Store: g.store, Listen: g.listen, Name: name, Log: g.log})
+	b, err := broker.Connect(broker.Options{Server: server, Store: g.store, Listen: g.listen, Name: name, Log: g.log})
+	if err == nil {
+		g.setConn(b.NC)
+	}
+	return b, err
 }

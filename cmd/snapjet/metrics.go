@@ -8,12 +8,15 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/snapjet/snapjet/metrics"
 )
 
 // startMetrics serves Prometheus /metrics and /healthz on addr until stop
 // is called; with no addr there is nothing to serve and m is nil (which
-// the drivers accept).
+// the drivers accept). /healthz fails while the NATS connection that
+// setConn was given last is down.
 func (g *globals) startMetrics(addr string) (m *metrics.Metrics, stop func(), err error) {
 	if addr == "" {
 		return nil, func() {}, nil
@@ -23,7 +26,7 @@ func (g *globals) startMetrics(addr string) (m *metrics.Metrics, stop func(), er
 		return nil, nil, &exitError{2, fmt.Errorf("--metrics-listen %s: %w (choose a free HOST:PORT)", addr, err)}
 	}
 	m = metrics.New(time.Now)
-	srv := &http.Server{Handler: m.Handler(nil), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: m.Handler(g.health), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Error("metrics endpoint stopped", "error", err)
@@ -36,4 +39,17 @@ func (g *globals) startMetrics(addr string) (m *metrics.Metrics, stop func(), er
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}, nil
+}
+
+// setConn names the NATS connection /healthz checks.
+func (g *globals) setConn(nc *nats.Conn) { g.conn.Store(nc) }
+
+// health is /healthz: the NATS connection must be up (before it exists,
+// the process is starting: healthy).
+func (g *globals) health() error {
+	nc := g.conn.Load()
+	if nc != nil && !nc.IsConnected() {
+		return fmt.Errorf("NATS connection is %s", nc.Status())
+	}
+	return nil
 }

@@ -222,6 +222,10 @@ func (s *natsState) close() {
 // connectConfig reaches the server of a config file's server section;
 // join lets it use the embedded server of a running daemon on the store.
 func connectConfig(g *globals, s config.Server, name string, join bool) (*broker.Broker, error) {
-	return broker.Connect(broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
+	b, err := broker.Connect(broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
 		Name: name, JoinRunning: join, Log: g.log})
+	if err == nil {
+		g.setConn(b.NC)
+	}
+	return b, err
 }
