@@ -38,7 +38,7 @@ type Daemon struct {
 	mu        sync.Mutex
 	cfg       *config.Config
 	ctx       context.Context // of Run, for receivers started by Apply
-	receivers map[config.Receiver]context.CancelFunc
+	receivers map[config.Receiver]*served
 	pending   []config.Receiver // applied before Run started
 	rwg       sync.WaitGroup
 	dirs      map[string]*sync.Mutex // local target directory → its turn
@@ -57,7 +57,7 @@ type Options struct {
 
 // New prepares a daemon on a NATS connection.
 func New(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, opt Options) *Daemon {
-	d := &Daemon{nc: nc, js: js, log: log, run: opt.Run, receivers: map[config.Receiver]context.CancelFunc{}, dirs: map[string]*sync.Mutex{}}
+	d := &Daemon{nc: nc, js: js, log: log, run: opt.Run, receivers: map[config.Receiver]*served{}, dirs: map[string]*sync.Mutex{}}
 	if d.run == nil {
 		jo := opt.JobOpts
 		if jo.Log == nil {
@@ -94,11 +94,22 @@ func (d *Daemon) Apply(cfg *config.Config) {
 	for _, r := range cfg.Receivers {
 		want[r] = true
 	}
-	for r, stop := range d.receivers {
+	var stopped []*served
+	for r, sv := range d.receivers {
 		if !want[r] {
 			d.log.Info("receiver removed from the config; stopping it", "target", r.Target, "dir", r.Dir)
-			stop()
+			sv.stop()
+			stopped = append(stopped, sv)
 			delete(d.receivers, r)
+		}
+	}
+	// A new receiver may take over the directory or target name of a
+	// removed one: it must have let go first (its jobs checkpoint).
+	for _, sv := range stopped {
+		select {
+		case <-sv.done:
+		case <-time.After(receiverStopWait):
+			d.log.Warn("a removed receiver is still stopping; a receiver for its directory may fail to start until the next reload", "waited", receiverStopWait)
 		}
 	}
 	for _, r := range cfg.Receivers {
@@ -128,13 +139,22 @@ func (d *Daemon) Run(ctx context.Context) {
 	d.mu.Unlock()
 	d.sched.Run(ctx)
 	d.mu.Lock()
-	for _, stop := range d.receivers {
-		stop()
+	for _, sv := range d.receivers {
+		sv.stop()
 	}
 	d.mu.Unlock()
 	d.rwg.Wait()
 	d.log.Info("daemon stopped")
 }
+
+// served is a running receiver of the receivers section.
+type served struct {
+	stop context.CancelFunc
+	done chan struct{} // closed when it returned
+}
+
+// receiverStopWait bounds how long a reload waits for a removed receiver.
+const receiverStopWait = time.Minute
 
 // startReceiver runs one receiver of the receivers section; d.mu is held.
 // One that cannot start or stops with an error is logged and stays
@@ -142,14 +162,18 @@ func (d *Daemon) Run(ctx context.Context) {
 func (d *Daemon) startReceiver(r config.Receiver) {
 	if d.ctx == nil {
 		d.pending = append(d.pending, r)
-		d.receivers[r] = func() {}
+		done := make(chan struct{})
+		close(done)
+		d.receivers[r] = &served{stop: func() {}, done: done}
 		return
 	}
 	ctx, cancel := context.WithCancel(d.ctx)
-	d.receivers[r] = cancel
+	sv := &served{stop: cancel, done: make(chan struct{})}
+	d.receivers[r] = sv
 	d.rwg.Add(1)
 	go func() {
 		defer d.rwg.Done()
+		defer close(sv.done)
 		log := d.log.With("target", r.Target, "dir", r.Dir)
 		rc, err := receiver.New(ctx, d.nc, d.js, r.Target, r.Dir, d.log, receiver.WithApplier(d.applier), receiver.WithMetrics(d.metrics))
 		if err == nil {

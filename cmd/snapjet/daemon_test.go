@@ -104,11 +104,24 @@ receivers:
 	runs := strings.Count(logs.String(), `msg="run done"`)
 	waitFor(t, 30*time.Second, "runs go on with the old config", func() bool { return strings.Count(logs.String(), `msg="run done"`) > runs })
 
-	if err := os.WriteFile(cfg, []byte(strings.Replace(text, "@every 1s", "@every 1h", 1)), 0o600); err != nil {
+	// A valid reload: slower schedule, and the receiver moves to another
+	// directory (the old one stops, the new one starts).
+	siteB2 := filepath.Join(fs.Dir, "site-b2")
+	if err := os.MkdirAll(siteB2, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	next := strings.Replace(strings.Replace(text, "@every 1s", "@every 1h", 1), "dir: "+siteB, "dir: "+siteB2, 1)
+	if err := os.WriteFile(cfg, []byte(next), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	reload <- nil
 	waitFor(t, 10*time.Second, "reload", func() bool { return strings.Contains(logs.String(), "config reloaded") })
+	waitFor(t, 10*time.Second, "the moved receiver ready", func() bool {
+		return strings.Contains(logs.String(), `msg="receiver ready" target=site-b dir=`+siteB2)
+	})
+	if !strings.Contains(logs.String(), "receiver removed from the config; stopping it") {
+		t.Error("the old receiver was not stopped")
+	}
 
 	if err := g.health(); err != nil {
 		t.Errorf("healthz while running: %v", err)
