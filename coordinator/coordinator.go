@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,7 +26,8 @@ const DefaultMaxAttempts = 3
 // the sending process; receivers reach it on streams.ReportSubject.
 type Coordinator struct {
 	js          jetstream.JetStream
-	store       *Store
+	store       *Store  // the JetStream adapter, for readers and the lease
+	records     Records // every record operation goes through the contract
 	svc         micro.Service
 	log         *slog.Logger
 	MaxAttempts int
@@ -56,7 +56,7 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("start coordinator service: %w", err)
 	}
-	return &Coordinator{js: js, store: store, svc: svc, log: log, MaxAttempts: DefaultMaxAttempts, now: time.Now, serving: map[string]bool{}}, nil
+	return &Coordinator{js: js, store: store, records: store, svc: svc, log: log, MaxAttempts: DefaultMaxAttempts, now: time.Now, serving: map[string]bool{}}, nil
 }
 
 // Store gives read access to the records.
@@ -82,12 +82,8 @@ func (c *Coordinator) Create(ctx context.Context, r *Replication) error {
 			return err
 		}
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
+	if _, err := c.records.Create(ctx, r); err != nil {
 		return err
-	}
-	if _, err := c.store.kv.Create(ctx, key(r.ID), b); err != nil {
-		return fmt.Errorf("create replication %s: %w", r.ID, err)
 	}
 	return c.Serve(r.ID)
 }
@@ -115,7 +111,7 @@ func (c *Coordinator) Split(ctx context.Context, from *Replication, target strin
 // createFrom stores a record for group, made from the same snapshot as
 // from, whose targets start at attempt number attempts of this run.
 func (c *Coordinator) createFrom(ctx context.Context, from *Replication, id string, g Group, attempts int) (*Replication, error) {
-	if r, _, err := c.store.Get(ctx, id); err == nil {
+	if r, _, err := c.records.Get(ctx, id); err == nil {
 		return r, c.Serve(id)
 	}
 	r := &Replication{
@@ -164,7 +160,7 @@ func (c *Coordinator) update(ctx context.Context, id string, fn func(*Replicatio
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
-		r, rev, err := c.store.Get(ctx, id)
+		r, rev, err := c.records.Get(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -172,19 +168,14 @@ func (c *Coordinator) update(ctx context.Context, id string, fn func(*Replicatio
 			return r, err
 		}
 		r.Updated = time.Now().UTC()
-		b, err := json.Marshal(r)
-		if err != nil {
-			return nil, err
-		}
-		_, err = c.store.kv.Update(ctx, key(id), b, rev)
+		_, err = c.records.Update(ctx, r, rev)
 		if err == nil {
 			return r, nil
 		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if errors.Is(err, ErrConflict) {
 			continue // changed under us (another process); read again
 		}
-		return nil, fmt.Errorf("store replication %s: %w", id, err)
+		return nil, err
 	}
 }
 
@@ -193,7 +184,7 @@ func (c *Coordinator) update(ctx context.Context, id string, fn func(*Replicatio
 func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication, jetstream.Stream, error) {
 	c.resetting.Lock()
 	defer c.resetting.Unlock()
-	r, _, err := c.store.Get(ctx, id)
+	r, _, err := c.records.Get(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -16,11 +16,43 @@ import (
 	"github.com/snapjet/snapjet/streams"
 )
 
-// ErrNotFound is returned for an unknown replication id.
-var ErrNotFound = errors.New("no such replication")
+// Errors of a Records store, matched with errors.Is.
+var (
+	// ErrNotFound is returned for an unknown replication id.
+	ErrNotFound = errors.New("no such replication")
+	// ErrExists is returned by Create for an id that is taken.
+	ErrExists = errors.New("replication exists")
+	// ErrConflict is returned by Update when the record changed since the
+	// revision the caller read: read it again and decide again.
+	ErrConflict = errors.New("replication record changed meanwhile")
+)
 
-// Store reads replication records from the KV bucket. Anyone may read;
-// only a Coordinator writes.
+// Records is where replication records live. The contract, which
+// records_test.go checks against every implementation (the JetStream KV
+// store and the in-memory one of coordtest):
+//   - Get returns a record and its revision; ErrNotFound for an unknown id.
+//   - Create stores a new record and returns its revision; ErrExists when
+//     the id is taken.
+//   - Update replaces a record only if rev is still its revision, and
+//     returns the new one; ErrConflict otherwise, ErrNotFound when gone.
+//   - Delete removes a record; deleting an unknown id is no error.
+//   - List returns every record, oldest (by Created) first.
+//   - Watch delivers the current records, then every record as it is
+//     created or updated (not deletions), until ctx ends; then the channel
+//     closes. A consumer may see a record more than once.
+//
+// Only a Coordinator writes; anyone may read.
+type Records interface {
+	Get(ctx context.Context, id string) (*Replication, uint64, error)
+	Create(ctx context.Context, r *Replication) (uint64, error)
+	Update(ctx context.Context, r *Replication, rev uint64) (uint64, error)
+	Delete(ctx context.Context, id string) error
+	List(ctx context.Context) ([]*Replication, error)
+	Watch(ctx context.Context) (<-chan *Replication, error)
+}
+
+// Store keeps replication records in the JetStream KV bucket: the
+// Records adapter for JetStream.
 type Store struct {
 	kv jetstream.KeyValue
 	nc *nats.Conn
@@ -56,6 +88,50 @@ func (s *Store) Get(ctx context.Context, id string) (*Replication, uint64, error
 		return nil, 0, fmt.Errorf("read replication %s: %w", id, err)
 	}
 	return r, e.Revision(), nil
+}
+
+// Create stores a new record.
+func (s *Store) Create(ctx context.Context, r *Replication) (uint64, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.kv.Create(ctx, key(r.ID), b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, fmt.Errorf("create replication %s: %w", r.ID, ErrExists)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create replication %s: %w", r.ID, err)
+	}
+	return rev, nil
+}
+
+// Update replaces a record with compare-and-set on its revision.
+func (s *Store) Update(ctx context.Context, r *Replication, rev uint64) (uint64, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return 0, err
+	}
+	nrev, err := s.kv.Update(ctx, key(r.ID), b, rev)
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil:
+		return nrev, nil
+	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
+		if _, _, gerr := s.Get(ctx, r.ID); errors.Is(gerr, ErrNotFound) {
+			return 0, gerr
+		}
+		return 0, fmt.Errorf("store replication %s: %w", r.ID, ErrConflict)
+	}
+	return 0, fmt.Errorf("store replication %s: %w", r.ID, err)
+}
+
+// Delete removes a record.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if err := s.kv.Delete(ctx, key(id)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete replication %s: %w", id, err)
+	}
+	return nil
 }
 
 // List returns every replication, oldest first.

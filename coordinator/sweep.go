@@ -27,7 +27,7 @@ func (c *Coordinator) Sweep(ctx context.Context, retention time.Duration) (strea
 		if !ok {
 			continue
 		}
-		r, _, err := c.store.Get(ctx, id)
+		r, _, err := c.records.Get(ctx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):
 		case err != nil:
@@ -47,7 +47,7 @@ func (c *Coordinator) Sweep(ctx context.Context, retention time.Duration) (strea
 		c.log.Info("deleted the stream of a finished replication", "replication", id)
 		streamsGone++
 	}
-	all, err := c.store.List(ctx)
+	all, err := c.records.List(ctx)
 	if err != nil {
 		return streamsGone, 0, err
 	}
@@ -56,8 +56,8 @@ func (c *Coordinator) Sweep(ctx context.Context, retention time.Duration) (strea
 		if !r.State.Terminal() || r.Updated.After(cutoff) {
 			continue
 		}
-		if err := c.store.kv.Delete(ctx, key(r.ID)); err != nil {
-			return streamsGone, recordsGone, fmt.Errorf("expire record of %s: %w", r.ID, err)
+		if err := c.records.Delete(ctx, r.ID); err != nil {
+			return streamsGone, recordsGone, err
 		}
 		recordsGone++
 	}

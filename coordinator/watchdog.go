@@ -63,7 +63,7 @@ func (c *Coordinator) Watchdog(ctx context.Context, id string, stall time.Durati
 			return
 		case <-tick.C:
 		}
-		r, _, err := c.store.Get(ctx, id)
+		r, _, err := c.records.Get(ctx, id)
 		if err != nil {
 			if ctx.Err() == nil {
 				c.log.Warn("watchdog cannot read the record; link to the server lost?", "replication", id, "error", err)
