@@ -54,6 +54,8 @@ type job struct {
 	unacked  jetstream.Msg // newest applied delivery not yet acked
 	lastCkpt time.Time
 	lastSeq  uint64 // stream sequence of the newest delivery received
+	acked    jetstream.Msg
+	ackedSeq uint64 // stream sequence of the newest ack sent
 }
 
 // Checkpoint cadence of a native receive: often enough that a crash costs
@@ -205,10 +207,20 @@ func (j *job) checkpoint() error {
 	}
 	j.durable, j.lastCkpt = j.next, time.Now()
 	if j.unacked != nil {
-		_ = j.unacked.Ack()
+		j.ack(j.unacked)
 		j.unacked = nil
 	}
 	return nil
+}
+
+// ack confirms msg and everything before it (AckAll), and remembers it: an
+// ack is fire-and-forget, and one sent into a cut link is lost, so idle
+// sends it again when the server's ack floor stays behind.
+func (j *job) ack(msg jetstream.Msg) {
+	_ = msg.Ack()
+	if meta, err := msg.Metadata(); err == nil && meta.Sequence.Stream > j.ackedSeq {
+		j.acked, j.ackedSeq = msg, meta.Sequence.Stream
+	}
 }
 
 // Pull settings. Heartbeats on the pull are what notice a pull that died
@@ -372,6 +384,17 @@ func (j *job) idle(ctx context.Context, cons jetstream.Consumer, w *waiter) erro
 		j.log.Warn("link to the server lost? the consumer does not answer", "waiting_since", w.since.Format(time.RFC3339), "error", err)
 		return nil
 	}
+	if ci.AckFloor.Stream < j.ackedSeq && j.acked != nil {
+		// The ack went into a cut link: the server still counts those
+		// chunks pending and the sender waits for room they would free.
+		j.log.Warn("acks were lost with the link; acking again", "ack_floor", ci.AckFloor.Stream, "acked_seq", j.ackedSeq)
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := j.acked.DoubleAck(actx)
+		cancel()
+		if err != nil {
+			j.log.Warn("ack again", "error", err)
+		}
+	}
 	if ci.Delivered.Stream <= j.lastSeq || ci.NumAckPending == 0 {
 		return nil
 	}
@@ -414,7 +437,7 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 		j.rc.metrics.Applied(j.rc.target, 0, 0, 1)
 		switch {
 		case !j.native || m.Index < j.durable:
-			_ = msg.Ack()
+			j.ack(msg)
 		case m.Index == j.next-1:
 			j.unacked = msg // the newest delivery of the last applied chunk
 		}
@@ -436,7 +459,7 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 		return true, err
 	}
 	if !j.native {
-		_ = msg.Ack() // AckAll: confirms every chunk up to this one
+		j.ack(msg) // AckAll: confirms every chunk up to this one
 		return false, nil
 	}
 	j.unacked = msg
