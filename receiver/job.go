@@ -286,6 +286,9 @@ func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) 
 		if !errors.Is(err, errRepull) {
 			return err
 		}
+		// Acks of the consumer that was replaced must never be repeated to
+		// its successor.
+		j.acked, j.ackedSeq = nil, 0
 		if cons, err = j.stream.Consumer(ctx, streams.ConsumerName(j.rc.target)); err != nil {
 			return fmt.Errorf("consumer of %s: %w", j.rc.target, err)
 		}
