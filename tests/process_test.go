@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -45,8 +46,16 @@ func startSnapjet(t *testing.T, name string, args ...string) *proc {
 // startSnapjetEnv is startSnapjet with extra environment variables.
 func startSnapjetEnv(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
-	t.Logf("$ snapjet %s", strings.Join(args, " "))
-	cmd := exec.Command(snapjetBin, args...)
+	return startProcess(t, name, snapjetBin, env, args...)
+}
+
+// startProcess starts the program bin (snapjet, or a helper such as a
+// standalone nats-server) the way startSnapjet does: output in the test
+// log, killed with its process group in t.Cleanup.
+func startProcess(t *testing.T, name, bin string, env []string, args ...string) *proc {
+	t.Helper()
+	t.Logf("$ %s %s", filepath.Base(bin), strings.Join(args, " "))
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	// Its own process group lets cleanup reach orphaned btrfs children after
 	// the snapjet process itself was SIGKILLed. Pdeathsig ends it should the
@@ -63,7 +72,7 @@ func startSnapjetEnv(t *testing.T, name string, env []string, args ...string) *p
 	}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start snapjet %s: %v", name, err)
+		t.Fatalf("start %s %s: %v", filepath.Base(bin), name, err)
 	}
 	go func() {
 		p.err = cmd.Wait()

@@ -1,0 +1,288 @@
+package tests
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snapjet/snapjet/streams"
+)
+
+// recoveryBound is how soon after the WAN link returns every target must
+// have committed and `snapjet send` must have exited (issue 7, item 6a).
+const recoveryBound = 15 * time.Second
+
+// Two targets at a remote site: their receivers connect to the site's leaf
+// node (a stock nats-server without JetStream), whose one link to the hub
+// runs through a proxy; the sender connects to the hub. The link is cut and
+// held down, once while the stream is being sent and once when the
+// replication is in state sent, for 10 s and for 3 min. When it returns,
+// both targets must commit and the sender exit 0 within recoveryBound, with
+// no process restarted: the receivers must notice that their pulls died
+// with the link and pull again, and the sender must wait out the outage.
+//
+// The 3-minute cases run in parallel with each other (the machine is idle
+// while the link is down), so the test takes about 5 minutes in all.
+func TestLeafLinkCut(t *testing.T) {
+	for _, group := range []struct {
+		name     string
+		outage   time.Duration
+		parallel bool
+	}{
+		{name: "10s", outage: 10 * time.Second},
+		{name: "3m", outage: 3 * time.Minute, parallel: true},
+	} {
+		t.Run(group.name, func(t *testing.T) {
+			for _, phase := range []string{"sending", "sent"} {
+				t.Run(phase, func(t *testing.T) {
+					if group.parallel {
+						t.Parallel()
+					}
+					leafLinkCut(t, phase, group.outage)
+				})
+			}
+		})
+	}
+}
+
+// leafLinkCut runs one case. phase says where the cut lands:
+//
+//   - sending: the receivers have applied killPoint % of the stream. The
+//     sender's window (8 MiB) is much smaller than the stream (33 MiB), so
+//     the sender is still in state sending, waiting for room, for the whole
+//     outage (checked at the cut and before the link returns).
+//   - sent: the moment the end marker is stored. The window (the default
+//     1 GiB) holds the whole stream, so the sender, on the hub's side of the
+//     link, stores it at full speed, while each receiver has to pull every
+//     byte across the link and apply it; the test checks at the cut that
+//     neither target has acknowledged the whole stream nor committed, and
+//     fails as "scenario not reached" otherwise. Cutting at the end marker
+//     (rather than waiting for a window to drain) means the link is down
+//     for the whole of state sent with as much of the stream still to be
+//     applied as possible.
+func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
+	source := filepath.Join(newSourceFS(t, 2<<30), "data")
+	t1 := newTarget(t, 2<<30, "t1")
+	t2 := newTarget(t, 2<<30, "t2")
+	// Small enough that applying what is left after the outage takes a
+	// few seconds of the recovery bound on a loaded machine (the bound is
+	// about noticing that the link is back, not about throughput); larger
+	// in state sent, where the receivers must still be behind when the
+	// sender has stored the whole stream.
+	bulk := int64(32 * mib)
+	if phase == "sent" {
+		bulk = 48 * mib
+	}
+	size := dataSet{seed: 31, bulk: bulk}.newSource(t, source)
+	site := startLeafSite(t)
+	recv1 := startReceiver(t, site.leafURL(), "t1", t1)
+	recv2 := startReceiver(t, site.leafURL(), "t2", t2)
+	args := []string{"send", "--server", site.hubURL(), "--to", "t1,t2"}
+	if phase == "sending" {
+		args = append(args, "--window", strconv.Itoa(8*mib))
+	}
+	send := startSnapjet(t, "send", append(args, source)...)
+	procs := []*proc{site.hub, site.leaf, recv1, recv2, send}
+	probe := newProbe(t, site.hubURL())
+
+	var rep replication
+	switch phase {
+	case "sending":
+		rep = waitForReplication(t, send, site.liveStatus, "the cut point", probe.appliedAtLeast(killPoint, size, chunkSize, t1))
+		site.cutLink()
+	case "sent":
+		rep = waitForReplication(t, send, site.liveStatus, "the end marker stored", probe.endStored())
+		site.cutLink()
+		for _, dir := range []string{t1, t2} {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			acked, err := probe.acked(ctx, rep, dir)
+			last, lerr := probe.published(ctx, rep)
+			cancel()
+			if err != nil || lerr != nil {
+				t.Fatalf("read %s's progress on the hub: %v %v", dir, err, lerr)
+			}
+			if acked >= last || committedAt(dir, rep) {
+				t.Fatalf("scenario not reached: %s had acknowledged %d of %d messages (committed %v) when the link was cut",
+					dir, acked, last, committedAt(dir, rep))
+			}
+			t.Logf("at the cut %s had acknowledged %d of %d messages", filepath.Base(dir), acked, last)
+		}
+	}
+	cutAt := time.Now()
+	site.waitState(send, rep, phase)
+	for _, dir := range []string{t1, t2} {
+		assertNoPartialCommitted(t, dir, rep)
+	}
+
+	// The fault itself: the link stays down for the outage.
+	t.Logf("holding the link down for %v", outage)
+	site.holdDown(cutAt.Add(outage))
+	for _, p := range procs {
+		if p.exited() {
+			t.Fatalf("%s exited while the link was down", p.name)
+		}
+	}
+	site.waitState(send, rep, phase)
+	for _, dir := range []string{t1, t2} {
+		if committedAt(dir, rep) {
+			t.Errorf("%s committed while the link to the hub was down", dir)
+		}
+		assertNoPartialCommitted(t, dir, rep)
+	}
+
+	back := site.restoreLink()
+	deadline := back.Add(recoveryBound)
+	events := map[string]time.Duration{}
+	pending := func() []string {
+		var out []string
+		for _, what := range []string{"leaf node relinked", "t1 committed", "t2 committed", "send exited"} {
+			if _, ok := events[what]; !ok {
+				out = append(out, what)
+			}
+		}
+		return out
+	}
+	for len(pending()) > 0 && time.Now().Before(deadline) {
+		for _, what := range pending() {
+			var happened bool
+			switch what {
+			case "leaf node relinked":
+				happened = site.linkUp(t.Context())
+			case "t1 committed":
+				happened = committedAt(t1, rep)
+			case "t2 committed":
+				happened = committedAt(t2, rep)
+			case "send exited":
+				happened = send.exited()
+			}
+			if happened {
+				events[what] = time.Since(back)
+				t.Logf("%s %.1fs after the link returned", what, events[what].Seconds())
+			}
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-t.Context().Done():
+			t.Fatal(t.Context().Err())
+		}
+	}
+	if missing := pending(); len(missing) > 0 {
+		site.explain(probe, rep, t1, t2)
+		t.Fatalf("%v after the link returned (cut for %v in state %s), still missing: %s",
+			recoveryBound, outage, phase, strings.Join(missing, ", "))
+	}
+
+	res := send.wait(0)
+	if res.code != 0 {
+		t.Fatalf("send exited %d after the link returned, want 0: %s", res.code, res.stderr)
+	}
+	for _, p := range procs[:4] {
+		if p.exited() {
+			t.Errorf("%s exited; no process may need a restart after a link cut", p.name)
+		}
+	}
+	done := assertDone(t, site.status(), rep.SnapshotName)
+	t.Logf("figures: attempt %d, %d chunks, %d wire bytes; %d bytes crossed the link to the leaf node, %d to the hub",
+		done.Attempt, done.TotalChunks, done.WireBytes, site.link.toClient.Load(), site.link.toServer.Load())
+	assertReplicated(t, rep.Snapshot, t1, t2)
+	waitUntil(t, nil, recoveryBound, "the receivers to clear their staging", func(context.Context) bool {
+		return stagingEmpty(t1) && stagingEmpty(t2)
+	})
+	assertStagingEmpty(t, t1)
+	assertStagingEmpty(t, t2)
+}
+
+// waitState waits (bounded) until status on the hub shows rep in the
+// state the case needs at its cut: a fault in another state tests
+// something else.
+func (s *leafSite) waitState(send *proc, rep replication, state string) {
+	s.t.Helper()
+	var last string
+	waitUntil(s.t, send, 30*time.Second, "replication "+rep.ID+" in state "+state, func(ctx context.Context) bool {
+		doc, err := s.liveStatus(ctx)
+		if err != nil {
+			return false
+		}
+		r, ok := doc.bySnapshot(rep.SnapshotName)
+		if !ok {
+			return false
+		}
+		if r.State != last {
+			s.t.Logf("status: %v", r)
+			last = r.State
+		}
+		return r.State == state
+	})
+}
+
+// explain logs what the hub knows about each target's consumer, for a
+// failure: whether the receiver has a pull waiting, what it was delivered
+// and what it acknowledged.
+func (s *leafSite) explain(probe *jsProbe, rep replication, dirs ...string) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if doc, err := s.liveStatus(ctx); err == nil {
+		if r, ok := doc.bySnapshot(rep.SnapshotName); ok {
+			s.t.Logf("status: %v", r)
+		}
+	}
+	for _, dir := range dirs {
+		name := filepath.Base(dir)
+		c, err := probe.js.Consumer(ctx, streams.StreamName(rep.ID), streams.ConsumerName(name))
+		if err != nil {
+			s.t.Logf("consumer of %s: %v", name, err)
+			continue
+		}
+		i := c.CachedInfo()
+		s.t.Logf("consumer of %s on the hub: waiting pulls %d, delivered up to seq %d, acknowledged up to seq %d, %d pending acks, %d not yet delivered, %d redelivered",
+			name, i.NumWaiting, i.Delivered.Stream, i.AckFloor.Stream, i.NumAckPending, i.NumPending, i.NumRedelivered)
+	}
+}
+
+// endStored holds once the end marker of the current attempt is the last
+// message stored in rep's stream.
+func (p *jsProbe) endStored() func(context.Context, replication) bool {
+	return func(ctx context.Context, rep replication) bool {
+		s, err := p.js.Stream(ctx, streams.StreamName(rep.ID))
+		if err != nil {
+			return false
+		}
+		last, err := s.GetLastMsgForSubject(ctx, streams.Subject(rep.ID))
+		if err != nil {
+			return false
+		}
+		h, err := streams.DecodeHeader(last.Header)
+		if err != nil || h.Kind != streams.KindEnd {
+			return false
+		}
+		p.t.Logf("JetStream: end marker of attempt %d stored at seq %d", h.Attempt, last.Sequence)
+		return true
+	}
+}
+
+// stagingEmpty reports whether TARGET/.snapjet/incoming holds nothing.
+func stagingEmpty(target string) bool {
+	entries, err := os.ReadDir(filepath.Join(target, ".snapjet", "incoming"))
+	return os.IsNotExist(err) || (err == nil && len(entries) == 0)
+}
+
+// holdDown keeps the link down until the given moment, checking every
+// second that the leaf node has not found another way to the hub.
+func (s *leafSite) holdDown(until time.Time) {
+	s.t.Helper()
+	for time.Now().Before(until) {
+		if s.linkUp(s.t.Context()) {
+			s.t.Fatal("the leaf node reached the hub while the link was cut: it went around the proxy")
+		}
+		select {
+		case <-time.After(min(time.Second, time.Until(until))):
+		case <-s.t.Context().Done():
+			s.t.Fatal(s.t.Context().Err())
+		}
+	}
+}
