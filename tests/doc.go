@@ -7,7 +7,10 @@
 // is ever taken for complete.
 //
 // The suite needs root (loop devices, mount) and btrfs-progs; it builds
-// ./cmd/snapjet once and runs in two to three minutes on two cores:
+// ./cmd/snapjet once (and the standalone nats-server go.mod pins, for the
+// hub and leaf node of TestLeafLinkCut) and runs in about eight minutes on
+// two cores, five of them TestLeafLinkCut, which holds a WAN link down for
+// 10 s and for 3 minutes:
 //
 //	sudo go test ./tests -v
 //
