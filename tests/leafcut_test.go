@@ -135,6 +135,7 @@ func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
 		assertNoPartialCommitted(t, dir, rep)
 	}
 
+	site.explain(probe, rep, t1, t2) // the hub's view at the end of the outage
 	back := site.restoreLink()
 	deadline := back.Add(recoveryBound)
 	// The leaf node's relink is only logged: the bound is on the commits.
@@ -231,9 +232,9 @@ func (s *leafSite) waitState(send *proc, rep replication, state string) {
 	})
 }
 
-// explain logs what the hub knows about each target's consumer, for a
-// failure: whether the receiver has a pull waiting, what it was delivered
-// and what it acknowledged.
+// explain logs what the hub knows about each target's consumer: whether
+// the receiver has a pull waiting, what it was delivered and what it
+// acknowledged.
 func (s *leafSite) explain(probe *jsProbe, rep replication, dirs ...string) {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -242,6 +243,9 @@ func (s *leafSite) explain(probe *jsProbe, rep replication, dirs ...string) {
 		if r, ok := doc.bySnapshot(rep.SnapshotName); ok {
 			s.t.Logf("status: %v", r)
 		}
+	}
+	if last, err := probe.published(ctx, rep); err == nil {
+		s.t.Logf("stream of %s on the hub: last seq %d", rep.ID, last)
 	}
 	for _, dir := range dirs {
 		name := filepath.Base(dir)
