@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -52,10 +53,16 @@ func TestLeafLinkCut(t *testing.T) {
 
 // leafLinkCut runs one case. phase says where the cut lands:
 //
-//   - sending: the receivers have applied killPoint % of the stream. The
-//     sender's window (8 MiB) is much smaller than the stream (33 MiB), so
-//     the sender is still in state sending, waiting for room, for the whole
-//     outage (checked at the cut and before the link returns).
+//   - sending: t1 has applied killPoint % of the stream, and the hub has
+//     delivered every stored chunk to both targets, which have not
+//     acknowledged all of them (at the latest when t1 has applied 50 %).
+//     The sender's window (8 MiB) is much smaller
+//     than the stream (33 MiB), so the sender is still in state sending,
+//     waiting for room, for the whole outage (checked at the cut and before
+//     the link returns). Nothing new can reach a receiver after the outage
+//     until the sender has room, and it gets room only from the receivers'
+//     acks, which were in flight or sent into the dead link: a receiver must
+//     make its position known again by itself, or wait for AckWait (30 s).
 //   - sent: the moment the end marker is stored. The window (the default
 //     1 GiB) holds the whole stream, so the sender, on the hub's side of the
 //     link, stores it at full speed, while each receiver has to pull every
@@ -93,7 +100,15 @@ func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
 	var rep replication
 	switch phase {
 	case "sending":
-		rep = waitForReplication(t, send, site.liveStatus, "the cut point", probe.appliedAtLeast(killPoint, size, chunkSize, t1))
+		// The cut lands after killPoint %, when every stored chunk has been
+		// delivered to both targets, or at the latest at 50 %: later, the
+		// acks in flight could give the sender room for the end marker.
+		applied := probe.appliedAtLeast(killPoint, size, chunkSize, t1)
+		latest := probe.appliedAtLeast(50, size, chunkSize, t1)
+		delivered := probe.allDelivered(t1, t2)
+		rep = waitForReplication(t, send, site.liveStatus, "the cut point", func(ctx context.Context, rep replication) bool {
+			return applied(ctx, rep) && (delivered(ctx, rep) || latest(ctx, rep))
+		})
 		site.cutLink()
 	case "sent":
 		rep = waitForReplication(t, send, site.liveStatus, "the end marker stored", probe.endStored())
@@ -257,6 +272,36 @@ func (s *leafSite) explain(probe *jsProbe, rep replication, dirs ...string) {
 		i := c.CachedInfo()
 		s.t.Logf("consumer of %s on the hub: waiting pulls %d, delivered up to seq %d, acknowledged up to seq %d, %d pending acks, %d not yet delivered, %d redelivered",
 			name, i.NumWaiting, i.Delivered.Stream, i.AckFloor.Stream, i.NumAckPending, i.NumPending, i.NumRedelivered)
+	}
+}
+
+// allDelivered holds once the hub has delivered every message stored in
+// rep's stream to the targets in dirs, and none of them has acknowledged
+// all it was delivered.
+func (p *jsProbe) allDelivered(dirs ...string) func(context.Context, replication) bool {
+	return func(ctx context.Context, rep replication) bool {
+		last, err := p.published(ctx, rep)
+		if err != nil {
+			return false
+		}
+		var views []string
+		for _, dir := range dirs {
+			name, _, ok := rep.target(dir)
+			if !ok {
+				return false
+			}
+			c, err := p.js.Consumer(ctx, streams.StreamName(rep.ID), streams.ConsumerName(name))
+			if err != nil {
+				return false
+			}
+			i := c.CachedInfo()
+			if int64(i.Delivered.Stream) != last || i.AckFloor.Stream >= i.Delivered.Stream {
+				return false
+			}
+			views = append(views, fmt.Sprintf("%s acknowledged up to %d", name, i.AckFloor.Stream))
+		}
+		p.t.Logf("JetStream: all %d stored messages delivered; %s", last, strings.Join(views, ", "))
+		return true
 	}
 }
 
