@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,35 +35,59 @@ func TestLeafLinkCut(t *testing.T) {
 		name     string
 		outage   time.Duration
 		parallel bool
+		cases    []cutCase
 	}{
-		{name: "10s", outage: 10 * time.Second},
-		{name: "3m", outage: 3 * time.Minute, parallel: true},
+		{name: "10s", outage: 10 * time.Second, cases: []cutCase{
+			{name: "sending", state: "sending"},
+			{name: "sending-acks-held", state: "sending", holdAcks: true},
+			{name: "sent", state: "sent"},
+		}},
+		// A 3-minute outage outlasts AckWait (30 s): the hub redelivers
+		// what was unacknowledged at the cut, so holding acks adds nothing.
+		{name: "3m", outage: 3 * time.Minute, parallel: true, cases: []cutCase{
+			{name: "sending", state: "sending"},
+			{name: "sent", state: "sent"},
+		}},
 	} {
 		t.Run(group.name, func(t *testing.T) {
-			for _, phase := range []string{"sending", "sent"} {
-				t.Run(phase, func(t *testing.T) {
+			for _, c := range group.cases {
+				t.Run(c.name, func(t *testing.T) {
 					if group.parallel {
 						t.Parallel()
 					}
-					leafLinkCut(t, phase, group.outage)
+					leafLinkCut(t, c, group.outage)
 				})
 			}
 		})
 	}
 }
 
-// leafLinkCut runs one case. phase says where the cut lands:
+// cutCase says where a cut lands.
+type cutCase struct {
+	name string
+	// state is the replication's state at the cut and while the link is
+	// down: sending or sent.
+	state string
+	// holdAcks stops both receivers (SIGSTOP) for the moment of the cut,
+	// so the acks for the chunks they were delivered go out only once the
+	// link is dead: a receiver busy in fsync at the cut does the same.
+	holdAcks bool
+}
+
+// leafLinkCut runs one case:
 //
 //   - sending: t1 has applied killPoint % of the stream, and the hub has
 //     delivered every stored chunk to both targets, which have not
 //     acknowledged all of them (at the latest when t1 has applied 50 %).
-//     The sender's window (8 MiB) is much smaller
-//     than the stream (33 MiB), so the sender is still in state sending,
-//     waiting for room, for the whole outage (checked at the cut and before
-//     the link returns). Nothing new can reach a receiver after the outage
-//     until the sender has room, and it gets room only from the receivers'
-//     acks, which were in flight or sent into the dead link: a receiver must
-//     make its position known again by itself, or wait for AckWait (30 s).
+//     The sender's window (8 MiB) is much smaller than the stream
+//     (33 MiB), so the sender is still in state sending, waiting for room,
+//     for the whole outage (checked at the cut and before the link
+//     returns). Nothing new can reach a receiver after the outage until the
+//     sender has room, and it gets room only from the receivers' acks,
+//     which were in flight or sent into the dead link: a receiver must make
+//     its position known again by itself, or wait for AckWait (30 s). With
+//     holdAcks, that is so every time, not only when the cut happens to
+//     catch an ack.
 //   - sent: the moment the end marker is stored. The window (the default
 //     1 GiB) holds the whole stream, so the sender, on the hub's side of the
 //     link, stores it at full speed, while each receiver has to pull every
@@ -72,7 +97,7 @@ func TestLeafLinkCut(t *testing.T) {
 //     (rather than waiting for a window to drain) means the link is down
 //     for the whole of state sent with as much of the stream still to be
 //     applied as possible.
-func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
+func leafLinkCut(t *testing.T, c cutCase, outage time.Duration) {
 	source := filepath.Join(newSourceFS(t, 2<<30), "data")
 	t1 := newTarget(t, 2<<30, "t1")
 	t2 := newTarget(t, 2<<30, "t2")
@@ -82,7 +107,7 @@ func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
 	// in state sent, where the receivers must still be behind when the
 	// sender has stored the whole stream.
 	bulk := int64(32 * mib)
-	if phase == "sent" {
+	if c.state == "sent" {
 		bulk = 48 * mib
 	}
 	size := dataSet{seed: 31, bulk: bulk}.newSource(t, source)
@@ -90,7 +115,7 @@ func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
 	recv1 := startReceiver(t, site.leafURL(), "t1", t1)
 	recv2 := startReceiver(t, site.leafURL(), "t2", t2)
 	args := []string{"send", "--server", site.hubURL(), "--to", "t1,t2"}
-	if phase == "sending" {
+	if c.state == "sending" {
 		args = append(args, "--window", strconv.Itoa(8*mib))
 	}
 	send := startSnapjet(t, "send", append(args, source)...)
@@ -98,18 +123,30 @@ func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
 	probe := newProbe(t, site.hubURL())
 
 	var rep replication
-	switch phase {
+	switch c.state {
 	case "sending":
 		// The cut lands after killPoint %, when every stored chunk has been
 		// delivered to both targets, or at the latest at 50 %: later, the
 		// acks in flight could give the sender room for the end marker.
-		applied := probe.appliedAtLeast(killPoint, size, chunkSize, t1)
-		latest := probe.appliedAtLeast(50, size, chunkSize, t1)
 		delivered := probe.allDelivered(t1, t2)
 		rep = waitForReplication(t, send, site.liveStatus, "the cut point", func(ctx context.Context, rep replication) bool {
-			return applied(ctx, rep) && (delivered(ctx, rep) || latest(ctx, rep))
+			n, err := probe.acked(ctx, rep, t1)
+			percent := n * chunkSize * 100 / size
+			ok := err == nil && percent >= killPoint && (percent >= 50 || delivered(ctx, rep))
+			if ok {
+				t.Logf("JetStream: t1 has acknowledged %d chunks (%d%% of %d MiB)", n, percent, size/mib)
+			}
+			return ok
 		})
+		if c.holdAcks {
+			recv1.signal(syscall.SIGSTOP)
+			recv2.signal(syscall.SIGSTOP)
+		}
 		site.cutLink()
+		if c.holdAcks {
+			recv1.signal(syscall.SIGCONT)
+			recv2.signal(syscall.SIGCONT)
+		}
 	case "sent":
 		rep = waitForReplication(t, send, site.liveStatus, "the end marker stored", probe.endStored())
 		site.cutLink()
@@ -129,7 +166,7 @@ func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
 		}
 	}
 	cutAt := time.Now()
-	site.waitState(send, rep, phase)
+	site.waitState(send, rep, c.state)
 	for _, dir := range []string{t1, t2} {
 		assertNoPartialCommitted(t, dir, rep)
 	}
@@ -142,7 +179,7 @@ func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
 			t.Fatalf("%s exited while the link was down", p.name)
 		}
 	}
-	site.waitState(send, rep, phase)
+	site.waitState(send, rep, c.state)
 	for _, dir := range []string{t1, t2} {
 		if committedAt(dir, rep) {
 			t.Errorf("%s committed while the link to the hub was down", dir)
@@ -201,7 +238,7 @@ func leafLinkCut(t *testing.T, phase string, outage time.Duration) {
 			}
 		}
 		t.Fatalf("%v after the link returned (cut for %v in state %s), still missing: %s",
-			recoveryBound, outage, phase, strings.Join(missing, ", "))
+			recoveryBound, outage, c.state, strings.Join(missing, ", "))
 	}
 
 	res := send.wait(0)
