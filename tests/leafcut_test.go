@@ -138,15 +138,21 @@ func leafLinkCut(t *testing.T, c cutCase, outage time.Duration) {
 			}
 			return ok
 		})
-		if c.holdAcks {
-			recv1.signal(syscall.SIGSTOP)
-			recv2.signal(syscall.SIGSTOP)
+		if !c.holdAcks {
+			site.cutLink()
+			break
 		}
+		// Stopped, the receivers send nothing, while what the hub
+		// delivered still reaches their sockets through the leaf node: once
+		// nothing more crosses the link, they will find every delivered
+		// chunk when they continue, and ack it into the dead link.
+		recv1.signal(syscall.SIGSTOP)
+		recv2.signal(syscall.SIGSTOP)
+		site.waitQuietLink(200 * time.Millisecond)
 		site.cutLink()
-		if c.holdAcks {
-			recv1.signal(syscall.SIGCONT)
-			recv2.signal(syscall.SIGCONT)
-		}
+		recv1.signal(syscall.SIGCONT)
+		recv2.signal(syscall.SIGCONT)
+		site.explain(probe, rep, t1, t2) // the acks the hub is left waiting for
 	case "sent":
 		rep = waitForReplication(t, send, site.liveStatus, "the end marker stored", probe.endStored())
 		site.cutLink()
@@ -367,6 +373,19 @@ func (p *jsProbe) endStored() func(context.Context, replication) bool {
 func stagingEmpty(target string) bool {
 	entries, err := os.ReadDir(filepath.Join(target, ".snapjet", "incoming"))
 	return os.IsNotExist(err) || (err == nil && len(entries) == 0)
+}
+
+// waitQuietLink waits (bounded) until no byte has crossed the link towards
+// the leaf node for quiet.
+func (s *leafSite) waitQuietLink(quiet time.Duration) {
+	s.t.Helper()
+	last, since := s.link.toClient.Load(), time.Now()
+	waitUntil(s.t, nil, 10*time.Second, "the link to fall quiet", func(context.Context) bool {
+		if n := s.link.toClient.Load(); n != last {
+			last, since = n, time.Now()
+		}
+		return time.Since(since) >= quiet
+	})
 }
 
 // holdDown keeps the link down until the given moment, checking every
