@@ -23,13 +23,18 @@ const recoveryBound = 15 * time.Second
 // node (a stock nats-server without JetStream), whose one link to the hub
 // runs through a proxy; the sender connects to the hub. The link is cut and
 // held down, once while the stream is being sent and once when the
-// replication is in state sent, for 10 s and for 3 min. When it returns,
-// both targets must commit and the sender exit 0 within recoveryBound, with
-// no process restarted: the receivers must notice that their pulls died
-// with the link and pull again, and the sender must wait out the outage.
+// replication is in state sent, for 10 s and for 3 min; a fifth case cuts
+// for 10 s while sending with the receivers' acks for every delivered chunk
+// still to be sent. When the link returns, both targets must commit and the
+// sender exit 0 within recoveryBound, with no process restarted: the
+// receivers must notice that their pulls (and acks) died with the link and
+// pull again, and the sender must wait out the outage. Committed replicas
+// must equal the source, be read-only with the source snapshot's UUID as
+// received UUID; nothing partial may appear at the final name during the
+// outage, and staging must be empty at the end.
 //
 // The 3-minute cases run in parallel with each other (the machine is idle
-// while the link is down), so the test takes about 5 minutes in all.
+// while the link is down), so the test takes about 5.5 minutes in all.
 func TestLeafLinkCut(t *testing.T) {
 	for _, group := range []struct {
 		name     string
