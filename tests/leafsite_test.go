@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,11 +16,13 @@ import (
 )
 
 // The hub-and-leaf deployment of deploy/nats: a standalone nats-server hub
-// with JetStream, and a stock nats-server leaf node without JetStream whose
-// one link to the hub runs through a tcpProxy, so a test can cut the WAN.
-// Both run the repository's configuration files, changed only where a test
-// must: loopback ports, a temporary store, the hub's address in the leaf's
-// remote.
+// with JetStream in domain "hub", and a stock nats-server leaf node without
+// JetStream whose clients reach the hub's JetStream through
+// default_js_domain, and whose one link to the hub runs through a proxy, so
+// a test can cut the WAN. The configurations carry what matters for that
+// (domain, default_js_domain, max_payload, the leafnode link and its
+// authorization) on loopback ports; they leave out TLS and client
+// passwords, which deploy/nats's own tests cover.
 
 var (
 	natsServerOnce sync.Once
@@ -49,13 +50,6 @@ func natsServerBinary(t *testing.T) string {
 	return natsServerPath
 }
 
-// The clients' and the leaf node's credentials in deploy/nats/hub.conf.
-const (
-	hubClientUser     = "snapjet"
-	hubClientPassword = "CHANGE-ME-clients"
-	hubClientEntry    = `{ user: snapjet, password: "CHANGE-ME-clients" }`
-)
-
 // leafSite is a hub with a leaf node whose link to the hub can be cut.
 type leafSite struct {
 	t        *testing.T
@@ -77,15 +71,24 @@ func startLeafSite(t *testing.T) *leafSite {
 	hubLeafAddr := freeAddr(t)
 	s.link = startProxy(t, hubLeafAddr)
 
-	hubConf := configFrom(t, "hub.conf", map[string]string{
-		"listen: 0.0.0.0:4222":               "listen: " + s.hubAddr,
-		"store_dir: /var/lib/nats/jetstream": fmt.Sprintf("store_dir: %q", filepath.Join(dir, "jetstream")),
-		// The hub tells leaf nodes where else to reach it; in a real
-		// deployment that is its WAN address, here the proxy's.
-		"  listen: 0.0.0.0:7422": "  listen: " + hubLeafAddr + "\n  advertise: " + s.link.addr(),
-		// Unchanged, but the clients below rely on these credentials.
-		hubClientEntry: hubClientEntry,
-	}, dir)
+	hubConf := writeConfig(t, dir, "hub.conf", fmt.Sprintf(`
+server_name: snapjet-hub
+listen: %q
+max_payload: 8MB
+jetstream {
+  store_dir: %q
+  domain: hub
+  max_file_store: 8GB
+  max_memory_store: 256MB
+}
+leafnodes {
+  listen: %q
+  # The hub tells leaf nodes where else to reach it; in a real deployment
+  # that is its WAN address, here the proxy's.
+  advertise: %q
+  authorization { user: leaf, password: "CHANGE-ME-leaf" }
+}
+`, s.hubAddr, filepath.Join(dir, "jetstream"), hubLeafAddr, s.link.addr()))
 	s.hub = startProcess(t, "hub", bin, nil, "-c", hubConf)
 	waitUntil(t, s.hub, 30*time.Second, "the hub to accept clients on "+s.hubAddr, func(ctx context.Context) bool {
 		return dialable(s.hubAddr)
@@ -94,10 +97,16 @@ func startLeafSite(t *testing.T) *leafSite {
 		return dialable(hubLeafAddr)
 	})
 
-	leafConf := configFrom(t, "leaf.conf", map[string]string{
-		"listen: 127.0.0.1:4222": "listen: " + s.leafAddr,
-		`url: "nats-leaf://leaf:CHANGE-ME-leaf@hub.example.net:7422"`: `url: "nats-leaf://leaf:CHANGE-ME-leaf@` + s.link.addr() + `"`,
-	}, dir)
+	leafConf := writeConfig(t, dir, "leaf.conf", fmt.Sprintf(`
+server_name: snapjet-leaf-site-a
+listen: %q
+max_payload: 8MB
+# Clients without an account ($G) use the hub's JetStream.
+default_js_domain: { $G: hub }
+leafnodes {
+  remotes = [ { url: "nats-leaf://leaf:CHANGE-ME-leaf@%s" } ]
+}
+`, s.leafAddr, s.link.addr()))
 	s.leaf = startProcess(t, "leaf", bin, nil, "-c", leafConf)
 	waitUntil(t, s.leaf, 30*time.Second, "the leaf node to accept clients on "+s.leafAddr, func(ctx context.Context) bool {
 		return dialable(s.leafAddr)
@@ -118,9 +127,7 @@ func startLeafSite(t *testing.T) *leafSite {
 }
 
 // hubURL is how senders, status and probes reach the hub.
-func (s *leafSite) hubURL() string {
-	return fmt.Sprintf("nats://%s:%s@%s", hubClientUser, hubClientPassword, s.hubAddr)
-}
+func (s *leafSite) hubURL() string { return "nats://" + s.hubAddr }
 
 // leafURL is how the site's receivers reach the leaf node.
 func (s *leafSite) leafURL() string { return "nats://" + s.leafAddr }
@@ -169,23 +176,9 @@ func (s *leafSite) restoreLink() time.Time {
 	return time.Now()
 }
 
-// configFrom writes the repository's deploy/nats/name with each key of
-// edits replaced by its value into dir and returns the new file. A key that
-// is not in the file fails the test: the deployment file changed and the
-// test must follow it, not silently run another configuration.
-func configFrom(t *testing.T, name string, edits map[string]string, dir string) string {
+// writeConfig writes a nats-server configuration file into dir.
+func writeConfig(t *testing.T, dir, name, conf string) string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "deploy", "nats", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := string(data)
-	for from, to := range edits {
-		if n := strings.Count(conf, from); n != 1 {
-			t.Fatalf("deploy/nats/%s: want %q once, found it %d times", name, from, n)
-		}
-		conf = strings.Replace(conf, from, to, 1)
-	}
 	out := filepath.Join(dir, name)
 	if err := os.WriteFile(out, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
