@@ -56,7 +56,10 @@ type Info struct {
 	ReadOnly     bool
 	Generation   uint64
 	CTransID     uint64
-	Created      time.Time
+	// STransID is, for a received subvolume, the ctransid its source had
+	// when it was sent (0 otherwise).
+	STransID uint64
+	Created  time.Time
 }
 
 const (
@@ -147,6 +150,7 @@ func Inspect(path string) (Info, error) {
 		ReadOnly:     a.Flags&rootSubvolRDONLY != 0,
 		Generation:   a.Generation,
 		CTransID:     a.CTransID,
+		STransID:     a.STransID,
 		Created:      time.Unix(int64(a.OTime.Sec), int64(a.OTime.Nsec)),
 	}, nil
 }

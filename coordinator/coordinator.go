@@ -16,6 +16,9 @@ import (
 	"github.com/snapjet/snapjet/streams"
 )
 
+// handleTimeout bounds the work on one report; the receiver asks again.
+const handleTimeout = 30 * time.Second
+
 // DefaultMaxAttempts bounds the attempts of one run before the remaining
 // targets fail.
 const DefaultMaxAttempts = 3
@@ -28,6 +31,7 @@ type Coordinator struct {
 	svc         micro.Service
 	log         *slog.Logger
 	MaxAttempts int
+	now         func() time.Time // the clock of leases; tests move it
 
 	mu      sync.Mutex // serialises read-modify-write of records
 	serving map[string]bool
@@ -52,7 +56,7 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("start coordinator service: %w", err)
 	}
-	return &Coordinator{js: js, store: store, svc: svc, log: log, MaxAttempts: DefaultMaxAttempts, serving: map[string]bool{}}, nil
+	return &Coordinator{js: js, store: store, svc: svc, log: log, MaxAttempts: DefaultMaxAttempts, now: time.Now, serving: map[string]bool{}}, nil
 }
 
 // Store gives read access to the records.
@@ -61,10 +65,23 @@ func (c *Coordinator) Store() *Store { return c.store }
 // Close stops answering receivers.
 func (c *Coordinator) Close() error { return c.svc.Stop() }
 
-// Create stores a new replication record in state Planned and starts serving it.
+// Create stores a new replication record in state Planned and starts
+// serving it. Every target starts its first attempt.
 func (c *Coordinator) Create(ctx context.Context, r *Replication) error {
-	r.State, r.Attempt, r.RunStart = Planned, 1, 1
+	r.State, r.Attempt = Planned, 1
 	r.Created, r.Updated = time.Now().UTC(), time.Now().UTC()
+	for _, t := range r.Targets {
+		if !t.State.Terminal() {
+			t.Attempts = max(t.Attempts, 1)
+		}
+	}
+	if len(r.Active()) == 0 {
+		// Every target failed before anything was sent (no receiver
+		// answered): the record says so, and a later run retries it.
+		if err := r.settle(); err != nil {
+			return err
+		}
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -75,6 +92,47 @@ func (c *Coordinator) Create(ctx context.Context, r *Replication) error {
 	return c.Serve(r.ID)
 }
 
+// Group is a set of targets that share one incremental parent, and so one
+// stream and one btrfs send.
+type Group struct {
+	Parent, ParentUUID string // empty: a full send
+	Targets            []string
+}
+
+// Split creates the record that target continues in after it left from
+// (see trouble): the same snapshot in a stream of its own, so its replay
+// costs the others nothing. full drops the incremental parent. Split is
+// idempotent: an existing record of that id is returned as it is.
+func (c *Coordinator) Split(ctx context.Context, from *Replication, target string, full bool) (*Replication, error) {
+	t := from.Targets[target]
+	g := Group{Parent: from.Parent, ParentUUID: from.ParentUUID, Targets: []string{target}}
+	if full {
+		g.Parent, g.ParentUUID = "", ""
+	}
+	return c.createFrom(ctx, from, t.MovedTo, g, t.Attempts+1)
+}
+
+// createFrom stores a record for group, made from the same snapshot as
+// from, whose targets start at attempt number attempts of this run.
+func (c *Coordinator) createFrom(ctx context.Context, from *Replication, id string, g Group, attempts int) (*Replication, error) {
+	if r, _, err := c.store.Get(ctx, id); err == nil {
+		return r, c.Serve(id)
+	}
+	r := &Replication{
+		ID: id, Origin: from.ID, Source: from.Source, SourceUUID: from.SourceUUID,
+		Snapshot: from.Snapshot, SnapshotName: from.SnapshotName, SnapshotUUID: from.SnapshotUUID,
+		Parent: g.Parent, ParentUUID: g.ParentUUID, ChunkSize: from.ChunkSize, Window: from.Window,
+		EstimatedBytes: from.EstimatedBytes, Targets: map[string]*Target{},
+	}
+	for _, name := range g.Targets {
+		r.Targets[name] = &Target{State: TPending, Attempts: attempts}
+	}
+	if err := c.Create(ctx, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // Serve starts answering the receivers of replication id. Idempotent.
 func (c *Coordinator) Serve(id string) error {
 	c.mu.Lock()
@@ -83,14 +141,16 @@ func (c *Coordinator) Serve(id string) error {
 		return nil
 	}
 	err := c.svc.AddEndpoint("report-"+id, micro.HandlerFunc(func(req micro.Request) {
-		v, err := c.handle(context.Background(), id, req.Data())
+		ctx, cancel := context.WithTimeout(context.Background(), handleTimeout)
+		defer cancel()
+		v, err := c.handle(ctx, id, streams.ReportTarget(req.Subject()), req.Data())
 		if err != nil {
 			c.log.Warn("receiver report refused", "replication", id, "error", err)
 			_ = req.Error("500", err.Error(), nil)
 			return
 		}
 		_ = req.RespondJSON(v)
-	}), micro.WithEndpointSubject(streams.ReportSubject(id)))
+	}), micro.WithEndpointSubject(streams.ReportSubjects(id)))
 	if err != nil {
 		return fmt.Errorf("serve replication %s: %w", id, err)
 	}
@@ -194,8 +254,8 @@ func markSent(r *Replication, attempt int, chunks, total, wire int64, digest str
 }
 
 // Restart discards the current attempt and starts the next one from the
-// first chunk; full drops the incremental parent. Past MaxAttempts the
-// remaining targets fail instead.
+// first chunk; full drops the incremental parent. Targets that spent their
+// attempt budget fail instead.
 //
 // attempt is the attempt the caller saw fail: when two parties report the
 // same failure, only the first restart counts.
@@ -207,8 +267,8 @@ func (c *Coordinator) Restart(ctx context.Context, id string, attempt int, reaso
 		if stale = r.State.Terminal() || r.Attempt != attempt; stale {
 			return nil
 		}
-		if n := r.Attempt - r.RunStart + 1; n >= c.MaxAttempts {
-			return failActive(r, fmt.Sprintf("gave up after %d attempts: %s", n, reason))
+		if active, err := r.exhausted(c.MaxAttempts, reason); err != nil || !active {
+			return err
 		}
 		if full {
 			r.Parent, r.ParentUUID = "", ""
@@ -218,34 +278,66 @@ func (c *Coordinator) Restart(ctx context.Context, id string, attempt int, reaso
 	if err != nil || stale {
 		return r, err
 	}
-	c.log.Warn("replication restarts", "replication", id, "attempt", r.Attempt, "reason", reason, "full", full)
+	c.log.Warn("replication restarts", "replication", id, "attempt", r.Attempt, "reason", reason, "full", full, "state", r.State)
 	return r, c.resetStream(ctx, r)
 }
 
-// Retry starts a new run of a failed replication: every target that did not
-// commit tries again, from a fresh attempt.
-func (c *Coordinator) Retry(ctx context.Context, id string) (*Replication, error) {
+// Retry starts a new run of a failed replication: its failed targets try
+// again with a fresh attempt budget. groups, when given, are the failed
+// targets by the parent each holds now (the sender asked them): the first
+// group stays in this record with its parent, every other one continues in
+// a record of its own. Without groups every failed target keeps the
+// record's parent.
+func (c *Coordinator) Retry(ctx context.Context, id string, groups []Group) (*Replication, error) {
 	c.resetting.Lock()
 	defer c.resetting.Unlock()
+	var moved []Group
+	retried := false
 	r, err := c.update(ctx, id, func(r *Replication) error {
-		if r.State != Failed {
-			return nil
+		moved = nil
+		if retried = r.State == Failed; !retried {
+			return nil // not failed: nothing to retry, and its stream is in use
 		}
-		for name, t := range r.Targets {
-			if t.State == TFailed {
-				if err := r.setTarget(name, TPending, ""); err != nil {
-					return err
+		if len(groups) == 0 {
+			groups = []Group{{Parent: r.Parent, ParentUUID: r.ParentUUID}}
+			for _, name := range SortedNames(r.Targets) {
+				if r.Targets[name].State == TFailed {
+					groups[0].Targets = append(groups[0].Targets, name)
 				}
 			}
 		}
-		if err := r.newAttempt("retry after: " + r.Error); err != nil {
-			return err
+		for i, g := range groups {
+			for _, name := range g.Targets {
+				t := r.Targets[name]
+				if t == nil || t.State != TFailed {
+					return fmt.Errorf("retry of %s: target %s did not fail", r.ID, name)
+				}
+				if i == 0 {
+					t.Attempts = 0 // newAttempt makes it the first of the run
+					if err := r.setTarget(name, TPending, ""); err != nil {
+						return err
+					}
+					continue
+				}
+				t.MovedTo = SplitID(r.ID, g.Targets[0])
+				if err := r.setTarget(name, TMoved, "its parent differs: continues in "+t.MovedTo); err != nil {
+					return err
+				}
+			}
+			if i > 0 {
+				moved = append(moved, g)
+			}
 		}
-		r.RunStart = r.Attempt
-		return nil
+		r.Parent, r.ParentUUID = groups[0].Parent, groups[0].ParentUUID
+		return r.newAttempt("retry after: " + r.Error)
 	})
-	if err != nil {
-		return nil, err
+	if err != nil || !retried {
+		return r, err
+	}
+	for _, g := range moved {
+		if _, err := c.createFrom(ctx, r, SplitID(r.ID, g.Targets[0]), g, 1); err != nil {
+			return nil, err
+		}
 	}
 	return r, c.resetStream(ctx, r)
 }
@@ -266,11 +358,7 @@ func (c *Coordinator) FailTarget(ctx context.Context, id string, attempt int, ta
 	if err != nil {
 		return err
 	}
-	if s, err := c.js.Stream(ctx, streams.StreamName(r.ID)); err == nil {
-		if err := s.DeleteConsumer(ctx, streams.ConsumerName(target)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return fmt.Errorf("drop consumer of %s: %w", target, err)
-		}
-	}
+	c.dropConsumer(ctx, r.ID, target)
 	return nil
 }
 

@@ -60,8 +60,13 @@ func (f *fixture) create(id string, names ...string) *Replication {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	if r.State != Sending || r.Attempt != 1 || r.RunStart != 1 {
-		f.t.Fatalf("after BeginAttempt: %s attempt %d run %d", r.State, r.Attempt, r.RunStart)
+	if r.State != Sending || r.Attempt != 1 {
+		f.t.Fatalf("after BeginAttempt: %s attempt %d", r.State, r.Attempt)
+	}
+	for _, n := range names {
+		if got := r.Targets[n].Attempts; got != 1 {
+			f.t.Fatalf("target %s starts at attempt %d of the run, want 1", n, got)
+		}
 	}
 	return r
 }
@@ -79,7 +84,7 @@ func (f *fixture) get(id string) *Replication {
 func (f *fixture) report(id string, rep streams.Report) (streams.Verdict, error) {
 	f.t.Helper()
 	body, _ := json.Marshal(rep)
-	msg, err := f.b.NC.Request(streams.ReportSubject(id), body, 10*time.Second)
+	msg, err := f.b.NC.Request(streams.ReportSubject(id, rep.Target), body, 10*time.Second)
 	if err != nil {
 		f.t.Fatalf("report %s: %v", rep.Event, err)
 	}
@@ -208,16 +213,16 @@ func TestRetryStartsAFreshRun(t *testing.T) {
 
 	// Retry of a replication that did not fail changes nothing.
 	other := f.create("r2", "x")
-	if got, err := f.c.Retry(f.ctx, "r2"); err != nil || got.State != Sending || got.Attempt != other.Attempt {
+	if got, err := f.c.Retry(f.ctx, "r2", nil); err != nil || got.State != Sending || got.Attempt != other.Attempt {
 		t.Errorf("retry of a sending replication: %v, %s attempt %d", err, got.State, got.Attempt)
 	}
 
-	r, err = f.c.Retry(f.ctx, "r1")
+	r, err = f.c.Retry(f.ctx, "r1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.State != Planned || r.Attempt != 2 || r.RunStart != 2 {
-		t.Errorf("after retry: %s attempt %d run %d", r.State, r.Attempt, r.RunStart)
+	if r.State != Planned || r.Attempt != 2 || r.Targets["bad"].Attempts != 1 {
+		t.Errorf("after retry: %s attempt %d, target's attempts in the new run %d", r.State, r.Attempt, r.Targets["bad"].Attempts)
 	}
 	if r.Targets["good"].State != TCommitted || r.Targets["bad"].State != TPending || r.Targets["bad"].Error != "" {
 		t.Errorf("targets after retry: good %+v, bad %+v", *r.Targets["good"], *r.Targets["bad"])
@@ -275,7 +280,9 @@ func TestReportsThroughTheService(t *testing.T) {
 		t.Error("the committed target keeps its consumer")
 	}
 
-	// b saw a different stream: its verdict is discard and a new attempt begins.
+	// b saw a different stream: its verdict is discard. The stream as
+	// stored gave the wrong result, so no replay: b is the only active
+	// target, and a new attempt begins.
 	v, err = f.report("r1", streams.Report{Event: streams.EvReceived, Target: "b", Attempt: 1, ChunksApplied: 1, BytesApplied: 10,
 		Digest: "sha256:00", ReceivedUUID: snapUUID, ReadOnly: true})
 	if err != nil || v.Action != streams.ActDiscard || v.Attempt != 2 || !strings.Contains(v.Reason, "digest") {
@@ -285,11 +292,11 @@ func TestReportsThroughTheService(t *testing.T) {
 	if r.Attempt != 2 || r.State != Planned || r.Targets["a"].State != TCommitted || r.Targets["b"].State != TPending {
 		t.Errorf("after the discard: %s attempt %d, a %s, b %s", r.State, r.Attempt, r.Targets["a"].State, r.Targets["b"].State)
 	}
-	if r.Targets["a"].Path != "/t/src.1" {
-		t.Errorf("committed path %q", r.Targets["a"].Path)
-	}
 	if n := f.streamMsgs("r1"); n != 0 {
 		t.Errorf("the discarded attempt left %d messages", n)
+	}
+	if r.Targets["a"].Path != "/t/src.1" {
+		t.Errorf("committed path %q", r.Targets["a"].Path)
 	}
 
 	// A late report of attempt 1 is refused and changes nothing.
@@ -352,7 +359,7 @@ func TestRewindReplaysOrRestarts(t *testing.T) {
 	if err != nil || v.Action != streams.ActStale || v.Attempt != 2 {
 		t.Fatalf("rewind without the start: %+v, %v", v, err)
 	}
-	if r := f.get("r1"); r.Attempt != 2 || r.State != Planned || !strings.Contains(r.Error, "no longer holds the start") {
+	if r := f.get("r1"); r.Attempt != 2 || r.State != Planned || !strings.Contains(r.Error, "lost its partial") {
 		t.Errorf("after the rewind: %s attempt %d %q", r.State, r.Attempt, r.Error)
 	}
 }
@@ -374,5 +381,27 @@ func TestProgressOfAnOldAttemptIsIgnored(t *testing.T) {
 	}
 	if _, _, err := f.c.Store().Get(f.ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get of an unknown id: %v", err)
+	}
+}
+
+// A report for one target sent on another target's subject is refused and
+// changes nothing: with per-site permissions on the subjects, site A cannot
+// report a commit for site B.
+func TestForgedReportIsRefused(t *testing.T) {
+	f := newFixture(t)
+	f.create("r1", "siteA", "siteB")
+	if err := f.c.MarkSent(f.ctx, "r1", 1, 1, 10, 10, digest); err != nil {
+		t.Fatal(err)
+	}
+	forged, _ := json.Marshal(streams.Report{Event: streams.EvCommitted, Target: "siteB", Attempt: 1, Path: "/t/src.1"})
+	msg, err := f.b.NC.Request(streams.ReportSubject("r1", "siteA"), forged, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := msg.Header.Get("Nats-Service-Error"); !strings.Contains(e, "refused") {
+		t.Errorf("forged report answered %q / %s, want a refusal", e, msg.Data)
+	}
+	if r := f.get("r1"); r.Targets["siteB"].State != TPending || r.State != Sent {
+		t.Errorf("a forged report changed the record: %s, siteB %s", r.State, r.Targets["siteB"].State)
 	}
 }

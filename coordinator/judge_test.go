@@ -16,10 +16,17 @@ const (
 // 4 chunks, 4000 bytes. Target "a" is receiving, "b" is still pending.
 func sentRecord() *Replication {
 	return &Replication{
-		ID: "r1", State: Sent, Attempt: 2, RunStart: 1, SnapshotUUID: snapUUID,
+		ID: "r1", State: Sent, Attempt: 2, SnapshotUUID: snapUUID,
 		TotalChunks: 4, TotalBytes: 4000, Digest: digest,
 		Targets: targets(map[string]TargetState{"a": TReceiving, "b": TPending}),
 	}
+}
+
+// alone is sentRecord with "b" committed: "a" is the only active target.
+func alone() *Replication {
+	r := sentRecord()
+	r.Targets["b"].State = TCommitted
+	return r
 }
 
 // received is the report of a target that applied the whole stream intact.
@@ -36,6 +43,7 @@ func TestJudge(t *testing.T) {
 		target      TargetState
 		targetError string
 		state       State
+		attempts    int // the target's attempt count afterwards
 	}
 	tests := []struct {
 		name        string
@@ -59,15 +67,15 @@ func TestJudge(t *testing.T) {
 				return streams.Report{Event: streams.EvRewind, Target: "a", Attempt: 2}
 			},
 			startStored: true,
-			want:        want{action: streams.ActOK, effect: resetConsumer, target: TPending, state: Sent},
+			want:        want{action: streams.ActOK, effect: resetConsumer, reason: "lost its partial", target: TPending, state: Sent, attempts: 1},
 		},
 		{
-			name:   "rewind after the start was dropped restarts the attempt",
-			record: sentRecord,
+			name:   "rewind of the only active target after the start was dropped restarts the attempt",
+			record: alone,
 			report: func() streams.Report {
 				return streams.Report{Event: streams.EvRewind, Target: "a", Attempt: 2}
 			},
-			want: want{action: streams.ActStale, effect: restart, reason: "no longer holds the start", target: TReceiving, state: Sent},
+			want: want{action: streams.ActStale, effect: restart, reason: "lost its partial", target: TReceiving, state: Sent},
 		},
 		{
 			name:   "received with matching facts commits",
@@ -77,31 +85,31 @@ func TestJudge(t *testing.T) {
 		},
 		{
 			name:   "received with another digest is discarded",
-			record: sentRecord,
+			record: alone,
 			report: func() streams.Report { r := received(); r.Digest = "sha256:00"; return r },
 			want:   want{action: streams.ActDiscard, effect: restart, reason: "digest", target: TDiscarded, targetError: "digest", state: Sent},
 		},
 		{
 			name:   "received with a chunk missing is discarded",
-			record: sentRecord,
+			record: alone,
 			report: func() streams.Report { r := received(); r.ChunksApplied = 3; return r },
 			want:   want{action: streams.ActDiscard, effect: restart, reason: "applied 3 chunks", target: TDiscarded, targetError: "applied", state: Sent},
 		},
 		{
 			name:   "received with bytes missing is discarded",
-			record: sentRecord,
+			record: alone,
 			report: func() streams.Report { r := received(); r.BytesApplied = 3999; return r },
 			want:   want{action: streams.ActDiscard, effect: restart, reason: "3999 bytes", target: TDiscarded, targetError: "applied", state: Sent},
 		},
 		{
 			name:   "received writable subvolume is discarded",
-			record: sentRecord,
+			record: alone,
 			report: func() streams.Report { r := received(); r.ReadOnly = false; return r },
 			want:   want{action: streams.ActDiscard, effect: restart, reason: "not read-only", target: TDiscarded, targetError: "not read-only", state: Sent},
 		},
 		{
 			name:   "received with another received UUID is discarded",
-			record: sentRecord,
+			record: alone,
 			report: func() streams.Report {
 				r := received()
 				r.ReceivedUUID = "11111111-2222-3333-4444-555555555555"
@@ -111,13 +119,13 @@ func TestJudge(t *testing.T) {
 		},
 		{
 			name:   "received with no received UUID is discarded",
-			record: sentRecord,
+			record: alone,
 			report: func() streams.Report { r := received(); r.ReceivedUUID = ""; return r },
 			want:   want{action: streams.ActDiscard, effect: restart, reason: "received UUID", target: TDiscarded, targetError: "received UUID", state: Sent},
 		},
 		{
 			name:   "received before the end marker was stored is discarded",
-			record: func() *Replication { r := sentRecord(); r.State = Sending; return r },
+			record: func() *Replication { r := alone(); r.State = Sending; return r },
 			report: received,
 			want:   want{action: streams.ActDiscard, effect: restart, reason: "before the sender stored its end marker", target: TDiscarded, targetError: "end marker", state: Sending},
 		},
@@ -174,8 +182,8 @@ func TestJudge(t *testing.T) {
 			want: want{action: streams.ActDiscard, effect: dropConsumer, target: TFailed, targetError: "out of space", state: Failed},
 		},
 		{
-			name:   "temporary failure discards and restarts",
-			record: sentRecord,
+			name:   "temporary failure of the only active target restarts the attempt",
+			record: alone,
 			report: func() streams.Report {
 				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "corrupt chunk 2"}
 			},
@@ -183,11 +191,75 @@ func TestJudge(t *testing.T) {
 		},
 		{
 			name:   "missing parent restarts with a full send",
-			record: sentRecord,
+			record: alone,
 			report: func() streams.Report {
 				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "parent gone", ParentMissing: true}
 			},
 			want: want{action: streams.ActDiscard, effect: restartFull, reason: "parent gone", target: TDiscarded, targetError: "parent gone", state: Sent},
+		},
+		{
+			name:   "temporary failure of one of two targets replays the stream to it alone",
+			record: sentRecord,
+			report: func() streams.Report {
+				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "corrupt chunk 2"}
+			},
+			startStored: true,
+			want:        want{action: streams.ActReplay, effect: resetConsumer, reason: "corrupt chunk 2", target: TPending, state: Sent, attempts: 1},
+		},
+		{
+			name:   "temporary failure of one of two targets moves it to a stream of its own when the start is gone",
+			record: sentRecord,
+			report: func() streams.Report {
+				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "corrupt chunk 2"}
+			},
+			want: want{action: streams.ActDiscard, effect: split, reason: "corrupt chunk 2", target: TMoved, targetError: "corrupt chunk 2", state: Sent},
+		},
+		{
+			name:        "a digest mismatch on one of two targets moves it: replaying the same stream cannot help",
+			record:      sentRecord,
+			report:      func() streams.Report { r := received(); r.Digest = "sha256:00"; return r },
+			startStored: true,
+			want:        want{action: streams.ActDiscard, effect: split, reason: "digest", target: TMoved, targetError: "digest", state: Sent},
+		},
+		{
+			name:   "a corrupt stored chunk on one of two targets moves it even though the start is stored",
+			record: sentRecord,
+			report: func() streams.Report {
+				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "corrupt chunk 3", StreamBad: true}
+			},
+			startStored: true,
+			want:        want{action: streams.ActDiscard, effect: split, reason: "corrupt chunk 3", target: TMoved, targetError: "corrupt chunk 3", state: Sent},
+		},
+
+		{
+			name:   "missing parent on one of two targets moves it to a full send of its own",
+			record: sentRecord,
+			report: func() streams.Report {
+				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "parent gone", ParentMissing: true}
+			},
+			startStored: true,
+			want:        want{action: streams.ActDiscard, effect: splitFull, reason: "parent gone", target: TMoved, targetError: "parent gone", state: Sent},
+		},
+		{
+			name:   "rewind of one of two targets after the start was dropped moves it",
+			record: sentRecord,
+			report: func() streams.Report {
+				return streams.Report{Event: streams.EvRewind, Target: "a", Attempt: 2}
+			},
+			want: want{action: streams.ActStale, effect: split, reason: "lost its partial", target: TMoved, targetError: "lost its partial", state: Sent},
+		},
+		{
+			name: "a target past its attempt budget fails alone",
+			record: func() *Replication {
+				r := sentRecord()
+				r.Targets["a"].Attempts = 3
+				return r
+			},
+			report: func() streams.Report {
+				return streams.Report{Event: streams.EvFailed, Target: "a", Attempt: 2, Reason: "corrupt chunk 2"}
+			},
+			startStored: true,
+			want:        want{action: streams.ActDiscard, effect: dropConsumer, reason: "corrupt chunk 2", target: TFailed, targetError: "gave up after 3 attempts", state: Sent, attempts: 3},
 		},
 		{
 			name:   "a report of an earlier attempt is stale",
@@ -221,7 +293,7 @@ func TestJudge(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r, rep := tc.record(), tc.report()
-			v, eff, reason, err := judge(r, rep, tc.startStored)
+			v, eff, reason, err := judge(r, rep, tc.startStored, DefaultMaxAttempts)
 			if err != nil {
 				t.Fatalf("judge: %v", err)
 			}
@@ -232,12 +304,26 @@ func TestJudge(t *testing.T) {
 			if v.Attempt != 2 {
 				t.Errorf("verdict attempt %d, want the record's 2", v.Attempt)
 			}
-			if w.effect == restart || w.effect == restartFull {
-				if !strings.Contains(reason, w.reason) || !strings.Contains(reason, rep.Target) {
-					t.Errorf("restart reason %q does not name %q and the target", reason, w.reason)
+			if w.reason != "" {
+				if !strings.Contains(v.Reason+reason, w.reason) {
+					t.Errorf("reasons %q / %q do not say %q", v.Reason, reason, w.reason)
+				}
+				if eff != noEffect && eff != dropConsumer && !strings.Contains(reason, rep.Target) {
+					t.Errorf("reason %q does not name the target", reason)
 				}
 			} else if reason != "" {
-				t.Errorf("restart reason %q without a restart", reason)
+				t.Errorf("reason %q where none was expected", reason)
+			}
+			if got := r.Targets[rep.Target].Attempts; got != w.attempts {
+				t.Errorf("target attempts %d, want %d", got, w.attempts)
+			}
+			if w.target == TMoved && r.Targets[rep.Target].MovedTo != SplitID(r.ID, rep.Target) {
+				t.Errorf("moved to %q, want %q", r.Targets[rep.Target].MovedTo, SplitID(r.ID, rep.Target))
+			}
+			for name, o := range r.Targets {
+				if name != rep.Target && o.State == TMoved {
+					t.Errorf("another target %s moved too", name)
+				}
 			}
 			if w.action == streams.ActDiscard && !strings.Contains(v.Reason+reason, w.reason) {
 				t.Errorf("discard reason %q does not say %q", v.Reason+reason, w.reason)
@@ -259,7 +345,7 @@ func TestJudge(t *testing.T) {
 func TestJudgeCopiesCounters(t *testing.T) {
 	r := sentRecord()
 	rep := streams.Report{Event: streams.EvProgress, Target: "a", Attempt: 2, ChunksApplied: 3, BytesApplied: 3000, Redelivered: 1}
-	if _, _, _, err := judge(r, rep, false); err != nil {
+	if _, _, _, err := judge(r, rep, false, DefaultMaxAttempts); err != nil {
 		t.Fatal(err)
 	}
 	if got := *r.Targets["a"]; got.ChunksApplied != 3 || got.BytesApplied != 3000 || got.RedeliveredChunks != 1 {
@@ -267,7 +353,7 @@ func TestJudgeCopiesCounters(t *testing.T) {
 	}
 	stale := rep
 	stale.Attempt, stale.ChunksApplied = 1, 99
-	if _, _, _, err := judge(r, stale, false); err != nil {
+	if _, _, _, err := judge(r, stale, false, DefaultMaxAttempts); err != nil {
 		t.Fatal(err)
 	}
 	if r.Targets["a"].ChunksApplied != 3 {
@@ -289,7 +375,7 @@ func TestJudgeRefusesNonsense(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := sentRecord()
 			r.Targets["failed"] = &Target{State: TFailed}
-			_, _, _, err := judge(r, tc.rep, false)
+			_, _, _, err := judge(r, tc.rep, false, DefaultMaxAttempts)
 			if err == nil || !strings.Contains(err.Error(), tc.says) {
 				t.Errorf("judge: %v, want an error saying %s", err, tc.says)
 			}

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"sort"
 	"time"
 )
 
@@ -17,11 +18,13 @@ type Replication struct {
 	SnapshotUUID string `json:"snapshot_uuid"`
 	Parent       string `json:"parent,omitempty"`
 	ParentUUID   string `json:"parent_uuid"`
-	State        State  `json:"state"`
-	Attempt      int    `json:"attempt"`
-	// RunStart is the first attempt of the current run; a retry of a failed
-	// replication starts a new run with a fresh attempt budget.
-	RunStart  int   `json:"run_start"`
+	// Origin is the record this one was split from (a target that needed a
+	// stream of its own), empty for a planned one.
+	Origin  string `json:"origin,omitempty"`
+	State   State  `json:"state"`
+	Attempt int    `json:"attempt"`
+	// ChunkSize and Window are fixed for the record's life: a restarted
+	// sender must cut the stream exactly as before.
 	ChunkSize int   `json:"chunk_size"`
 	Window    int64 `json:"window"`
 	// Progress of the current attempt's send.
@@ -41,12 +44,16 @@ type Replication struct {
 
 // Target is one target's part of a replication.
 type Target struct {
-	State             TargetState `json:"state"`
-	BytesApplied      int64       `json:"bytes_applied"`
-	ChunksApplied     int64       `json:"chunks_applied"`
-	RedeliveredChunks int64       `json:"redelivered_chunks"`
-	Path              string      `json:"path,omitempty"`
-	Error             string      `json:"error"`
+	State TargetState `json:"state"`
+	// Attempts counts this target's attempts in the current run (replays
+	// of the stream included); past the coordinator's budget it fails alone.
+	Attempts          int    `json:"attempts"`
+	MovedTo           string `json:"moved_to,omitempty"`
+	BytesApplied      int64  `json:"bytes_applied"`
+	ChunksApplied     int64  `json:"chunks_applied"`
+	RedeliveredChunks int64  `json:"redelivered_chunks"`
+	Path              string `json:"path,omitempty"`
+	Error             string `json:"error"`
 }
 
 // setState moves the replication, refusing what the state machine forbids.
@@ -68,7 +75,7 @@ func (r *Replication) setTarget(name string, to TargetState, reason string) erro
 		return &ErrTransition{What: "target " + name + " of " + r.ID, From: string(t.State), To: string(to)}
 	}
 	t.State = to
-	if reason != "" || to == TPending || to == TCommitted {
+	if reason != "" || to == TPending || to == TCommitted || to == TMoved {
 		t.Error = reason
 	}
 	return nil
@@ -86,12 +93,13 @@ func (r *Replication) Active() []string {
 }
 
 // settle derives the replication's end state once every target is terminal.
+// Moved targets are settled in their own record.
 func (r *Replication) settle() error {
 	if len(r.Active()) > 0 || r.State.Terminal() {
 		return nil
 	}
-	for name, t := range r.Targets {
-		if t.State == TFailed {
+	for _, name := range SortedNames(r.Targets) {
+		if t := r.Targets[name]; t.State == TFailed {
 			r.Error = fmt.Sprintf("target %s failed: %s", name, t.Error)
 			return r.setState(Failed)
 		}
@@ -100,8 +108,8 @@ func (r *Replication) settle() error {
 	return r.setState(Done)
 }
 
-// newAttempt discards the current attempt: every target that has not
-// committed or failed starts again from the first chunk.
+// newAttempt discards the current attempt: every target that is still
+// active starts again from the first chunk, and spends one of its attempts.
 func (r *Replication) newAttempt(reason string) error {
 	if err := r.setState(Planned); err != nil {
 		return err
@@ -109,14 +117,42 @@ func (r *Replication) newAttempt(reason string) error {
 	r.Attempt++
 	r.ChunksSent, r.BytesSent, r.WireBytes, r.TotalBytes, r.TotalChunks, r.Digest = 0, 0, 0, 0, 0, ""
 	r.Error = reason
-	for name, t := range r.Targets {
-		if t.State == TCommitted || t.State == TFailed {
-			continue
-		}
+	for _, name := range r.Active() {
+		t := r.Targets[name]
 		if err := r.setTarget(name, TPending, ""); err != nil {
 			return err
 		}
+		t.Attempts++
 		t.BytesApplied, t.ChunksApplied, t.RedeliveredChunks = 0, 0, 0
 	}
 	return nil
+}
+
+// exhausted fails the active targets that spent their attempt budget, with
+// reason. It reports whether any target is still active.
+func (r *Replication) exhausted(budget int, reason string) (bool, error) {
+	for _, name := range r.Active() {
+		if t := r.Targets[name]; t.Attempts >= budget {
+			if err := r.setTarget(name, TFailed, fmt.Sprintf("gave up after %d attempts: %s", t.Attempts, reason)); err != nil {
+				return false, err
+			}
+		}
+	}
+	if len(r.Active()) > 0 {
+		return true, nil
+	}
+	if err := r.settle(); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// SortedNames returns target names in a stable order, for logs and output.
+func SortedNames(m map[string]*Target) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

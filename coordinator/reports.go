@@ -16,16 +16,20 @@ type effect int
 
 const (
 	noEffect      effect = iota
-	resetConsumer        // replay the stream to this target from its start
-	dropConsumer         // the target is out of this run
-	restart              // discard the attempt (and maybe the parent)
-	restartFull
+	resetConsumer        // replay the stream to this target (from Report.FromSeq, or its start)
+	dropConsumer         // the target is out of this record
+	restart              // discard the attempt (the target was the only one left)
+	restartFull          // the same without the incremental parent
+	split                // the target goes on in a record and stream of its own
+	splitFull            // the same, as a full send
 )
 
 // judge applies a receiver's report to the record and decides the answer.
 // It is pure: startStored says whether the stream still holds the first
-// chunk of the current attempt (only read for EvRewind).
-func judge(r *Replication, rep streams.Report, startStored bool) (streams.Verdict, effect, string, error) {
+// chunk of the current attempt, budget is the attempts a target may spend
+// in one run. A target's trouble costs only that target: it is replayed,
+// moved to a stream of its own, or failed alone; the others carry on.
+func judge(r *Replication, rep streams.Report, startStored bool, budget int) (streams.Verdict, effect, string, error) {
 	v := streams.Verdict{Action: streams.ActOK, Attempt: r.Attempt}
 	t, ok := r.Targets[rep.Target]
 	if !ok {
@@ -36,7 +40,11 @@ func judge(r *Replication, rep streams.Report, startStored bool) (streams.Verdic
 		return v, noEffect, "", nil
 	}
 	counters := func() {
-		t.ChunksApplied, t.BytesApplied, t.RedeliveredChunks = rep.ChunksApplied, rep.BytesApplied, rep.Redelivered
+		// Counters only grow within an attempt: a late progress report
+		// must not lower them.
+		t.ChunksApplied = max(t.ChunksApplied, rep.ChunksApplied)
+		t.BytesApplied = max(t.BytesApplied, rep.BytesApplied)
+		t.RedeliveredChunks = max(t.RedeliveredChunks, rep.Redelivered)
 	}
 	switch rep.Event {
 	case streams.EvProgress:
@@ -51,11 +59,11 @@ func judge(r *Replication, rep streams.Report, startStored bool) (streams.Verdic
 		if rep.FromSeq > 0 {
 			return v, resetConsumer, "", nil // a resumed partial: carry on from there
 		}
-		if startStored {
-			return v, resetConsumer, "", r.setTarget(rep.Target, TPending, "")
+		eff, reason, err := trouble(r, rep.Target, "lost its partial receive", startStored, false, budget)
+		if eff != resetConsumer {
+			v.Action = streams.ActStale
 		}
-		v.Action = streams.ActStale
-		return v, restart, fmt.Sprintf("target %s lost its partial receive and the stream no longer holds the start", rep.Target), nil
+		return v, eff, reason, err
 
 	case streams.EvReceived:
 		counters()
@@ -67,7 +75,10 @@ func judge(r *Replication, rep streams.Report, startStored bool) (streams.Verdic
 			if err := r.setTarget(rep.Target, TDiscarded, why); err != nil {
 				return v, noEffect, "", err
 			}
-			return v, restart, fmt.Sprintf("target %s: %s", rep.Target, why), nil
+			// The stream as stored did not give the source snapshot: a
+			// replay would give the same.
+			eff, reason, err := trouble(r, rep.Target, why, false, false, budget)
+			return v, eff, reason, err
 		}
 		v.Action = streams.ActCommit
 		return v, noEffect, "", nil
@@ -84,24 +95,64 @@ func judge(r *Replication, rep streams.Report, startStored bool) (streams.Verdic
 
 	case streams.EvFailed:
 		counters()
+		v.Action = streams.ActDiscard
 		if rep.Permanent {
 			if err := r.setTarget(rep.Target, TFailed, rep.Reason); err != nil {
 				return v, noEffect, "", err
 			}
-			v.Action = streams.ActDiscard
 			return v, dropConsumer, "", r.settle()
 		}
 		if err := r.setTarget(rep.Target, TDiscarded, rep.Reason); err != nil {
 			return v, noEffect, "", err
 		}
-		v.Action = streams.ActDiscard
-		if rep.ParentMissing {
-			return v, restartFull, fmt.Sprintf("target %s: %s", rep.Target, rep.Reason), nil
+		eff, reason, err := trouble(r, rep.Target, rep.Reason, startStored && !rep.StreamBad, rep.ParentMissing, budget)
+		if eff == resetConsumer {
+			v.Action = streams.ActReplay
 		}
-		return v, restart, fmt.Sprintf("target %s: %s", rep.Target, rep.Reason), nil
+		return v, eff, reason, err
 	}
 	return v, noEffect, "", fmt.Errorf("unknown event %q", rep.Event)
 }
+
+// trouble decides what a temporary failure of one target costs, and costs
+// it only that target: past its attempt budget it fails; it is replayed
+// from the stream's start when replay can help (the stream still holds its
+// start and is not itself bad: the source is not read again); otherwise,
+// alone it restarts the attempt, and with others active it moves to a
+// stream of its own. full means the incremental parent is missing on the
+// target.
+func trouble(r *Replication, name, why string, replay, full bool, budget int) (effect, string, error) {
+	t := r.Targets[name]
+	reason := fmt.Sprintf("target %s: %s", name, why)
+	if t.Attempts >= budget {
+		if err := r.setTarget(name, TFailed, fmt.Sprintf("gave up after %d attempts: %s", t.Attempts, why)); err != nil {
+			return noEffect, "", err
+		}
+		return dropConsumer, reason, r.settle()
+	}
+	alone := len(r.Active()) == 1
+	switch {
+	case replay && !full:
+		t.Attempts++
+		t.BytesApplied, t.ChunksApplied, t.RedeliveredChunks = 0, 0, 0
+		return resetConsumer, reason, r.setTarget(name, TPending, "")
+	case alone && full:
+		return restartFull, reason, nil
+	case alone:
+		return restart, reason, nil
+	}
+	t.MovedTo = SplitID(r.ID, name)
+	if err := r.setTarget(name, TMoved, why); err != nil {
+		return noEffect, "", err
+	}
+	if full {
+		return splitFull, reason, nil
+	}
+	return split, reason, nil
+}
+
+// SplitID names the record a target moves to when it leaves record id.
+func SplitID(id, target string) string { return id + "_" + target }
 
 // verify is the commit rule: the whole stream arrived unchanged and the
 // kernel says the subvolume is the read-only copy of the source snapshot.
@@ -121,15 +172,33 @@ func verify(r *Replication, rep streams.Report) string {
 	return ""
 }
 
-func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (streams.Verdict, error) {
+// handle judges one report that arrived on the subject of target.
+func (c *Coordinator) handle(ctx context.Context, id, target string, data []byte) (streams.Verdict, error) {
 	var rep streams.Report
 	if err := json.Unmarshal(data, &rep); err != nil {
 		return streams.Verdict{}, fmt.Errorf("decode report: %w", err)
 	}
-	startStored := rep.Event == streams.EvRewind && c.startStored(ctx, id, rep.Attempt)
-	var end *streams.Message
+	if rep.Target != target {
+		// Permissions restrict who may publish on a target's subject; a
+		// body that names another target is a forgery.
+		return streams.Verdict{}, fmt.Errorf("report for target %q arrived on the subject of target %q: refused", rep.Target, target)
+	}
+	// What the stream holds is read before the record is judged; a read
+	// error is temporary (the receiver asks again), never a verdict.
+	var (
+		startStored bool
+		end         *streams.Message
+		err         error
+	)
+	if mayTrouble(rep) {
+		if startStored, err = c.startStored(ctx, id, rep.Attempt); err != nil {
+			return streams.Verdict{}, err
+		}
+	}
 	if rep.Event == streams.EvReceived {
-		end = c.storedEnd(ctx, id, rep.Attempt)
+		if end, err = c.storedEnd(ctx, id, rep.Attempt); err != nil {
+			return streams.Verdict{}, err
+		}
 	}
 	var (
 		v      streams.Verdict
@@ -144,7 +213,7 @@ func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (strea
 			}
 		}
 		var err error
-		v, eff, reason, err = judge(r, rep, startStored)
+		v, eff, reason, err = judge(r, rep, startStored, c.MaxAttempts)
 		return err
 	})
 	if err != nil {
@@ -162,12 +231,12 @@ func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (strea
 		}
 		return v, streams.ResetConsumer(ctx, s, rep.Target, rep.FromSeq)
 	case dropConsumer:
-		s, err := c.js.Stream(ctx, streams.StreamName(id))
-		if err == nil {
-			err = s.DeleteConsumer(ctx, streams.ConsumerName(rep.Target))
-		}
-		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			log.Warn("drop consumer", "error", err)
+		c.dropConsumer(ctx, id, rep.Target)
+	case split, splitFull:
+		c.dropConsumer(ctx, id, rep.Target)
+		log.Warn("target moves to a stream of its own; the others carry on", "to", r.Targets[rep.Target].MovedTo, "reason", reason, "full", eff == splitFull)
+		if _, err := c.Split(ctx, r, rep.Target, eff == splitFull); err != nil {
+			return v, err
 		}
 	case restart, restartFull:
 		r, err = c.Restart(ctx, id, rep.Attempt, reason, eff == restartFull)
@@ -179,37 +248,77 @@ func (c *Coordinator) handle(ctx context.Context, id string, data []byte) (strea
 	return v, nil
 }
 
-// storedEnd returns the end marker of attempt if the stream holds it.
-func (c *Coordinator) storedEnd(ctx context.Context, id string, attempt int) *streams.Message {
+// mayTrouble says whether judging rep may need to know if the stream still
+// holds its start.
+func mayTrouble(rep streams.Report) bool {
+	switch rep.Event {
+	case streams.EvRewind:
+		return rep.FromSeq == 0
+	case streams.EvFailed:
+		return !rep.Permanent && !rep.StreamBad
+	}
+	return false
+}
+
+// dropConsumer deletes target's consumer so that it holds nothing back.
+func (c *Coordinator) dropConsumer(ctx context.Context, id, target string) {
 	s, err := c.js.Stream(ctx, streams.StreamName(id))
+	if err == nil {
+		err = s.DeleteConsumer(ctx, streams.ConsumerName(target))
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		c.log.Warn("drop consumer", "replication", id, "target", target, "error", err)
+	}
+}
+
+// storedEnd returns the end marker of attempt if the stream holds it; nil
+// when it does not, an error when the stream cannot be read now.
+func (c *Coordinator) storedEnd(ctx context.Context, id string, attempt int) (*streams.Message, error) {
+	s, err := c.js.Stream(ctx, streams.StreamName(id))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("read the stream of %s: %w", id, err)
 	}
 	m, err := s.GetLastMsgForSubject(ctx, streams.Subject(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("read the end of the stream of %s: %w", id, err)
 	}
 	h, err := streams.DecodeHeader(m.Header)
 	if err != nil || h.Kind != streams.KindEnd || h.Attempt != attempt {
-		return nil
+		return nil, nil
 	}
-	return &h
+	return &h, nil
 }
 
-// startStored reports whether the stream still holds chunk 0 of attempt.
-func (c *Coordinator) startStored(ctx context.Context, id string, attempt int) bool {
+// startStored reports whether the stream still holds chunk 0 of attempt;
+// an error when the stream cannot be read now.
+func (c *Coordinator) startStored(ctx context.Context, id string, attempt int) (bool, error) {
 	s, err := c.js.Stream(ctx, streams.StreamName(id))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false, nil
+	}
 	if err != nil {
-		return false
+		return false, fmt.Errorf("read the stream of %s: %w", id, err)
 	}
 	info, err := s.Info(ctx)
-	if err != nil || info.State.Msgs == 0 {
-		return false
+	if err != nil {
+		return false, fmt.Errorf("read the stream of %s: %w", id, err)
+	}
+	if info.State.Msgs == 0 {
+		return false, nil
 	}
 	m, err := s.GetMsg(ctx, info.State.FirstSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil // purged meanwhile
+	}
 	if err != nil {
-		return false
+		return false, fmt.Errorf("read the start of the stream of %s: %w", id, err)
 	}
 	h, err := streams.DecodeHeader(m.Header)
-	return err == nil && h.Attempt == attempt && h.Kind == streams.KindChunk && h.Index == 0
+	return err == nil && h.Attempt == attempt && h.Kind == streams.KindChunk && h.Index == 0, nil
 }

@@ -25,7 +25,11 @@ const (
 	TReceived  TargetState = "received"  // whole stream applied, waiting for the verdict
 	TCommitted TargetState = "committed" // verified and moved to its final place
 	TDiscarded TargetState = "discarded" // partial deleted; the next attempt will retry
-	TFailed    TargetState = "failed"    // permanent failure with a reason for the operator
+	TFailed    TargetState = "failed"    // failed in this run, with a reason for the operator; a new run retries it
+	// TMoved: the target continues in a replication record of its own (see
+	// Target.MovedTo) from the same snapshot, so that its trouble costs the
+	// others nothing.
+	TMoved TargetState = "moved"
 )
 
 var replTransitions = map[State][]State{
@@ -36,11 +40,11 @@ var replTransitions = map[State][]State{
 }
 
 var targetTransitions = map[TargetState][]TargetState{
-	TPending:   {TReceiving, TReceived, TCommitted, TFailed, TDiscarded},
-	TReceiving: {TReceived, TCommitted, TDiscarded, TFailed, TPending},
-	TReceived:  {TCommitted, TDiscarded, TFailed, TPending},
-	TDiscarded: {TPending, TFailed},
-	TFailed:    {TPending},
+	TPending:   {TReceiving, TReceived, TCommitted, TFailed, TDiscarded, TMoved},
+	TReceiving: {TReceived, TCommitted, TDiscarded, TFailed, TPending, TMoved},
+	TReceived:  {TCommitted, TDiscarded, TFailed, TPending, TMoved},
+	TDiscarded: {TPending, TFailed, TMoved},
+	TFailed:    {TPending, TMoved},
 }
 
 func allowed[S comparable](table map[S][]S, from, to S) bool {
@@ -63,7 +67,7 @@ func (e *ErrTransition) Error() string {
 }
 
 // Terminal reports whether a target needs nothing more in this run.
-func (s TargetState) Terminal() bool { return s == TCommitted || s == TFailed }
+func (s TargetState) Terminal() bool { return s == TCommitted || s == TFailed || s == TMoved }
 
 // Terminal reports whether the replication needs nothing more in this run.
 func (s State) Terminal() bool { return s == Done || s == Failed }

@@ -138,6 +138,8 @@ func TestSettle(t *testing.T) {
 		{"one discarded waits for the next attempt", Sent, map[string]TargetState{"a": TCommitted, "b": TDiscarded}, Sent, "earlier"},
 		{"already failed stays", Failed, map[string]TargetState{"a": TCommitted}, Failed, "earlier"},
 		{"failed while sending", Sending, map[string]TargetState{"a": TFailed}, Failed, "target a failed: disk full"},
+		{"a moved target is settled in its own record", Sent, map[string]TargetState{"a": TCommitted, "b": TMoved}, Done, ""},
+		{"a moved target does not hide a failure", Sent, map[string]TargetState{"a": TFailed, "b": TMoved}, Failed, "target a failed: disk full"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,20 +164,21 @@ func TestSettle(t *testing.T) {
 
 func TestNewAttemptResetsAllButFinishedTargets(t *testing.T) {
 	r := &Replication{
-		ID: "r1", State: Sent, Attempt: 2, RunStart: 1,
+		ID: "r1", State: Sent, Attempt: 2,
 		ChunksSent: 4, BytesSent: 4000, WireBytes: 1000, TotalBytes: 4000, TotalChunks: 4, Digest: "sha256:aa",
 		Targets: map[string]*Target{
 			"done":      {State: TCommitted, BytesApplied: 4000, ChunksApplied: 4, Path: "/t/snap"},
 			"broken":    {State: TFailed, Error: "out of space", BytesApplied: 10},
-			"received":  {State: TReceived, BytesApplied: 4000, ChunksApplied: 4, RedeliveredChunks: 2},
-			"discarded": {State: TDiscarded, Error: "corrupt chunk 2", BytesApplied: 2000, ChunksApplied: 2},
+			"received":  {State: TReceived, Attempts: 2, BytesApplied: 4000, ChunksApplied: 4, RedeliveredChunks: 2},
+			"discarded": {State: TDiscarded, Attempts: 1, Error: "corrupt chunk 2", BytesApplied: 2000, ChunksApplied: 2},
+			"moved":     {State: TMoved, Attempts: 1, MovedTo: "r1_moved"},
 		},
 	}
 	if err := r.newAttempt("digest mismatch"); err != nil {
 		t.Fatal(err)
 	}
-	if r.State != Planned || r.Attempt != 3 || r.RunStart != 1 || r.Error != "digest mismatch" {
-		t.Errorf("record %s attempt %d run %d error %q", r.State, r.Attempt, r.RunStart, r.Error)
+	if r.State != Planned || r.Attempt != 3 || r.Error != "digest mismatch" {
+		t.Errorf("record %s attempt %d error %q", r.State, r.Attempt, r.Error)
 	}
 	if r.ChunksSent != 0 || r.BytesSent != 0 || r.WireBytes != 0 || r.TotalBytes != 0 || r.TotalChunks != 0 || r.Digest != "" {
 		t.Errorf("send counters survive: %+v", r)
@@ -183,8 +186,9 @@ func TestNewAttemptResetsAllButFinishedTargets(t *testing.T) {
 	want := map[string]Target{
 		"done":      {State: TCommitted, BytesApplied: 4000, ChunksApplied: 4, Path: "/t/snap"},
 		"broken":    {State: TFailed, Error: "out of space", BytesApplied: 10},
-		"received":  {State: TPending},
-		"discarded": {State: TPending},
+		"received":  {State: TPending, Attempts: 3}, // each active target spends one attempt
+		"discarded": {State: TPending, Attempts: 2},
+		"moved":     {State: TMoved, Attempts: 1, MovedTo: "r1_moved"},
 	}
 	for name, w := range want {
 		if got := *r.Targets[name]; got != w {
@@ -195,36 +199,5 @@ func TestNewAttemptResetsAllButFinishedTargets(t *testing.T) {
 	var te *ErrTransition
 	if err := done.newAttempt("again"); !errors.As(err, &te) || done.Attempt != 1 {
 		t.Errorf("new attempt of a done replication: %v, attempt %d", err, done.Attempt)
-	}
-}
-
-func TestPermanent(t *testing.T) {
-	base := errors.New("no space left on device")
-	tests := []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"nil", nil, false},
-		{"plain", base, false},
-		{"marked", Permanent(base), true},
-		{"marked and wrapped", fmt.Errorf("receive into /t: %w", Permanent(base)), true},
-		{"wrapped twice", fmt.Errorf("job: %w", fmt.Errorf("receive: %w", Permanent(base))), true},
-		{"joined", errors.Join(errors.New("cleanup"), Permanent(base)), true},
-		{"only mentioned", fmt.Errorf("was permanent: %v", Permanent(base)), false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := IsPermanent(tc.err); got != tc.want {
-				t.Errorf("IsPermanent(%v) = %v, want %v", tc.err, got, tc.want)
-			}
-		})
-	}
-	if Permanent(nil) != nil {
-		t.Error("Permanent(nil) is not nil")
-	}
-	p := Permanent(base)
-	if !errors.Is(p, base) || p.Error() != base.Error() {
-		t.Errorf("Permanent hides its cause: %v", p)
 	}
 }

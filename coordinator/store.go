@@ -6,9 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/snapjet/snapjet/internal/retry"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -19,6 +23,7 @@ var ErrNotFound = errors.New("no such replication")
 // only a Coordinator writes.
 type Store struct {
 	kv jetstream.KeyValue
+	nc *nats.Conn
 }
 
 func key(id string) string { return "repl." + id }
@@ -34,7 +39,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state bucket %s: %w", streams.StateBucket, err)
 	}
-	return &Store{kv: kv}, nil
+	return &Store{kv: kv, nc: js.Conn()}, nil
 }
 
 // Get returns a replication and its KV revision.
@@ -78,23 +83,36 @@ func (s *Store) List(ctx context.Context) ([]*Replication, error) {
 }
 
 // Watch delivers every replication as it changes, starting with the current
-// ones. The channel closes when ctx ends.
+// ones. The channel closes when ctx ends. After a reconnect the watch is
+// rebuilt at once, delivering the current records again: the client would
+// otherwise notice a watch lost in a server restart only after two missed
+// heartbeats (10–18 s), and receivers would start late.
 func (s *Store) Watch(ctx context.Context) (<-chan *Replication, error) {
 	w, err := s.kv.Watch(ctx, "repl.>")
 	if err != nil {
 		return nil, fmt.Errorf("watch replications: %w", err)
 	}
+	reconnected := s.nc.StatusChanged(nats.CONNECTED)
 	out := make(chan *Replication, 16)
 	go func() {
 		defer close(out)
-		defer w.Stop()
+		defer s.nc.RemoveStatusListener(reconnected)
+		defer func() {
+			if w != nil {
+				w.Stop()
+			}
+		}()
+		updates := w.Updates()
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case e, ok := <-w.Updates():
+			case <-reconnected:
+				w, updates = s.rewatch(ctx, w)
+			case e, ok := <-updates:
 				if !ok {
-					return
+					w, updates = s.rewatch(ctx, w)
+					continue
 				}
 				if e == nil || e.Operation() != jetstream.KeyValuePut {
 					continue
@@ -112,6 +130,24 @@ func (s *Store) Watch(ctx context.Context) (<-chan *Replication, error) {
 		}
 	}()
 	return out, nil
+}
+
+// rewatch replaces w with a new watch, trying until it succeeds or ctx
+// ends (then both results are nil; the caller returns on ctx).
+func (s *Store) rewatch(ctx context.Context, w jetstream.KeyWatcher) (jetstream.KeyWatcher, <-chan jetstream.KeyValueEntry) {
+	if w != nil {
+		_ = w.Stop()
+	}
+	b := retry.New(250*time.Millisecond, 5*time.Second)
+	for {
+		nw, err := s.kv.Watch(ctx, "repl.>")
+		if err == nil {
+			return nw, nw.Updates()
+		}
+		if b.Wait(ctx) != nil {
+			return nil, nil
+		}
+	}
 }
 
 func decode(b []byte) (*Replication, error) {

@@ -17,7 +17,7 @@ import (
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/btrfs/native"
 	"github.com/snapjet/snapjet/btrfs/sendstream"
-	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 )
 
 // Applier kinds, chosen with --receiver.
@@ -54,7 +54,7 @@ func startProgs(ctx context.Context, staging, dir string) (*progsApplier, error)
 	in, proc, err := btrfs.StartReceive(ctx, staging)
 	if err != nil {
 		cancel()
-		return nil, coordinator.Permanent(err)
+		return nil, driver.Permanent(err)
 	}
 	return &progsApplier{in: in, proc: proc, cancel: cancel, staging: staging, dir: dir}, nil
 }
@@ -150,7 +150,7 @@ func classifyReceive(dir string, err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, btrfs.ErrNoSpace), errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
-		return coordinator.Permanent(fmt.Errorf("target %s is out of space: free space there or choose a larger target (%w)", dir, err))
+		return driver.Permanent(fmt.Errorf("target %s is out of space: free space there or choose a larger target (%w)", dir, err))
 	case errors.Is(err, btrfs.ErrParentMissing):
 		return fmt.Errorf("target %s lost the incremental parent (%w)", dir, err)
 	}

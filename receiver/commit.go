@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/snapjet/snapjet/btrfs"
-	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -37,8 +37,10 @@ func (j *job) alreadyCommitted(ctx context.Context) (bool, error) {
 }
 
 // commit moves the verified subvolume from staging to TARGET/<snapshot
-// name>. A writable subvolume without received UUID at that name is what an
-// interrupted plain `btrfs receive` leaves: it is deleted, never adopted.
+// name>. Anything else at that name is left alone and fails the target for
+// good, even a writable subvolume without received UUID: that is what an
+// interrupted plain `btrfs receive` leaves, but also what an operator's own
+// subvolume looks like, and only the operator can tell which.
 func (j *job) commit(ctx context.Context, got btrfs.Info) (string, error) {
 	final := filepath.Join(j.rc.dir, j.r.SnapshotName)
 	if _, err := os.Lstat(final); err == nil {
@@ -51,12 +53,9 @@ func (j *job) commit(ctx context.Context, got btrfs.Info) (string, error) {
 			}
 			return final, discard(ctx, j.staging)
 		case ierr == nil && !info.ReadOnly && info.ReceivedUUID.IsZero():
-			j.log.Warn("deleting a partial subvolume left at the snapshot's name by an interrupted receive", "path", final)
-			if err := btrfs.DeleteSubvolume(ctx, final); err != nil {
-				return "", err
-			}
+			return "", driver.Permanent(fmt.Errorf("%s already exists and is a writable subvolume without received UUID, maybe the operator's data or what an interrupted btrfs receive left; snapjet does not delete it: move or rename it (delete it if it is such a leftover), then retry", final))
 		default:
-			return "", coordinator.Permanent(fmt.Errorf("%s already exists and is not this snapshot: move it away, then retry", final))
+			return "", driver.Permanent(fmt.Errorf("%s already exists and is not this snapshot: move it away, then retry", final))
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", err

@@ -11,11 +11,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -24,6 +24,11 @@ var (
 	errAttemptEnded = errors.New("attempt replaced by the coordinator")
 	// errFallBack restarts a job with btrfs-progs.
 	errFallBack = errors.New("falling back to btrfs-progs")
+	// errRepull re-opens the consumer after the coordinator reset it.
+	errRepull = errors.New("consumer reset; pulling again")
+	// errReplay starts the job again: the coordinator discarded this
+	// target's partial and replays the stream to it from the start.
+	errReplay = errors.New("replaying the stream from its start")
 )
 
 // job receives one attempt of one replication into staging.
@@ -40,12 +45,14 @@ type job struct {
 
 	next, bytes, redelivered int64
 	lastProgress             time.Time
+	reported                 int64 // chunks applied as of the last progress report
 	buf                      []byte
 
 	// Native receives ack only what a checkpoint covers.
 	durable  int64         // chunks below this are in the last checkpoint
 	unacked  jetstream.Msg // newest applied delivery not yet acked
 	lastCkpt time.Time
+	lastSeq  uint64 // stream sequence of the newest delivery received
 }
 
 // Checkpoint cadence of a native receive: often enough that a crash costs
@@ -202,6 +209,51 @@ func (j *job) checkpoint() error {
 	return nil
 }
 
+// Pull settings. Heartbeats on the pull are what notice a pull that died
+// without a disconnect (a leaf node whose link to the hub was cut keeps the
+// receiver's own connection up): after two missed heartbeats the client
+// re-issues the pull. The byte budget keeps several chunks in flight so the
+// link never idles for a round trip between pulls, and stays below the
+// server's per-client pending limit (64 MiB), past which it drops the client.
+const (
+	pullBytes     = 32 << 20
+	pullExpiry    = 10 * time.Second
+	pullHeartbeat = 2 * time.Second
+	// stallCheck is how long a receiver waits without a chunk before it asks
+	// the server whether chunks were delivered that never arrived.
+	stallCheck = 5 * time.Second
+	// waitLog is how often a waiting receiver says what it waits for.
+	waitLog = 30 * time.Second
+)
+
+// delivery is one result of the consumer's iterator.
+type delivery struct {
+	msg jetstream.Msg
+	err error
+}
+
+// pull runs the iterator in its own goroutine: Next must block without a
+// deadline of its own, or the client's missed-heartbeat check is re-armed on
+// every call and never fires.
+func pull(it jetstream.MessagesContext, done <-chan struct{}) <-chan delivery {
+	out := make(chan delivery)
+	go func() {
+		defer close(out)
+		for {
+			m, err := it.Next()
+			select {
+			case out <- delivery{m, err}:
+			case <-done:
+				return
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+		}
+	}()
+	return out
+}
+
 func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) {
 	defer func() {
 		if j.app == nil {
@@ -210,21 +262,41 @@ func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) 
 		j.app.Abort()
 		// A native partial stays for the next run to resume unless this
 		// attempt is over; a btrfs-progs partial is worthless.
-		over := errors.Is(err, errAttemptEnded) || (ctx.Err() != nil && !j.rc.stopping())
+		over := errors.Is(err, errAttemptEnded) || errors.Is(context.Cause(ctx), errAttemptEnded)
 		if !j.native || over {
 			_ = discard(context.WithoutCancel(ctx), j.staging)
 		}
 	}()
-	// Bounded in bytes as well, so the client buffers at most 16 MiB of chunks.
-	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(streams.MaxAckPending, 16<<20))
+	for {
+		err := j.consume(ctx, cons)
+		if !errors.Is(err, errRepull) {
+			return err
+		}
+		if cons, err = j.stream.Consumer(ctx, streams.ConsumerName(j.rc.target)); err != nil {
+			return fmt.Errorf("consumer of %s: %w", j.rc.target, err)
+		}
+	}
+}
+
+// consume applies deliveries until the attempt ends here, or until the
+// consumer was reset and must be pulled afresh (errRepull).
+func (j *job) consume(ctx context.Context, cons jetstream.Consumer) error {
+	it, err := cons.Messages(jetstream.PullMaxBytes(pullBytes), jetstream.PullExpiry(pullExpiry),
+		jetstream.PullHeartbeat(pullHeartbeat), jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", j.r.ID, err)
 	}
-	defer it.Stop()
-	go func() { <-ctx.Done(); it.Stop() }()
+	done := make(chan struct{})
+	defer func() { close(done); it.Stop() }()
+	deliveries := pull(it, done)
+	idle := time.NewTimer(idleCheckpoint)
+	defer idle.Stop()
+	w := waiter{since: time.Now()}
 	for {
-		msg, err := it.Next(jetstream.NextMaxWait(idleCheckpoint))
-		if errors.Is(err, nats.ErrTimeout) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-idle.C:
 			// Idle: make what was applied durable and ack it, or a sender
 			// waiting for room in its window would wait for us forever.
 			if j.unacked != nil {
@@ -232,23 +304,87 @@ func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) 
 					return j.fail(ctx, err)
 				}
 			}
-			continue
-		}
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if j.next > j.reported {
+				j.progress(ctx)
+			}
+			if err := j.idle(ctx, cons, &w); err != nil {
+				return err
+			}
+			idle.Reset(idleCheckpoint)
+		case d, ok := <-deliveries:
+			if !ok || errors.Is(d.err, jetstream.ErrMsgIteratorClosed) {
 				return ctx.Err()
 			}
-			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-				return nil // the coordinator replaced or ended this attempt
+			if d.err != nil {
+				if errors.Is(d.err, jetstream.ErrConsumerDeleted) || errors.Is(d.err, jetstream.ErrConsumerNotFound) {
+					return nil // the coordinator replaced or ended this attempt
+				}
+				if errors.Is(d.err, jetstream.ErrNoHeartbeat) {
+					j.log.Warn("no heartbeat on the pull: the link to the stream's server is down; pulling again",
+						"waiting_since", w.since.Format(time.RFC3339), "next_chunk", j.next)
+				} else {
+					j.log.Debug("waiting for chunks", "error", d.err)
+				}
+				continue
 			}
-			j.log.Debug("waiting for chunks", "error", err)
-			continue
-		}
-		done, err := j.handle(ctx, msg)
-		if err != nil || done {
-			return err
+			w = waiter{since: time.Now()}
+			if meta, err := d.msg.Metadata(); err == nil {
+				j.lastSeq = meta.Sequence.Stream
+			}
+			done, err := j.handle(ctx, d.msg)
+			if err != nil || done {
+				return err
+			}
+			idle.Reset(idleCheckpoint)
 		}
 	}
+}
+
+// waiter tracks how long a job has gone without a chunk.
+type waiter struct {
+	since, logged, checked time.Time
+}
+
+// idle runs while no chunk arrives: it says what the job waits for, and
+// asks the server whether it delivered chunks that never arrived (lost on a
+// cut link). Those would only come back after AckWait, and with
+// MaxAckPending of them outstanding nothing else is delivered: the job
+// asks the coordinator to replay from its last ack instead.
+func (j *job) idle(ctx context.Context, cons jetstream.Consumer, w *waiter) error {
+	now := time.Now()
+	if now.Sub(w.since) >= waitLog && now.Sub(w.logged) >= waitLog {
+		w.logged = now
+		j.log.Info("waiting for chunks", "since", w.since.Format(time.RFC3339), "waited", now.Sub(w.since).Round(time.Second), "next_chunk", j.next)
+	}
+	if now.Sub(w.since) < stallCheck || now.Sub(w.checked) < stallCheck {
+		return nil
+	}
+	w.checked = now
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ci, err := cons.Info(ictx)
+	cancel()
+	if err != nil {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			return errAttemptEnded
+		}
+		j.log.Warn("link to the server lost? the consumer does not answer", "waiting_since", w.since.Format(time.RFC3339), "error", err)
+		return nil
+	}
+	if ci.Delivered.Stream <= j.lastSeq || ci.NumAckPending == 0 {
+		return nil
+	}
+	j.log.Warn("chunks were delivered that never arrived (a cut link); asking to replay from the last ack",
+		"delivered_seq", ci.Delivered.Stream, "received_seq", j.lastSeq, "ack_floor", ci.AckFloor.Stream)
+	rep := j.counters(streams.EvRewind)
+	rep.FromSeq = ci.AckFloor.Stream + 1
+	v, err := j.rc.report(ctx, j.r.ID, rep)
+	if err != nil {
+		return err
+	}
+	if v.Action == streams.ActStale {
+		return errAttemptEnded
+	}
+	return errRepull
 }
 
 // handle verifies and applies one message; done means the attempt is over.
@@ -257,8 +393,18 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 	if err != nil {
 		return true, j.rejected(ctx, msg, err)
 	}
-	if m.Attempt != j.r.Attempt || m.Repl != j.r.ID {
-		_ = msg.Ack() // left from another attempt; worthless to everyone
+	switch {
+	case m.Repl != j.r.ID:
+		_ = msg.Term() // not of this replication at all; never ack past it
+		return false, nil
+	case m.Attempt > j.r.Attempt:
+		// Either this job lags behind the coordinator (it is cancelled as
+		// soon as the record shows it) or the message is stray: never ack
+		// it, since AckAll would confirm chunks of the next attempt that
+		// its job has not applied.
+		return false, nil
+	case m.Attempt < j.r.Attempt:
+		_ = msg.Ack() // left from an earlier attempt, before this one's chunks
 		return false, nil
 	}
 	if m.Kind == streams.KindChunk && m.Index < j.next {
@@ -310,12 +456,12 @@ func (j *job) fillGap(ctx context.Context, msg jetstream.Msg, upto int64) error 
 	for k := j.next; k < upto; k++ {
 		back := uint64(upto - k)
 		if back >= meta.Sequence.Stream {
-			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d would precede the stream's start", j.r.ID, k))
+			return j.fail(ctx, errStreamBad{fmt.Errorf("stream of %s has a hole: chunk %d would precede the stream's start", j.r.ID, k)})
 		}
 		seq := meta.Sequence.Stream - back
 		raw, err := j.stream.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq))
+			return j.fail(ctx, errStreamBad{fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq)})
 		}
 		if err != nil {
 			return fmt.Errorf("fetch missing chunk %d (seq %d) of %s: %w", k, seq, j.r.ID, err)
@@ -327,7 +473,7 @@ func (j *job) fillGap(ctx context.Context, msg jetstream.Msg, upto int64) error 
 		if m.Kind != streams.KindChunk || m.Index != k || m.Attempt != j.r.Attempt {
 			// Replaying this stream would meet the same hole: only a new
 			// attempt can mend it.
-			return j.fail(ctx, fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq))
+			return j.fail(ctx, errStreamBad{fmt.Errorf("stream of %s has a hole: chunk %d is not at seq %d", j.r.ID, k, seq)})
 		}
 		if err := j.apply(ctx, m); err != nil {
 			return err
@@ -348,16 +494,24 @@ func (j *job) apply(ctx context.Context, m streams.Message) error {
 		j.buf = m.Raw[:0]
 	}
 	if time.Since(j.lastProgress) >= time.Second {
-		j.lastProgress = time.Now()
-		rep := j.counters(streams.EvProgress)
-		go func() {
-			v, err := j.rc.report(ctx, j.r.ID, rep)
-			if err == nil && v.Action == streams.ActStale {
-				j.log.Info("attempt replaced; stopping")
-			}
-		}()
+		j.progress(ctx)
 	}
 	return nil
+}
+
+// progress tells the coordinator how far the job got, without waiting for
+// the answer. It is what the sender's watchdog sees of this target: a
+// job that applied everything stored and waits must say so, or it would be
+// taken for a stalled one.
+func (j *job) progress(ctx context.Context) {
+	j.lastProgress, j.reported = time.Now(), j.next
+	rep := j.counters(streams.EvProgress)
+	go func() {
+		v, err := j.rc.report(ctx, j.r.ID, rep)
+		if err == nil && v.Action == streams.ActStale {
+			j.log.Info("attempt replaced; stopping")
+		}
+	}()
 }
 
 // rejected handles a message that failed verification: it is never applied.
@@ -369,10 +523,16 @@ func (j *job) rejected(ctx context.Context, msg jetstream.Msg, err error) error 
 	err = fmt.Errorf("replication %s, target %s: %w", j.r.ID, j.rc.target, err)
 	j.log.Error("refusing message", "error", err)
 	if errors.Is(err, streams.ErrUnknownVersion) {
-		return j.fail(ctx, coordinator.Permanent(err))
+		return j.fail(ctx, driver.Permanent(err))
 	}
-	return j.fail(ctx, err)
+	return j.fail(ctx, errStreamBad{err})
 }
+
+// errStreamBad marks a failure that lies in the stored stream itself (a
+// chunk that fails verification, a hole): replaying it cannot help.
+type errStreamBad struct{ error }
+
+func (e errStreamBad) Unwrap() error { return e.error }
 
 // applyFailed ends the attempt on an applier error. A stream the native
 // receive does not support goes to btrfs-progs instead: the partial is
@@ -394,6 +554,12 @@ func (j *job) applyFailed(ctx context.Context, err error) error {
 // fail cleans staging and tells the coordinator. It returns nil: the
 // attempt is over for this job either way.
 func (j *job) fail(ctx context.Context, cause error) error {
+	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), errAttemptEnded) {
+		// Stopping (SIGTERM, Ctrl-C) is not a failure: what an applier
+		// reports after its context ended is the stop itself, and a native
+		// partial stays in staging for the next run to resume.
+		return ctx.Err()
+	}
 	if j.app != nil {
 		j.app.Abort()
 	}
@@ -402,11 +568,16 @@ func (j *job) fail(ctx context.Context, cause error) error {
 	}
 	rep := j.counters(streams.EvFailed)
 	rep.Reason = cause.Error()
-	rep.Permanent = coordinator.IsPermanent(cause)
+	rep.Permanent = driver.IsPermanent(cause)
 	rep.ParentMissing = errors.Is(cause, btrfs.ErrParentMissing)
+	rep.StreamBad = errors.As(cause, new(errStreamBad))
 	j.log.Error("receive failed", "error", cause, "permanent", rep.Permanent)
-	if _, err := j.rc.report(ctx, j.r.ID, rep); err != nil {
+	v, err := j.rc.report(ctx, j.r.ID, rep)
+	if err != nil {
 		return err
+	}
+	if v.Action == streams.ActReplay {
+		return errReplay
 	}
 	return errAttemptEnded
 }
@@ -434,14 +605,17 @@ func (j *job) finish(ctx context.Context, msg jetstream.Msg, end streams.Message
 		if err != nil {
 			return j.fail(ctx, err)
 		}
-		done := j.counters(streams.EvCommitted)
-		done.Path = final
-		if _, err := j.rc.report(ctx, j.r.ID, done); err != nil {
-			return err
+		// Staging goes before the report: once the coordinator hears of the
+		// commit the run may end and this job with it.
+		if err := os.RemoveAll(j.staging); err != nil {
+			return fmt.Errorf("clean staging %s: %w", j.staging, err)
 		}
 		_ = msg.Ack()
 		j.log.Info("snapshot committed", "path", final, "bytes", j.bytes, "chunks", j.next)
-		return os.RemoveAll(j.staging)
+		done := j.counters(streams.EvCommitted)
+		done.Path = final
+		_, err = j.rc.report(ctx, j.r.ID, done)
+		return err
 	default:
 		j.log.Warn("received stream discarded", "reason", v.Reason)
 		return discard(ctx, j.staging)

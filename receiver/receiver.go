@@ -21,10 +21,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"golang.org/x/sys/unix"
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
+	"github.com/snapjet/snapjet/internal/filelock"
+	"github.com/snapjet/snapjet/internal/retry"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -38,8 +40,7 @@ type Receiver struct {
 	log    *slog.Logger
 	codec  *streams.Codec
 
-	applier string          // Native or BtrfsProgs
-	root    context.Context // Run's context: done when the receiver stops
+	applier string // Native or BtrfsProgs
 
 	mu       sync.Mutex
 	jobs     map[string]*running // by replication id
@@ -54,7 +55,7 @@ type Option func(*Receiver) error
 func WithApplier(kind string) Option {
 	return func(rc *Receiver) error {
 		if kind != Native && kind != BtrfsProgs {
-			return coordinator.Permanent(fmt.Errorf("receiver %q: use %s or %s", kind, Native, BtrfsProgs))
+			return driver.Permanent(fmt.Errorf("receiver %q: use %s or %s", kind, Native, BtrfsProgs))
 		}
 		rc.applier = kind
 		return nil
@@ -63,7 +64,7 @@ func WithApplier(kind string) Option {
 
 type running struct {
 	attempt int
-	cancel  context.CancelFunc
+	cancel  context.CancelCauseFunc // with errAttemptEnded: the job's partial is worthless
 	done    chan struct{}
 }
 
@@ -72,19 +73,19 @@ type running struct {
 func CheckTarget(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", coordinator.Permanent(fmt.Errorf("target %s: %w", dir, err))
+		return "", driver.Permanent(fmt.Errorf("target %s: %w", dir, err))
 	}
 	fi, err := os.Stat(abs)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return "", coordinator.Permanent(fmt.Errorf("target %s does not exist: create the directory on a btrfs filesystem first", abs))
+		return "", driver.Permanent(fmt.Errorf("target %s does not exist: create the directory on a btrfs filesystem first", abs))
 	case err != nil:
-		return "", coordinator.Permanent(fmt.Errorf("target %s: %w", abs, err))
+		return "", driver.Permanent(fmt.Errorf("target %s: %w", abs, err))
 	case !fi.IsDir():
-		return "", coordinator.Permanent(fmt.Errorf("target %s is not a directory", abs))
+		return "", driver.Permanent(fmt.Errorf("target %s is not a directory", abs))
 	}
 	if err := btrfs.IsBtrfs(abs); err != nil {
-		return "", coordinator.Permanent(fmt.Errorf("target %s is not on a btrfs filesystem: received snapshots must live on btrfs (%w)", abs, err))
+		return "", driver.Permanent(fmt.Errorf("target %s is not on a btrfs filesystem: received snapshots must live on btrfs (%w)", abs, err))
 	}
 	return abs, nil
 }
@@ -92,7 +93,7 @@ func CheckTarget(dir string) (string, error) {
 // New checks the target directory and prepares its staging area.
 func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir string, log *slog.Logger, opts ...Option) (*Receiver, error) {
 	if !streams.ValidID(target) {
-		return nil, coordinator.Permanent(fmt.Errorf("target name %q: use letters, digits, '-' and '_'", target))
+		return nil, driver.Permanent(fmt.Errorf("target name %q: use letters, digits, '-' and '_'", target))
 	}
 	abs, err := CheckTarget(dir)
 	if err != nil {
@@ -131,10 +132,6 @@ func (rc *Receiver) fallBack(id string) {
 	rc.fellBack[id] = true
 }
 
-// stopping reports whether the receiver as a whole is shutting down, as
-// opposed to one job being cancelled.
-func (rc *Receiver) stopping() bool { return rc.root != nil && rc.root.Err() != nil }
-
 func (rc *Receiver) incoming(id string) string {
 	return filepath.Join(rc.dir, ".snapjet", "incoming", id)
 }
@@ -143,7 +140,6 @@ func (rc *Receiver) incoming(id string) string {
 // cleans staging left by a crash, and runs a job for every replication
 // attempt addressed to this target.
 func (rc *Receiver) Run(ctx context.Context) error {
-	rc.root = ctx
 	lock, err := rc.lock()
 	if err != nil {
 		return err
@@ -188,7 +184,7 @@ func (rc *Receiver) Run(ctx context.Context) error {
 	}
 	rc.mu.Unlock()
 	for _, j := range jobs {
-		j.cancel()
+		j.cancel(context.Canceled) // stopping: native partials stay to resume
 		<-j.done
 	}
 	return ctx.Err()
@@ -196,24 +192,18 @@ func (rc *Receiver) Run(ctx context.Context) error {
 
 // lock makes sure one receiver at a time serves a target directory: two
 // would apply the same stream into one staging area.
-func (rc *Receiver) lock() (*os.File, error) {
+func (rc *Receiver) lock() (*filelock.Lock, error) {
 	path := filepath.Join(rc.dir, ".snapjet", "receiver.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	l, err := filelock.TryLock(path)
+	if errors.Is(err, filelock.ErrHeld) {
+		return nil, driver.Permanent(fmt.Errorf("target %s is already served by another snapjet receiver (pid %s): stop it first", rc.dir, filelock.Note(path)))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock target %s: %w", rc.dir, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, coordinator.Permanent(fmt.Errorf("target %s is already served by another snapjet receiver (pid %s): stop it first", rc.dir, readPID(path)))
-	}
-	_ = f.Truncate(0)
-	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
-	return f, nil
-}
-
-func readPID(path string) string {
-	b, _ := os.ReadFile(path)
-	return string(b)
+	// The pid only names the holder in a refused receiver's error.
+	_ = l.SetNote(strconv.Itoa(os.Getpid()))
+	return l, nil
 }
 
 // wants reports whether r asks this target to receive now.
@@ -222,27 +212,30 @@ func (rc *Receiver) wants(r *coordinator.Replication) bool {
 	return t != nil && !t.State.Terminal() && (r.State == coordinator.Sending || r.State == coordinator.Sent)
 }
 
-// dispatch starts, replaces or stops the job of one replication.
+// dispatch starts, replaces or stops the job of one replication. A job
+// whose attempt is over for this target (another attempt, the target or the
+// replication finished) is ended: a finished replication leaves no job
+// waiting for an answer that will never matter.
 func (rc *Receiver) dispatch(ctx context.Context, r *coordinator.Replication) {
 	rc.mu.Lock()
 	j := rc.jobs[r.ID]
 	rc.mu.Unlock()
-	if j != nil && j.attempt != r.Attempt {
-		j.cancel()
+	if j != nil && (j.attempt != r.Attempt || !rc.wants(r)) {
+		j.cancel(errAttemptEnded)
 		<-j.done
 		j = nil
 	}
 	if j != nil || !rc.wants(r) {
 		return
 	}
-	jctx, cancel := context.WithCancel(ctx)
+	jctx, cancel := context.WithCancelCause(ctx)
 	j = &running{attempt: r.Attempt, cancel: cancel, done: make(chan struct{})}
 	rc.mu.Lock()
 	rc.jobs[r.ID] = j
 	rc.mu.Unlock()
 	go func() {
 		defer close(j.done)
-		defer cancel()
+		defer cancel(nil)
 		rc.runJob(jctx, r)
 		rc.mu.Lock()
 		if rc.jobs[r.ID] == j {
@@ -252,28 +245,31 @@ func (rc *Receiver) dispatch(ctx context.Context, r *coordinator.Replication) {
 	}()
 }
 
-// runJob runs one attempt, retrying temporary trouble (a NATS outage) in place.
+// runJob runs one attempt, retrying temporary trouble (a NATS outage) in
+// place. It has no bound of its own: the record bounds it (the sender's
+// watchdog fails a target that makes no progress, and dispatch then ends
+// the job).
 func (rc *Receiver) runJob(ctx context.Context, r *coordinator.Replication) {
 	log := rc.log.With("replication", r.ID, "attempt", r.Attempt)
-	for {
-		err := (&job{rc: rc, r: r, log: log}).run(ctx)
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		if !errors.Is(err, errFallBack) {
-			log.Warn("receive interrupted; retrying", "error", err)
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-				return
+	first := true
+	_ = driver.Run(ctx, log, "receive", driver.Policy{First: time.Second, Max: 30 * time.Second}, func(ctx context.Context) (bool, error) {
+		if !first {
+			cur, _, err := rc.store.Get(ctx, r.ID)
+			if err != nil {
+				return false, err
 			}
+			if cur.Attempt != r.Attempt || !rc.wants(cur) {
+				return true, nil
+			}
+			r = cur
 		}
-		cur, _, gerr := rc.store.Get(ctx, r.ID)
-		if gerr != nil || cur.Attempt != r.Attempt || !rc.wants(cur) {
-			return
+		first = false
+		err := (&job{rc: rc, r: r, log: log}).run(ctx)
+		if errors.Is(err, errFallBack) || errors.Is(err, errReplay) {
+			return false, nil // start again at once, as the verdict says
 		}
-		r = cur
-	}
+		return err == nil, err
+	})
 }
 
 // Inventory lists the committed snapshots the target holds: read-only
@@ -294,7 +290,9 @@ func (rc *Receiver) Inventory() (streams.Inventory, error) {
 }
 
 // cleanStaging discards what a crash left in staging for replications that
-// are no longer active here; active ones are handled by their job.
+// are no longer active here; active ones are handled by their job. Only the
+// coordinator's word discards: a record that cannot be read now (a server
+// that is restarting) keeps its staging, which may be a resumable partial.
 func (rc *Receiver) cleanStaging(ctx context.Context) error {
 	base := filepath.Join(rc.dir, ".snapjet", "incoming")
 	entries, err := os.ReadDir(base)
@@ -303,7 +301,11 @@ func (rc *Receiver) cleanStaging(ctx context.Context) error {
 	}
 	for _, e := range entries {
 		r, _, err := rc.store.Get(ctx, e.Name())
-		if err == nil && rc.wants(r) {
+		switch {
+		case err == nil && rc.wants(r):
+			continue
+		case err != nil && !errors.Is(err, coordinator.ErrNotFound):
+			rc.log.Warn("keeping staging: its replication record cannot be read now", "replication", e.Name(), "error", err)
 			continue
 		}
 		rc.log.Info("discarding leftover staging", "replication", e.Name())
@@ -331,33 +333,75 @@ func discard(ctx context.Context, staging string) error {
 	return nil
 }
 
+// Report retries: a report other than progress is repeated until the
+// coordinator answers or the record shows the answer no longer matters.
+const (
+	reportTimeout = 10 * time.Second // one request
+	reportGiveUp  = 10 * time.Minute // then the job is retried from its checkpoint
+)
+
 // report sends one report to the coordinator. Reports other than progress
-// are retried until answered: the coordinator may be restarting.
+// are retried until answered (the coordinator may be restarting or the link
+// down), with a log line naming what is waited for, and end without an
+// answer once the record shows the attempt is over for this target (a
+// committed report whose reply was lost) or after reportGiveUp.
 func (rc *Receiver) report(ctx context.Context, id string, rep streams.Report) (streams.Verdict, error) {
 	rep.Target = rc.target
 	body, _ := json.Marshal(rep)
+	since := time.Now()
+	b := retry.New(time.Second, 10*time.Second)
 	for {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		msg, err := rc.nc.RequestWithContext(rctx, streams.ReportSubject(id), body)
-		cancel()
+		v, err := rc.request(ctx, id, body)
 		if err == nil {
-			if e := msg.Header.Get("Nats-Service-Error"); e != "" {
-				err = errors.New(e)
-			} else {
-				var v streams.Verdict
-				if err = json.Unmarshal(msg.Data, &v); err == nil {
-					return v, nil
-				}
-			}
+			return v, nil
 		}
 		if rep.Event == streams.EvProgress || ctx.Err() != nil {
 			return streams.Verdict{}, fmt.Errorf("report %s of %s: %w", rep.Event, id, err)
 		}
-		rc.log.Debug("coordinator unreachable; retrying report", "replication", id, "event", rep.Event, "error", err)
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-			return streams.Verdict{}, ctx.Err()
+		if rc.settled(ctx, id, rep) {
+			rc.log.Info("report no longer needed: the record moved on", "replication", id, "event", rep.Event)
+			return streams.Verdict{Action: streams.ActStale, Attempt: rep.Attempt}, nil
+		}
+		if time.Since(since) > reportGiveUp {
+			return streams.Verdict{}, fmt.Errorf("report %s of %s: no answer from the coordinator for %v (is `snapjet send` running?): %w", rep.Event, id, reportGiveUp, err)
+		}
+		rc.log.Warn("coordinator does not answer; retrying report", "replication", id, "event", rep.Event,
+			"since", since.Format(time.RFC3339), "error", err)
+		if err := b.Wait(ctx); err != nil {
+			return streams.Verdict{}, err
 		}
 	}
+}
+
+// request sends one report and decodes the verdict. The service error
+// header is read first: an error reply is not a verdict.
+func (rc *Receiver) request(ctx context.Context, id string, body []byte) (streams.Verdict, error) {
+	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
+	msg, err := rc.nc.RequestWithContext(rctx, streams.ReportSubject(id, rc.target), body)
+	if err != nil {
+		return streams.Verdict{}, err
+	}
+	if e := msg.Header.Get(micro.ErrorHeader); e != "" {
+		return streams.Verdict{}, errors.New(e)
+	}
+	var v streams.Verdict
+	if err := json.Unmarshal(msg.Data, &v); err != nil {
+		return streams.Verdict{}, fmt.Errorf("decode verdict: %w", err)
+	}
+	return v, nil
+}
+
+// settled reports whether the record shows that rep no longer needs an
+// answer: the replication or this target finished, or another attempt began.
+func (rc *Receiver) settled(ctx context.Context, id string, rep streams.Report) bool {
+	r, _, err := rc.store.Get(ctx, id)
+	if errors.Is(err, coordinator.ErrNotFound) {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	t := r.Targets[rc.target]
+	return r.State.Terminal() || r.Attempt != rep.Attempt || t == nil || t.State.Terminal()
 }

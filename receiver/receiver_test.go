@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand"
@@ -326,24 +327,46 @@ func (e *env) assertNothingApplied(name string) {
 }
 
 // assertStagingEmpty checks that no subvolume is left in staging (an empty
-// directory may linger for a moment after a commit).
+// directory may linger for a moment after a commit). The coordinator
+// answers a refused stream only after it recorded its verdict, so the
+// receiver may still be deleting its partial when the record moved on:
+// this waits, up to 10 s, for staging to be clean.
 func (e *env) assertStagingEmpty() {
+	e.t.Helper()
+	var left []string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		left = e.staged()
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // polling the filesystem: no event to wait for
+	}
+	for _, p := range left {
+		e.t.Errorf("staging holds %s", p)
+	}
+}
+
+// staged lists the subvolumes (and staging dirs that are subvolumes) in
+// the target's staging area.
+func (e *env) staged() []string {
 	e.t.Helper()
 	incoming := filepath.Join(e.target, ".snapjet", "incoming")
 	entries, err := os.ReadDir(incoming)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	var out []string
 	for _, en := range entries {
 		p := filepath.Join(incoming, en.Name())
 		subs, err := btrfs.List(p)
 		if err != nil || btrfs.IsSubvolume(p) {
-			e.t.Errorf("staging holds %s (%v)", p, err)
+			out = append(out, fmt.Sprintf("%s (%v)", p, err))
 		}
 		for _, s := range subs {
-			e.t.Errorf("staging holds subvolume %s", s.Path)
+			out = append(out, "subvolume "+s.Path)
 		}
 	}
+	return out
 }
 
 // assertCommitted checks the committed copy of s the way a user would.
@@ -565,7 +588,12 @@ func TestReceiveCommitsWhenMarkSentIsLate(t *testing.T) {
 	chunks := e.chunks("src-1", 1, s)
 	e.publish(chunks...)
 	e.end("src-1", 1, s, chunks)
-	time.Sleep(2 * time.Second) // the sender is slow between its two steps
+	// The sender is slow between its two steps: MarkSent only once the
+	// receiver has applied the whole stream and reported it.
+	e.wait("src-1", "the receiver to report the whole stream applied", func(r *coordinator.Replication) bool {
+		ts := r.Targets[target]
+		return ts != nil && (ts.State == coordinator.TReceived || ts.State == coordinator.TCommitted)
+	})
 	if err := e.markSent("src-1", 1, s, chunks); err != nil {
 		t.Errorf("MarkSent of the intact attempt 1: %v", err)
 	}
@@ -618,6 +646,9 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 		// native names what the native receive says instead, where it
 		// words a refusal differently from btrfs-progs.
 		native string
+		// redelivered is how many chunks a committing target must have
+		// received again and skipped.
+		redelivered int64
 	}{
 		{
 			name: "forged chunk with a matching checksum",
@@ -696,7 +727,8 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 				out = append(out, again)
 				return append(out, chunks[k:]...)
 			},
-			commit: true,
+			commit:      true,
+			redelivered: 1,
 		},
 	}
 	for _, tc := range tests {
@@ -722,6 +754,10 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 						t.Fatalf("replication %s in attempt %d: %q", r.State, r.Attempt, r.Error)
 					}
 					e.assertCommitted(r, s)
+					if got := r.Targets[target]; got.ChunksApplied != int64(len(chunks)) || got.RedeliveredChunks != tc.redelivered {
+						t.Errorf("target applied %d chunks and skipped %d as seen before; want %d applied, %d skipped",
+							got.ChunksApplied, got.RedeliveredChunks, len(chunks), tc.redelivered)
+					}
 					return
 				}
 				if r.State == coordinator.Done {
@@ -759,19 +795,61 @@ func (e *env) partialReceive(dir string, s snapshot) {
 	}
 }
 
-// What sits at the snapshot's final name decides the commit: the partial of
-// an interrupted plain receive is replaced; anything else is the user's and
-// stays untouched while the target fails with a reason.
+// What sits at the snapshot's final name decides the commit: this
+// snapshot's own copy, left writable by a commit interrupted between the
+// rename and the read-only flag, is made read-only; anything else may be
+// the user's (even a writable subvolume without received UUID, which is
+// also what an interrupted plain receive leaves) and stays untouched while
+// the target fails with a reason that names the fix.
 func TestCommitOverWhatIsAtTheFinalName(t *testing.T) {
 	tests := []struct {
 		name   string
 		put    func(e *env, final string, s snapshot)
 		commit bool
+		want   string // in the target's error when it does not commit
 	}{
 		{
-			name:   "partial of an interrupted receive",
-			put:    func(e *env, final string, s snapshot) { e.partialReceive(e.target, s) },
+			name: "this snapshot's copy left writable by an interrupted commit",
+			put: func(e *env, final string, s snapshot) {
+				elsewhere := filepath.Join(e.target, "elsewhere")
+				if err := os.Mkdir(elsewhere, 0o755); err != nil {
+					e.t.Fatal(err)
+				}
+				in, proc, err := btrfs.StartReceive(e.ctx, elsewhere)
+				if err != nil {
+					e.t.Fatal(err)
+				}
+				_, werr := in.Write(s.stream)
+				in.Close()
+				if err := proc.Wait(); err != nil || werr != nil {
+					e.t.Fatalf("btrfs receive: %v %v", err, werr)
+				}
+				got := filepath.Join(elsewhere, s.name)
+				if err := btrfs.SetReadOnlyFlag(got, false); err != nil {
+					e.t.Fatal(err)
+				}
+				if err := os.Rename(got, final); err != nil {
+					e.t.Fatal(err)
+				}
+			},
 			commit: true,
+		},
+		{
+			name: "partial of an interrupted receive",
+			put:  func(e *env, final string, s snapshot) { e.partialReceive(e.target, s) },
+			want: "move or rename it",
+		},
+		{
+			name: "a writable subvolume with the user's files",
+			put: func(e *env, final string, s snapshot) {
+				if err := btrfs.CreateSubvolume(e.ctx, final); err != nil {
+					e.t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(final, "mine.txt"), []byte("keep me"), 0o644); err != nil {
+					e.t.Fatal(err)
+				}
+			},
+			want: "move or rename it",
 		},
 		{
 			name: "a directory with the user's files",
@@ -819,6 +897,7 @@ func TestCommitOverWhatIsAtTheFinalName(t *testing.T) {
 			})
 			before, _ := os.ReadFile(filepath.Join(final, "mine.txt"))
 			beforeFile, _ := os.ReadFile(final)
+			beforeSub, beforeErr := btrfs.Inspect(final)
 			e.plan("src-1", s)
 			e.send("src-1", 1, s)
 			r := e.wait("src-1", "the attempt to end", func(r *coordinator.Replication) bool {
@@ -832,8 +911,15 @@ func TestCommitOverWhatIsAtTheFinalName(t *testing.T) {
 				return
 			}
 			got := r.Targets[target]
-			if r.State != coordinator.Failed || got.State != coordinator.TFailed || !strings.Contains(got.Error, "already exists") {
-				t.Errorf("replication %s, target %s %q; want the target failed saying %s already exists", r.State, got.State, got.Error, final)
+			want := tc.want
+			if want == "" {
+				want = "already exists"
+			}
+			if r.State != coordinator.Failed || got.State != coordinator.TFailed || !strings.Contains(got.Error, final) || !strings.Contains(got.Error, want) {
+				t.Errorf("replication %s, target %s %q; want the target failed naming %s and saying %q", r.State, got.State, got.Error, final, want)
+			}
+			if sub, err := btrfs.Inspect(final); beforeSub.UUID != sub.UUID || (err == nil) != (beforeErr == nil) {
+				t.Errorf("the subvolume at %s was replaced: UUID %s (%v), was %s (%v)", final, sub.UUID, err, beforeSub.UUID, beforeErr)
 			}
 			after, _ := os.ReadFile(filepath.Join(final, "mine.txt"))
 			afterFile, _ := os.ReadFile(final)

@@ -12,13 +12,18 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
+	"github.com/snapjet/snapjet/internal/retry"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -27,16 +32,16 @@ import (
 func CheckSource(source string) (string, btrfs.Info, error) {
 	abs, err := filepath.Abs(source)
 	if err != nil {
-		return "", btrfs.Info{}, coordinator.Permanent(fmt.Errorf("source %s: %w", source, err))
+		return "", btrfs.Info{}, driver.Permanent(fmt.Errorf("source %s: %w", source, err))
 	}
 	info, err := btrfs.Inspect(abs)
 	switch {
 	case errors.Is(err, btrfs.ErrNotFound):
-		return "", info, coordinator.Permanent(fmt.Errorf("source %s does not exist: give the path of a btrfs subvolume", abs))
+		return "", info, driver.Permanent(fmt.Errorf("source %s does not exist: give the path of a btrfs subvolume", abs))
 	case errors.Is(err, btrfs.ErrNotBtrfs):
-		return "", info, coordinator.Permanent(fmt.Errorf("source %s is not on a btrfs filesystem: snapjet replicates btrfs subvolumes", abs))
+		return "", info, driver.Permanent(fmt.Errorf("source %s is not on a btrfs filesystem: snapjet replicates btrfs subvolumes", abs))
 	case errors.Is(err, btrfs.ErrNotSubvolume):
-		return "", info, coordinator.Permanent(fmt.Errorf("source %s is not a btrfs subvolume: point at a subvolume, or make one with `btrfs subvolume create`", abs))
+		return "", info, driver.Permanent(fmt.Errorf("source %s is not a btrfs subvolume: point at a subvolume, or make one with `btrfs subvolume create`", abs))
 	case err != nil:
 		return "", info, fmt.Errorf("source %s: %w", abs, err)
 	}
@@ -51,11 +56,16 @@ func SnapshotDir(source string) string {
 
 var unsafeID = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
 
-// replicationID derives a stream-safe id from the snapshot name.
-func replicationID(snapshotName string) string {
+// replicationID derives a stream-safe id from the snapshot name and the
+// source subvolume's UUID: two hosts replicating sources of the same name
+// at the same second never share a record.
+func replicationID(snapshotName, sourceUUID string) string {
 	id := unsafeID.ReplaceAllString(snapshotName, "_")
-	if len(id) > 120 {
-		id = id[len(id)-120:]
+	if len(id) > 100 {
+		id = id[len(id)-100:]
+	}
+	if u := strings.ReplaceAll(sourceUUID, "-", ""); len(u) >= 8 {
+		id += "_" + u[:8]
 	}
 	return id
 }
@@ -66,7 +76,7 @@ func takeSnapshot(ctx context.Context, source, dir string) (btrfs.Info, error) {
 		return btrfs.Info{}, fmt.Errorf("snapshot directory %s: %w", dir, err)
 	}
 	if err := btrfs.IsBtrfs(dir); err != nil {
-		return btrfs.Info{}, coordinator.Permanent(fmt.Errorf("snapshot directory %s must be on the source's btrfs filesystem: %w", dir, err))
+		return btrfs.Info{}, driver.Permanent(fmt.Errorf("snapshot directory %s must be on the source's btrfs filesystem: %w", dir, err))
 	}
 	name := filepath.Base(source) + "." + time.Now().UTC().Format("20060102T150405Z")
 	path := filepath.Join(dir, name)
@@ -82,62 +92,200 @@ func takeSnapshot(ctx context.Context, source, dir string) (btrfs.Info, error) {
 	return btrfs.Inspect(path)
 }
 
-// Inventories asks every target's receiver what it holds, waiting up to
-// timeout for receivers that are still starting.
-func Inventories(ctx context.Context, nc *nats.Conn, targets []string, timeout time.Duration) (map[string]streams.Inventory, error) {
-	out := map[string]streams.Inventory{}
-	deadline := time.Now().Add(timeout)
+// Inventories asks every target's receiver, concurrently, what it holds,
+// waiting up to timeout for receivers that are still starting. Targets
+// whose receiver does not answer, or answers with an error, are returned
+// with the reason instead: they do not hold the others back.
+func Inventories(ctx context.Context, nc *nats.Conn, targets []string, timeout time.Duration) (map[string]streams.Inventory, map[string]error) {
+	var (
+		mu          sync.Mutex
+		wg          sync.WaitGroup
+		inv         = map[string]streams.Inventory{}
+		unreachable = map[string]error{}
+	)
 	for _, t := range targets {
-		for {
-			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			msg, err := nc.RequestWithContext(rctx, streams.InventorySubject(t), nil)
-			cancel()
-			if err == nil {
-				var inv streams.Inventory
-				if err := json.Unmarshal(msg.Data, &inv); err != nil {
-					return nil, fmt.Errorf("inventory of target %s: %w", t, err)
-				}
-				if msg.Header.Get("Nats-Service-Error") != "" {
-					return nil, coordinator.Permanent(fmt.Errorf("target %s: %s", t, msg.Header.Get("Nats-Service-Error")))
-				}
-				out[t] = inv
-				break
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in, err := inventory(ctx, nc, t, timeout)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				unreachable[t] = err
+			} else {
+				inv[t] = in
 			}
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+		}()
+	}
+	wg.Wait()
+	return inv, unreachable
+}
+
+// inventory asks one target's receiver, until it answers or timeout passes.
+func inventory(ctx context.Context, nc *nats.Conn, target string, timeout time.Duration) (streams.Inventory, error) {
+	deadline := time.Now().Add(timeout)
+	b := retry.New(200*time.Millisecond, 2*time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, min(5*time.Second, max(time.Until(deadline), 100*time.Millisecond)))
+		msg, err := nc.RequestWithContext(rctx, streams.InventorySubject(target), nil)
+		cancel()
+		if err == nil {
+			// The error header first: a receiver's error reply is not an
+			// inventory.
+			if e := msg.Header.Get(micro.ErrorHeader); e != "" {
+				return streams.Inventory{}, fmt.Errorf("the receiver of target %s answers with an error: %s", target, e)
 			}
-			if time.Now().After(deadline) {
-				return nil, coordinator.Permanent(fmt.Errorf("no receiver answers for target %s (%v): start `snapjet receive --target %s DIR` against this NATS server", t, err, t))
+			var inv streams.Inventory
+			if err := json.Unmarshal(msg.Data, &inv); err != nil {
+				return streams.Inventory{}, fmt.Errorf("inventory of target %s: %w", target, err)
 			}
-			time.Sleep(200 * time.Millisecond)
+			return inv, nil
+		}
+		if ctx.Err() != nil {
+			return streams.Inventory{}, ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return streams.Inventory{}, fmt.Errorf("no receiver answered for %v (%v): start `snapjet receive --target %s DIR` against this NATS server, or check the link to its site", timeout, err, target)
+		}
+		if err := b.Wait(ctx); err != nil {
+			return streams.Inventory{}, err
 		}
 	}
-	return out, nil
 }
 
 // chooseParent returns the newest read-only snapshot in snaps whose UUID
-// every target holds as a received UUID, or a zero Info for a full send.
+// the target holds as a received UUID, or a zero Info for a full send.
 // Names never count: a target's copy is recognised only by its UUID.
-func chooseParent(snaps []btrfs.Info, inv map[string]streams.Inventory) btrfs.Info {
+func chooseParent(snaps []btrfs.Info, inv streams.Inventory) btrfs.Info {
 	for i := len(snaps) - 1; i >= 0; i-- {
 		s := snaps[i]
 		if !s.ReadOnly || s.UUID.IsZero() {
 			continue
 		}
-		everywhere := len(inv) > 0
-		for _, in := range inv {
-			held := false
-			for _, h := range in.Snapshots {
-				if strings.EqualFold(h.ReceivedUUID, s.UUID.String()) {
-					held = true
-					break
-				}
+		for _, h := range inv.Snapshots {
+			if strings.EqualFold(h.ReceivedUUID, s.UUID.String()) {
+				return s
 			}
-			everywhere = everywhere && held
-		}
-		if everywhere {
-			return s
 		}
 	}
 	return btrfs.Info{}
+}
+
+// groupByParent gives every target its own incremental parent (the newest
+// snapshot it holds) and groups the targets that share one: each group is
+// one stream and one btrfs send. Groups come in the order of their first
+// target's name; targets within a group are sorted.
+func groupByParent(snaps []btrfs.Info, inv map[string]streams.Inventory) []coordinator.Group {
+	names := make([]string, 0, len(inv))
+	for t := range inv {
+		names = append(names, t)
+	}
+	sort.Strings(names)
+	var groups []coordinator.Group
+	index := map[string]int{}
+	for _, t := range names {
+		p := chooseParent(snaps, inv[t])
+		key := p.UUID.String()
+		i, ok := index[key]
+		if !ok {
+			i = len(groups)
+			index[key] = i
+			g := coordinator.Group{}
+			if !p.UUID.IsZero() {
+				g.Parent, g.ParentUUID = p.Path, p.UUID.String()
+			}
+			groups = append(groups, g)
+		}
+		groups[i].Targets = append(groups[i].Targets, t)
+	}
+	return groups
+}
+
+// plan asks the targets what they hold, takes the snapshot and stores one
+// record per group of targets sharing a parent. Targets whose receiver does
+// not answer are recorded as failed with the reason, in the first record,
+// so that a later run retries them; the others go ahead.
+func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt Options) ([]*coordinator.Replication, error) {
+	chunk := opt.ChunkSize
+	if chunk <= 0 {
+		chunk = DefaultChunkSize
+	}
+	if limit := int(s.NC.MaxPayload()) - 8<<10; chunk > limit {
+		s.Log.Info("chunk size lowered to the server's max payload", "chunk_size", limit)
+		chunk = limit
+	}
+	chunk = min(chunk, streams.MaxChunk)
+	window := opt.Window
+	if window <= 0 {
+		window = DefaultWindow
+	}
+	window = max(window, 8*int64(chunk))
+	inv, unreachable := Inventories(ctx, s.NC, opt.Targets, opt.InventoryTimeout)
+	if len(inv) == 0 {
+		return nil, fmt.Errorf("no target can receive: %w", joinTargets(unreachable))
+	}
+	snaps, err := btrfs.List(opt.SnapshotDir)
+	if err != nil {
+		return nil, err
+	}
+	groups := groupByParent(snaps, inv)
+	snap, err := takeSnapshot(ctx, src, opt.SnapshotDir)
+	if err != nil {
+		return nil, err
+	}
+	base := replicationID(filepath.Base(snap.Path), srcInfo.UUID.String())
+	var recs []*coordinator.Replication
+	for i, g := range groups {
+		r := &coordinator.Replication{
+			ID:           base,
+			Source:       src,
+			SourceUUID:   srcInfo.UUID.String(),
+			Snapshot:     snap.Path,
+			SnapshotName: filepath.Base(snap.Path),
+			SnapshotUUID: snap.UUID.String(),
+			Parent:       g.Parent,
+			ParentUUID:   g.ParentUUID,
+			ChunkSize:    chunk,
+			Window:       window,
+			Targets:      map[string]*coordinator.Target{},
+		}
+		if i > 0 {
+			r.ID = coordinator.SplitID(base, g.Targets[0])
+		}
+		if g.ParentUUID == "" {
+			r.EstimatedBytes = apparentSize(snap.Path)
+		}
+		for _, t := range g.Targets {
+			r.Targets[t] = &coordinator.Target{State: coordinator.TPending}
+		}
+		if i == 0 {
+			for t, err := range unreachable {
+				r.Targets[t] = &coordinator.Target{State: coordinator.TFailed, Error: err.Error()}
+			}
+		}
+		if err := s.Coord.Create(ctx, r); err != nil {
+			return nil, err
+		}
+		s.Log.Info("replication planned", "replication", r.ID, "snapshot", r.Snapshot, "snapshot_uuid", r.SnapshotUUID,
+			"parent", r.Parent, "targets", g.Targets)
+		recs = append(recs, r)
+	}
+	for t, err := range unreachable {
+		s.Log.Warn("target cannot receive now; the others go ahead and a later run retries it", "target", t, "error", err)
+	}
+	return recs, nil
+}
+
+// joinTargets is one error naming every target and its reason, in order.
+func joinTargets(errs map[string]error) error {
+	names := make([]string, 0, len(errs))
+	for t := range errs {
+		names = append(names, t)
+	}
+	sort.Strings(names)
+	var all []error
+	for _, t := range names {
+		all = append(all, fmt.Errorf("target %s: %w", t, errs[t]))
+	}
+	return errors.Join(all...)
 }

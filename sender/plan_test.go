@@ -18,7 +18,7 @@ func uuid(t *testing.T, n int) btrfs.UUID {
 	return u
 }
 
-func TestChooseParent(t *testing.T) {
+func TestGroupByParent(t *testing.T) {
 	// Three source snapshots, oldest first, as btrfs.List returns them.
 	snap := func(n int, ro bool) btrfs.Info {
 		name := fmt.Sprintf("data.2026112%dT000000Z", n)
@@ -44,41 +44,63 @@ func TestChooseParent(t *testing.T) {
 		name  string
 		snaps []btrfs.Info
 		inv   map[string]streams.Inventory
-		want  int // snapshot number; 0 for a full send
+		want  map[string]int // target -> parent snapshot number; 0 for a full send
 	}{
-		{"no targets: full", snaps, map[string]streams.Inventory{}, 0},
-		{"no snapshots yet: full", nil, map[string]streams.Inventory{"a": holds("a")}, 0},
-		{"target holds nothing: full", snaps, map[string]streams.Inventory{"a": holds("a")}, 0},
-		{"newest held", snaps, map[string]streams.Inventory{"a": holds("a", snaps[0], snaps[1], snaps[2])}, 3},
-		{"only an older one held", snaps, map[string]streams.Inventory{"a": holds("a", snaps[0])}, 1},
-		{"newest held by every target", snaps, map[string]streams.Inventory{
-			"a": holds("a", snaps[1], snaps[2]), "b": holds("b", snaps[0], snaps[1])}, 2},
-		{"no snapshot common to all targets: full", snaps, map[string]streams.Inventory{
-			"a": holds("a", snaps[2]), "b": holds("b", snaps[1])}, 0},
-		{"one target empty: full", snaps, map[string]streams.Inventory{
-			"a": holds("a", snaps[2]), "b": holds("b")}, 0},
+		{"no targets: no groups", snaps, map[string]streams.Inventory{}, map[string]int{}},
+		{"no snapshots yet: full", nil, map[string]streams.Inventory{"a": holds("a")}, map[string]int{"a": 0}},
+		{"target holds nothing: full", snaps, map[string]streams.Inventory{"a": holds("a")}, map[string]int{"a": 0}},
+		{"newest held", snaps, map[string]streams.Inventory{"a": holds("a", snaps[0], snaps[1], snaps[2])}, map[string]int{"a": 3}},
+		{"only an older one held", snaps, map[string]streams.Inventory{"a": holds("a", snaps[0])}, map[string]int{"a": 1}},
+		{"each target its own newest", snaps, map[string]streams.Inventory{
+			"a": holds("a", snaps[1], snaps[2]), "b": holds("b", snaps[0], snaps[1])}, map[string]int{"a": 3, "b": 2}},
+		{"targets that hold the same newest share it", snaps, map[string]streams.Inventory{
+			"a": holds("a", snaps[2]), "b": holds("b", snaps[1], snaps[2]), "c": holds("c", snaps[0])}, map[string]int{"a": 3, "b": 3, "c": 1}},
+		{"a new target gets a full send, the others their incremental", snaps, map[string]streams.Inventory{
+			"a": holds("a", snaps[2]), "b": holds("b", snaps[2]), "new": holds("new")}, map[string]int{"a": 3, "b": 3, "new": 0}},
 		{"same name with another UUID does not count", snaps, map[string]streams.Inventory{
-			"a": holds("a", impostor(snaps[2]))}, 0},
+			"a": holds("a", impostor(snaps[2]))}, map[string]int{"a": 0}},
 		{"same name with another UUID, older one held by UUID", snaps, map[string]streams.Inventory{
-			"a": holds("a", snaps[0], impostor(snaps[2]))}, 1},
+			"a": holds("a", snaps[0], impostor(snaps[2]))}, map[string]int{"a": 1}},
 		{"held under another name counts", snaps, map[string]streams.Inventory{
-			"a": holds("a", renamed(snaps[2], "monday"))}, 3},
+			"a": holds("a", renamed(snaps[2], "monday"))}, map[string]int{"a": 3}},
 		{"UUID case does not matter", snaps, map[string]streams.Inventory{
-			"a": upper(holds("a", snaps[1]))}, 2},
+			"a": upper(holds("a", snaps[1]))}, map[string]int{"a": 2}},
 		{"a writable source snapshot is never a parent", []btrfs.Info{snap(1, true), snap(2, false)}, map[string]streams.Inventory{
-			"a": holds("a", snap(1, true), snap(2, false))}, 1},
+			"a": holds("a", snap(1, true), snap(2, false))}, map[string]int{"a": 1}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := chooseParent(tc.snaps, tc.inv)
-			if tc.want == 0 {
-				if !got.UUID.IsZero() || got.Path != "" {
-					t.Fatalf("parent %s (%s), want a full send", got.Path, got.UUID)
+			groups := groupByParent(tc.snaps, tc.inv)
+			got := map[string]int{}
+			first := ""
+			for _, g := range groups {
+				if len(g.Targets) == 0 || g.Targets[0] <= first {
+					t.Fatalf("groups %+v: empty or not ordered by their first target", groups)
 				}
-				return
+				first = g.Targets[0]
+				n := 0
+				for i, sn := range snaps {
+					if g.ParentUUID == sn.UUID.String() && g.Parent == sn.Path {
+						n = i + 1
+					}
+				}
+				if n == 0 && (g.ParentUUID != "" || g.Parent != "") {
+					t.Fatalf("group %+v has a parent that is no source snapshot", g)
+				}
+				for _, tg := range g.Targets {
+					got[tg] = n
+				}
 			}
-			if want := snap(tc.want, true); got.UUID != want.UUID || got.Path != want.Path {
-				t.Fatalf("parent %s (%s), want %s (%s)", got.Path, got.UUID, want.Path, want.UUID)
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("parents %v, want %v", got, tc.want)
+			}
+			// One group per distinct parent: targets sharing a parent share a stream.
+			distinct := map[int]bool{}
+			for _, n := range tc.want {
+				distinct[n] = true
+			}
+			if len(groups) != len(distinct) {
+				t.Fatalf("%d groups for %d distinct parents: %+v", len(groups), len(distinct), groups)
 			}
 		})
 	}
@@ -90,16 +112,16 @@ func TestReplicationID(t *testing.T) {
 		snapshot string
 		want     string
 	}{
-		{"data.20261124T064512Z", "data_20261124T064512Z"},
-		{"data.20261124T064512Z-2", "data_20261124T064512Z-2"},
-		{"my data.20261124T064512Z", "my_data_20261124T064512Z"},
-		{"home/ü.20261124T064512Z", "home_20261124T064512Z"},
-		{"a..*>b", "a_b"},
-		{long, strings.Repeat("d", 103) + "_20261124T064512Z"}, // the tail, with the time, is kept
+		{"data.20261124T064512Z", "data_20261124T064512Z_0b4fd3a2"},
+		{"data.20261124T064512Z-2", "data_20261124T064512Z-2_0b4fd3a2"},
+		{"my data.20261124T064512Z", "my_data_20261124T064512Z_0b4fd3a2"},
+		{"home/ü.20261124T064512Z", "home_20261124T064512Z_0b4fd3a2"},
+		{"a..*>b", "a_b_0b4fd3a2"},
+		{long, strings.Repeat("d", 83) + "_20261124T064512Z_0b4fd3a2"}, // the tail, with the time, is kept
 	}
 	for _, tc := range tests {
 		t.Run(tc.snapshot, func(t *testing.T) {
-			got := replicationID(tc.snapshot)
+			got := replicationID(tc.snapshot, sourceUUID)
 			if got != tc.want {
 				t.Errorf("replicationID(%q) = %q, want %q", tc.snapshot, got, tc.want)
 			}
@@ -112,10 +134,17 @@ func TestReplicationID(t *testing.T) {
 	seen := map[string]string{}
 	for _, name := range []string{"data.20261124T064512Z", "data.20261124T064513Z", "data.20261124T064512Z-2",
 		"data.20261124T064512Z-3", long, strings.Replace(long, "064512", "064513", 1)} {
-		id := replicationID(name)
+		id := replicationID(name, sourceUUID)
 		if prev, ok := seen[id]; ok {
 			t.Errorf("%q and %q share id %q", prev, name, id)
 		}
 		seen[id] = name
 	}
+	// Two sources of the same name (two hosts replicating /srv/data) never
+	// share a record.
+	if a, b := replicationID("data.20261124T064512Z", sourceUUID), replicationID("data.20261124T064512Z", "7c1e0f7e-0000-4000-8000-000000000001"); a == b {
+		t.Errorf("sources with other UUIDs share id %q", a)
+	}
 }
+
+const sourceUUID = "0b4fd3a2-52c8-7d4e-a2f0-3c1d44e7a9b1"

@@ -47,6 +47,9 @@ func publishOpts(r *coordinator.Replication, idx int64) []jetstream.PublishOpt {
 	return opts
 }
 
+// windowLog is how often a sender waiting for room in the window says so.
+const windowLog = 30 * time.Second
+
 // msgOverhead approximates the stored size of a chunk's headers.
 const msgOverhead = 400
 
@@ -65,6 +68,8 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 		err := p.makeRoom(ctx, int64(len(j.msg.Data))+msgOverhead)
 		if err == nil {
 			err = p.publish(j)
+		} else {
+			p.hold(j)
 		}
 		for err == nil && len(p.inflight) > maxInflight {
 			err = p.confirmOldest(ctx)
@@ -87,10 +92,18 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 	return nil
 }
 
+// hold keeps a chunk that could not be published yet with the unconfirmed
+// ones, so that recover publishes it in order: dropping it would leave a
+// hole the server refuses to fill ("wrong last msg ID").
+func (p *publisher) hold(j *job) {
+	p.inflight = append(p.inflight, pending{j: j})
+}
+
 // publish sends one chunk without waiting for the server's confirmation.
 func (p *publisher) publish(j *job) error {
 	fut, err := p.s.JS.PublishMsgAsync(j.msg, publishOpts(p.r, j.idx)...)
 	if err != nil {
+		p.hold(j)
 		return fmt.Errorf("publish chunk %d of %s: %w", j.idx, p.r.ID, err)
 	}
 	p.inflight = append(p.inflight, pending{fut, j, p.s.NC.Stats().Reconnects})
@@ -168,6 +181,9 @@ func (p *publisher) republish(rp resumePoint, cause error) error {
 
 func (p *publisher) confirmOldest(ctx context.Context) error {
 	o := p.inflight[0]
+	if o.fut == nil {
+		return fmt.Errorf("chunk %d of %s is not published yet", o.j.idx, p.r.ID)
+	}
 	select { // usually confirmed already: no timer on the chunk path
 	case <-o.fut.Ok():
 	default:
@@ -217,7 +233,9 @@ func (p *publisher) confirmed(j *job) {
 // makeRoom is the back-pressure: while the stream would outgrow the window
 // it drops what every target has acked, and otherwise waits for the slowest
 // target. The last stored message always stays, so a restarted sender can
-// see where the stream ends.
+// see where the stream ends. The wait is bounded by the watchdog, which
+// fails a target that makes no progress for the stall timeout and so
+// releases the window.
 func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 	if p.stored+need <= p.r.Window {
 		return nil
@@ -228,41 +246,31 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		}
 	}
 	wait := 10 * time.Millisecond
-	var (
-		stuckAt    uint64
-		stuckSince time.Time
-	)
+	since, logged := time.Now(), time.Now()
 	for {
 		info, err := p.st.Info(ctx)
 		if err != nil {
 			return fmt.Errorf("stream of %s: %w", p.r.ID, err)
 		}
 		p.stored = int64(info.State.Bytes)
-		if p.stored+need <= p.r.Window || info.State.Msgs == 0 {
+		if fits(p.stored, need, p.r.Window, info.State.Msgs) {
 			return nil
 		}
 		floor, slowest, err := p.ackFloor(ctx, info.State.LastSeq)
 		if err != nil {
 			return err
 		}
-		if keep := min(floor+1, info.State.LastSeq); keep > info.State.FirstSeq {
+		if keep, ok := purgeTo(info.State.FirstSeq, info.State.LastSeq, floor); ok {
 			if err := p.st.Purge(ctx, jetstream.WithPurgeSequence(keep)); err != nil {
 				return fmt.Errorf("drop acked chunks of %s: %w", p.r.ID, err)
 			}
-			wait = 10 * time.Millisecond
+			wait, since = 10*time.Millisecond, time.Now()
 			continue
 		}
-		if floor != stuckAt || stuckSince.IsZero() {
-			stuckAt, stuckSince = floor, time.Now()
-		} else if time.Since(stuckSince) > p.s.stall && slowest != "" {
-			// One silent target must not hold back the others for ever.
-			reason := fmt.Sprintf("acked nothing for %v while the window was full: is its receiver running? (the next run retries it)", p.s.stall)
-			p.log.Warn("dropping a stalled target from this run", "target", slowest, "reason", reason)
-			if err := p.s.Coord.FailTarget(ctx, p.r.ID, p.r.Attempt, slowest, reason); err != nil {
-				return err
-			}
-			stuckSince = time.Time{}
-			continue
+		if time.Since(logged) >= windowLog {
+			logged = time.Now()
+			p.log.Info("window full: waiting for the slowest target", "target", slowest, "ack_floor", floor,
+				"since", since.Format(time.RFC3339))
 		}
 		p.report(ctx, false)
 		select {
@@ -272,6 +280,22 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		}
 		wait = min(2*wait, 500*time.Millisecond)
 	}
+}
+
+// fits says whether a message of need bytes may be stored now. An empty
+// stream always takes the next chunk, whatever the window: a chunk larger
+// than the window must still make progress.
+func fits(stored, need, window int64, msgs uint64) bool {
+	return stored+need <= window || msgs == 0
+}
+
+// purgeTo is the first sequence to keep when every active target acked up
+// to floor: everything acked goes, but the last stored message always
+// stays (a restarted sender reads where the stream ends from it). ok is
+// false when nothing can be dropped: then the sender waits.
+func purgeTo(first, last, floor uint64) (keep uint64, ok bool) {
+	keep = min(floor+1, last)
+	return keep, keep > first
 }
 
 // ackFloor is the highest stream sequence that every active target has

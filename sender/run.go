@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -46,9 +46,12 @@ type Options struct {
 	// OutageTimeout is how long the sender keeps retrying without progress
 	// (a NATS server that is down) before it gives up.
 	OutageTimeout time.Duration
-	// StallTimeout is how long a full window may wait on a target that
-	// acks nothing before that target is dropped from the run.
+	// StallTimeout is how long a target may make no progress (while it is
+	// behind the stream, or the stream is complete) before it is dropped
+	// from the run.
 	StallTimeout time.Duration
+	// RecordRetention is how long finished records are kept.
+	RecordRetention time.Duration
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -84,10 +87,27 @@ type Sender struct {
 
 func (s *Sender) workers() int { return max(2, runtime.GOMAXPROCS(0)) }
 
-// Run replicates opt.Source to opt.Targets and returns the final record. An
-// unfinished or failed earlier run of the same source and targets is
-// completed first, instead of taking a new snapshot.
-func (s *Sender) Run(ctx context.Context, opt Options) (*coordinator.Replication, error) {
+// Result is the outcome of a run: the records of one source snapshot that
+// it drove, one per group of targets that shared a parent (and one per
+// target that needed a stream of its own).
+type Result struct {
+	Records []*coordinator.Replication
+}
+
+// Outcome is where one target ended: the record it did not move out of.
+func (res *Result) Outcome(target string) (*coordinator.Replication, *coordinator.Target) {
+	for _, r := range res.Records {
+		if t := r.Targets[target]; t != nil && t.State != coordinator.TMoved {
+			return r, t
+		}
+	}
+	return nil, nil
+}
+
+// Run replicates opt.Source to opt.Targets and returns the records of the
+// run. An unfinished or failed earlier run of the same source (by UUID) to
+// these targets is completed first, instead of taking a new snapshot.
+func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 	s.outage, s.stall = orDefault(opt.OutageTimeout, DefaultOutageTimeout), orDefault(opt.StallTimeout, DefaultStallTimeout)
 	if s.codec == nil {
 		c, err := streams.NewCodec(zstd.SpeedDefault)
@@ -100,187 +120,308 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*coordinator.Replication
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.unfinished(ctx, src, opt.Targets)
+	if opt.SnapshotDir == "" {
+		opt.SnapshotDir = SnapshotDir(src)
+	}
+	// One sender drives a source at a time; the lease says who.
+	lease, err := s.Coord.AcquireLease(ctx, srcInfo.UUID.String(), coordinator.ThisProcess(src), coordinator.DefaultLeaseTTL)
 	if err != nil {
 		return nil, err
 	}
-	if r == nil {
-		if r, err = s.plan(ctx, src, srcInfo, opt); err != nil {
-			return nil, err
+	ctx, lost := context.WithCancelCause(ctx)
+	go lease.Keep(ctx, s.Log, lost)
+	defer func() {
+		lost(nil)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := lease.Release(rctx); err != nil {
+			s.Log.Warn("release lease", "source", src, "error", err)
 		}
-	} else {
-		s.Log.Info("continuing unfinished replication", "replication", r.ID, "state", r.State, "attempt", r.Attempt)
-		if err := s.Coord.Serve(r.ID); err != nil {
-			return nil, err
-		}
-		if r.State == coordinator.Failed {
-			if r, err = s.Coord.Retry(ctx, r.ID); err != nil {
-				return nil, err
-			}
-		}
+	}()
+	if _, _, err := s.Coord.Sweep(ctx, orDefault(opt.RecordRetention, coordinator.DefaultRecordRetention)); err != nil {
+		s.Log.Warn("clean up finished replications", "error", err)
 	}
-	return s.drive(ctx, r.ID)
+	res, err := s.run(ctx, src, srcInfo, opt)
+	if cause := context.Cause(ctx); errors.Is(cause, coordinator.ErrLeaseHeld) {
+		return nil, cause
+	}
+	return res, err
 }
 
-// unfinished finds the latest run of src to the same targets that did not
-// end in done.
-func (s *Sender) unfinished(ctx context.Context, src string, targets []string) (*coordinator.Replication, error) {
+// run completes the unfinished run of the source or plans a new one, and
+// drives it.
+func (s *Sender) run(ctx context.Context, src string, srcInfo btrfs.Info, opt Options) (*Result, error) {
+	recs, err := s.unfinished(ctx, srcInfo.UUID.String(), opt.Targets)
+	if err != nil {
+		return nil, err
+	}
+	if recs == nil {
+		if recs, err = s.plan(ctx, src, srcInfo, opt); err != nil {
+			return nil, err
+		}
+	} else if err := s.resume(ctx, recs, opt); err != nil {
+		return nil, err
+	}
+	return s.driveRun(ctx, recs[0].SnapshotUUID, opt.Targets)
+}
+
+// unfinished returns the records of the newest snapshot of the source that
+// were addressed to any of targets, unless every one of those targets
+// committed it (then a new snapshot is due).
+func (s *Sender) unfinished(ctx context.Context, srcUUID string, targets []string) ([]*coordinator.Replication, error) {
 	all, err := s.Coord.Store().List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for i := len(all) - 1; i >= 0; i-- {
-		r := all[i]
-		if r.Source != src || !sameTargets(r, targets) {
+	var newest string
+	for _, r := range all { // oldest first
+		if r.SourceUUID == srcUUID && addressed(r, targets) {
+			newest = r.SnapshotUUID
+		}
+	}
+	if newest == "" {
+		return nil, nil
+	}
+	var recs []*coordinator.Replication
+	finished := true
+	for _, r := range all {
+		if r.SnapshotUUID != newest {
 			continue
 		}
-		if r.State == coordinator.Done {
-			return nil, nil
+		recs = append(recs, r)
+		for _, name := range targets {
+			if t := r.Targets[name]; t != nil && t.State != coordinator.TCommitted && t.State != coordinator.TMoved {
+				finished = false
+			}
 		}
-		if _, err := btrfs.Inspect(r.Snapshot); err != nil {
-			s.Log.Warn("unfinished replication lost its snapshot; starting anew", "replication", r.ID, "error", err)
-			_, _ = s.Coord.Fail(ctx, r.ID, "source snapshot is gone: "+err.Error())
-			return nil, nil
-		}
-		return r, nil
 	}
-	return nil, nil
+	if finished {
+		return nil, nil
+	}
+	if info, err := btrfs.Inspect(recs[0].Snapshot); err != nil || info.UUID.String() != newest {
+		reason := fmt.Sprintf("source snapshot %s is gone", recs[0].Snapshot)
+		if err != nil {
+			reason += ": " + err.Error()
+		}
+		s.Log.Warn("unfinished replication lost its snapshot; starting anew", "replication", recs[0].ID, "reason", reason)
+		for _, r := range recs {
+			if !r.State.Terminal() {
+				_, _ = s.Coord.Fail(ctx, r.ID, reason)
+			}
+		}
+		return nil, nil
+	}
+	return recs, nil
 }
 
-func sameTargets(r *coordinator.Replication, targets []string) bool {
-	if len(r.Targets) != len(targets) {
-		return false
-	}
+// addressed reports whether r sends to any of targets.
+func addressed(r *coordinator.Replication, targets []string) bool {
 	for _, t := range targets {
-		if r.Targets[t] == nil {
-			return false
+		if r.Targets[t] != nil {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
-func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt Options) (*coordinator.Replication, error) {
-	if opt.SnapshotDir == "" {
-		opt.SnapshotDir = SnapshotDir(src)
+// resume prepares the records of an unfinished run: a failed one gets a
+// new run for its failed targets among those asked for, each with the
+// parent it holds now (asked again: a target that was away may hold an
+// older base than the others).
+func (s *Sender) resume(ctx context.Context, recs []*coordinator.Replication, opt Options) error {
+	for _, r := range recs {
+		s.Log.Info("continuing unfinished replication", "replication", r.ID, "state", r.State, "attempt", r.Attempt)
+		if err := s.Coord.Serve(r.ID); err != nil {
+			return err
+		}
+		if r.State != coordinator.Failed {
+			continue
+		}
+		var failed []string
+		for _, name := range opt.Targets {
+			if t := r.Targets[name]; t != nil && t.State == coordinator.TFailed {
+				failed = append(failed, name)
+			}
+		}
+		if len(failed) == 0 {
+			continue
+		}
+		inv, unreachable := Inventories(ctx, s.NC, failed, opt.InventoryTimeout)
+		for name, err := range unreachable {
+			s.Log.Warn("target still unreachable; it stays failed", "replication", r.ID, "target", name, "error", err)
+		}
+		if len(inv) == 0 {
+			continue
+		}
+		snaps, err := btrfs.List(filepath.Dir(r.Snapshot))
+		if err != nil {
+			return err
+		}
+		groups := groupByParent(olderThan(snaps, r.SnapshotUUID), inv)
+		if _, err := s.Coord.Retry(ctx, r.ID, groups); err != nil {
+			return err
+		}
 	}
-	chunk := opt.ChunkSize
-	if chunk <= 0 {
-		chunk = DefaultChunkSize
+	return nil
+}
+
+// olderThan keeps the snapshots listed before the one with uuid: the
+// candidates for its incremental parent.
+func olderThan(snaps []btrfs.Info, uuid string) []btrfs.Info {
+	for i, sn := range snaps {
+		if sn.UUID.String() == uuid {
+			return snaps[:i]
+		}
 	}
-	if limit := int(s.NC.MaxPayload()) - 8<<10; chunk > limit {
-		s.Log.Info("chunk size lowered to the server's max payload", "chunk_size", limit)
-		chunk = limit
+	return snaps
+}
+
+// driveRun drives every record of snapshot that is addressed to targets,
+// concurrently, including the records that targets move to while it runs,
+// and returns when all of them are over.
+func (s *Sender) driveRun(ctx context.Context, snapshot string, targets []string) (*Result, error) {
+	type ended struct {
+		id  string
+		err error
 	}
-	chunk = min(chunk, streams.MaxChunk)
-	window := opt.Window
-	if window <= 0 {
-		window = DefaultWindow
-	}
-	window = max(window, 8*int64(chunk))
-	inv, err := Inventories(ctx, s.NC, opt.Targets, opt.InventoryTimeout)
+	driving := map[string]bool{}
+	done := make(chan ended)
+	running := 0
+	var firstErr error
+	watch, err := s.Coord.Store().Watch(ctx)
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := btrfs.List(opt.SnapshotDir)
+	for {
+		recs, err := s.collect(ctx, snapshot, targets)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range recs {
+			if !r.State.Terminal() && !driving[r.ID] && firstErr == nil {
+				driving[r.ID] = true
+				running++
+				go func(id string) {
+					err := s.drive(ctx, id)
+					done <- ended{id, err}
+				}(r.ID)
+			}
+		}
+		if running == 0 {
+			if firstErr != nil {
+				return nil, firstErr
+			}
+			return &Result{Records: recs}, nil
+		}
+		// Wait for a drive to end or a record of this snapshot to appear.
+		for relevant := false; !relevant; {
+			select {
+			case e := <-done:
+				running--
+				relevant = true
+				if e.err != nil && firstErr == nil {
+					firstErr = e.err
+				}
+			case u, ok := <-watch:
+				if !ok {
+					watch = nil // ctx ended; the drives return on it
+				} else {
+					relevant = u.SnapshotUUID == snapshot && !driving[u.ID]
+				}
+			}
+		}
+	}
+}
+
+// collect lists the records of snapshot addressed to targets, and recreates
+// a record a target moved to when a crash came between the move and the
+// record's creation.
+func (s *Sender) collect(ctx context.Context, snapshot string, targets []string) ([]*coordinator.Replication, error) {
+	all, err := s.Coord.Store().List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	parent := chooseParent(snaps, inv)
-	snap, err := takeSnapshot(ctx, src, opt.SnapshotDir)
-	if err != nil {
-		return nil, err
+	ids := map[string]bool{}
+	var recs []*coordinator.Replication
+	for _, r := range all {
+		if r.SnapshotUUID == snapshot && addressed(r, targets) {
+			recs = append(recs, r)
+			ids[r.ID] = true
+		}
 	}
-	r := &coordinator.Replication{
-		ID:           replicationID(filepath.Base(snap.Path)),
-		Source:       src,
-		SourceUUID:   srcInfo.UUID.String(),
-		Snapshot:     snap.Path,
-		SnapshotName: filepath.Base(snap.Path),
-		SnapshotUUID: snap.UUID.String(),
-		ChunkSize:    chunk,
-		Window:       window,
-		Targets:      map[string]*coordinator.Target{},
+	for _, r := range recs {
+		for _, name := range coordinator.SortedNames(r.Targets) {
+			t := r.Targets[name]
+			if t.State != coordinator.TMoved || ids[t.MovedTo] {
+				continue
+			}
+			nr, err := s.Coord.Split(ctx, r, name, false)
+			if err != nil {
+				return nil, err
+			}
+			recs = append(recs, nr)
+			ids[nr.ID] = true
+		}
 	}
-	if !parent.UUID.IsZero() {
-		r.Parent, r.ParentUUID = parent.Path, parent.UUID.String()
-	} else {
-		r.EstimatedBytes = apparentSize(snap.Path)
-	}
-	for _, t := range opt.Targets {
-		r.Targets[t] = &coordinator.Target{State: coordinator.TPending}
-	}
-	if err := s.Coord.Create(ctx, r); err != nil {
-		return nil, err
-	}
-	s.Log.Info("replication planned", "replication", r.ID, "snapshot", r.Snapshot, "snapshot_uuid", r.SnapshotUUID,
-		"parent", r.Parent, "targets", opt.Targets)
-	return r, nil
+	return recs, nil
 }
 
 // drive runs attempts until the replication is done or failed, then deletes
 // its stream. Temporary trouble (a NATS outage, a killed process) is retried
-// where the stream left off, until OutageTimeout passes without progress.
-func (s *Sender) drive(ctx context.Context, id string) (*coordinator.Replication, error) {
-	var troubleSince time.Time
-	for {
-		r, err := s.step(ctx, id)
-		switch {
-		case err == nil && r != nil:
-			return r, nil
-		case err == nil:
-			troubleSince = time.Time{}
-			continue
-		case coordinator.IsPermanent(err):
-			s.Log.Error("replication failed", "replication", id, "error", err)
+// where the stream left off, until OutageTimeout passes without progress; a
+// permanent error fails the record. The coordinator's watchdog meanwhile
+// fails every target that makes no progress for StallTimeout.
+func (s *Sender) drive(ctx context.Context, id string) error {
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	defer stopWatchdog()
+	go s.Coord.Watchdog(wctx, id, s.stall)
+	log := s.Log.With("replication", id)
+	err := driver.Run(ctx, log, "send", driver.Policy{Bound: s.outage}, func(ctx context.Context) (bool, error) {
+		over, err := s.step(ctx, id)
+		if driver.IsPermanent(err) {
+			// It ends the record, not the run: the next step finds it over.
+			log.Error("replication failed", "error", err)
 			if _, ferr := s.Coord.Fail(ctx, id, err.Error()); ferr != nil {
-				return nil, fmt.Errorf("%w (and recording the failure: %v)", err, ferr)
+				return false, fmt.Errorf("%w (and recording the failure: %v)", err, ferr)
 			}
-			continue
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
+			return false, nil
 		}
-		if troubleSince.IsZero() {
-			troubleSince = time.Now()
-		} else if time.Since(troubleSince) > s.outage {
-			return nil, fmt.Errorf("replication %s made no progress for %v: %w (is the NATS server running and reachable?)", id, s.outage, err)
-		}
-		s.Log.Warn("send interrupted; continuing where the stream left off", "replication", id, "error", err)
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+		return over, err
+	})
+	if err != nil && ctx.Err() == nil && !driver.IsPermanent(err) {
+		return fmt.Errorf("replication %s: %w (is the NATS server running and reachable?)", id, err)
 	}
+	return err
 }
 
-// step advances the replication by one attempt or one state change. It
-// returns the final record once the replication is over.
-func (s *Sender) step(ctx context.Context, id string) (*coordinator.Replication, error) {
+// step advances the replication by one attempt or one state change, and
+// reports whether it is over.
+func (s *Sender) step(ctx context.Context, id string) (bool, error) {
 	r, _, err := s.Coord.Store().Get(ctx, id)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	if r.State.Terminal() {
 		if err := s.Coord.Finish(ctx, id); err != nil {
 			s.Log.Warn("delete stream", "replication", id, "error", err)
 		}
-		return r, nil
+		return true, nil
 	}
 	if r.State == coordinator.Sent {
-		return nil, s.waitChange(ctx, r)
+		return false, s.waitChange(ctx, r, recheck)
 	}
 	r, st, err := s.Coord.BeginAttempt(ctx, id)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	err = s.attemptWatched(ctx, r, st)
 	switch {
 	case errors.Is(err, errAttemptOver):
-		return nil, nil
+		return false, nil
 	case errors.Is(err, errStreamChanged):
 		_, err = s.Coord.Restart(ctx, id, r.Attempt, err.Error(), false)
 	}
-	return nil, err
+	return false, err
 }
 
 // attemptWatched sends one attempt and abandons it as soon as the
@@ -307,9 +448,14 @@ func (s *Sender) attemptWatched(ctx context.Context, r *coordinator.Replication,
 	return err
 }
 
-// waitChange blocks until the record differs from r in state or attempt.
-func (s *Sender) waitChange(ctx context.Context, r *coordinator.Replication) error {
-	ctx, cancel := context.WithCancel(ctx)
+// recheck bounds one wait for a record to change: the record is read again
+// after it even if no watch update came (a watch lost in an outage).
+const recheck = 5 * time.Second
+
+// waitChange waits until the record differs from r in state or attempt, or
+// at most d; the watchdog meanwhile says which targets are waited for.
+func (s *Sender) waitChange(ctx context.Context, r *coordinator.Replication, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	watch, err := s.Coord.Store().Watch(ctx)
 	if err != nil {
@@ -319,12 +465,18 @@ func (s *Sender) waitChange(ctx context.Context, r *coordinator.Replication) err
 		select {
 		case u, ok := <-watch:
 			if !ok {
-				return fmt.Errorf("watching replication %s: %w", r.ID, ctx.Err())
+				if ctx.Err() == context.DeadlineExceeded {
+					return nil // d passed: the caller reads the record again
+				}
+				return ctx.Err()
 			}
 			if u.ID == r.ID && (u.State != r.State || u.Attempt != r.Attempt) {
 				return nil
 			}
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil
+			}
 			return ctx.Err()
 		}
 	}
@@ -343,14 +495,4 @@ func apparentSize(root string) int64 {
 		return nil
 	})
 	return total
-}
-
-// SortedNames returns target names in a stable order, for logs and output.
-func SortedNames(m map[string]*coordinator.Target) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

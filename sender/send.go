@@ -18,6 +18,7 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -97,7 +98,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	defer cancel()
 	out, proc, err := btrfs.Send(sctx, r.Snapshot, opt)
 	if err != nil {
-		return coordinator.Permanent(fmt.Errorf("start btrfs send of %s: %w", r.Snapshot, err))
+		return driver.Permanent(fmt.Errorf("start btrfs send of %s: %w", r.Snapshot, err))
 	}
 	digest := sha256.New()
 	order := make(chan *job, 2*s.workers()+2)
@@ -132,10 +133,17 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	}
 	p := &publisher{s: s, r: r, st: st, log: log, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes, recoveredAt: -1}
 	pubErr := p.run(sctx, order)
-	cancel()
-	for range order { // let the reader finish after a publish failure
+	if pubErr != nil {
+		// Only a failure stops btrfs send early: cancelling a send that
+		// already exited 0 would make Wait report "context canceled".
+		cancel()
+		for range order { // let the reader finish
+		}
 	}
 	wg.Wait()
+	if readErr != nil {
+		cancel() // the reader stopped reading: btrfs send may block on the pipe
+	}
 	waitErr := proc.Wait()
 	switch {
 	case pubErr != nil:
@@ -144,7 +152,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 		return readErr
 	case waitErr != nil:
 		if errors.Is(waitErr, btrfs.ErrNotFound) || errors.Is(waitErr, btrfs.ErrNotSubvolume) {
-			return coordinator.Permanent(fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr))
+			return driver.Permanent(fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr))
 		}
 		return fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr)
 	}

@@ -1,5 +1,7 @@
 package streams
 
+import "strings"
+
 // The control plane: small JSON request/replies between receivers, the
 // sender and the coordinator, served as NATS micro endpoints so that
 // `nats micro ls` shows them.
@@ -10,8 +12,22 @@ const (
 	ReceiverService    = "snapjet-receiver"
 )
 
-// ReportSubject is where the receivers of a replication report to its coordinator.
-func ReportSubject(repl string) string { return "snapjet.coord." + repl }
+// ReportSubject is where the receiver of target reports on a replication to
+// its coordinator. The target is in the subject, not only in the body, so
+// that NATS permissions can let a site report for its own targets only;
+// the coordinator refuses a report whose body names another target.
+func ReportSubject(repl, target string) string { return "snapjet.coord." + repl + "." + target }
+
+// ReportSubjects matches the reports of every target of a replication.
+func ReportSubjects(repl string) string { return "snapjet.coord." + repl + ".*" }
+
+// ReportTarget is the target a report subject names, "" for another subject.
+func ReportTarget(subject string) string {
+	if i := strings.LastIndexByte(subject, '.'); i >= 0 && strings.HasPrefix(subject, "snapjet.coord.") {
+		return subject[i+1:]
+	}
+	return ""
+}
 
 // InventorySubject is where the receiver of target answers what it holds.
 func InventorySubject(target string) string { return "snapjet.target." + target + ".inventory" }
@@ -48,6 +64,10 @@ type Report struct {
 	Reason        string `json:"reason,omitempty"`
 	Permanent     bool   `json:"permanent,omitempty"`
 	ParentMissing bool   `json:"parent_missing,omitempty"`
+	// StreamBad: what the stream stores is wrong (a chunk that fails its
+	// checksum, a hole), so replaying it cannot mend the target; only a
+	// fresh send can.
+	StreamBad bool `json:"stream_bad,omitempty"`
 }
 
 // Action is the coordinator's answer.
@@ -58,6 +78,7 @@ const (
 	ActCommit  Action = "commit"  // move the received subvolume to its final place
 	ActDiscard Action = "discard" // delete the partial; a new attempt follows (or the target failed)
 	ActStale   Action = "stale"   // the report is for an attempt that is over; stop it
+	ActReplay  Action = "replay"  // delete the partial and receive the stream again from its start (same attempt)
 )
 
 // Verdict is the coordinator's reply to a Report.

@@ -211,15 +211,20 @@ func assertDone(t *testing.T, doc statusDoc, snapshotName string) replication {
 }
 
 // assertAllChunksApplied checks that the target applied exactly the chunks
-// of the stream: none twice, none missing.
-func assertAllChunksApplied(t *testing.T, rep replication, target string) {
+// and bytes of the stream, none missing, and that at most maxRedelivered
+// chunks reached it again (the receiver counts and skips those; 0 when
+// nothing should have made the server deliver a chunk twice).
+func assertAllChunksApplied(t *testing.T, rep replication, target string, maxRedelivered int64) {
 	t.Helper()
 	_, ts, ok := rep.target(target)
 	if !ok {
 		t.Fatalf("status of %s has no target for %s", rep.ID, target)
 	}
-	if rep.TotalChunks == 0 || ts.ChunksApplied != rep.TotalChunks {
-		t.Errorf("target applied %d chunks, the stream has %d", ts.ChunksApplied, rep.TotalChunks)
+	if rep.TotalChunks == 0 || ts.ChunksApplied != rep.TotalChunks || ts.BytesApplied != rep.TotalBytes {
+		t.Errorf("target applied %d chunks and %d bytes, the stream has %d and %d", ts.ChunksApplied, ts.BytesApplied, rep.TotalChunks, rep.TotalBytes)
+	}
+	if ts.RedeliveredChunks > maxRedelivered {
+		t.Errorf("%d chunks reached the target twice, want at most %d", ts.RedeliveredChunks, maxRedelivered)
 	}
 }
 

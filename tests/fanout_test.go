@@ -60,8 +60,12 @@ func TestFanOutToTwoTargetsUsesOneSend(t *testing.T) {
 	r := newReplicator(t)
 	r.env = rec.env
 
-	if res := r.run("replicate", nil, source, first, second); res.code != 0 {
+	res := r.run("replicate", nil, source, first, second)
+	if res.code != 0 {
 		t.Fatalf("replicate failed with code %d: %s", res.code, res.stderr)
+	}
+	if strings.Contains(res.stderr, "send interrupted") {
+		t.Errorf("a clean run reports an interrupted send (a btrfs send that exited 0 taken for a failure): %s", res.stderr)
 	}
 	doc := r.storedStatus()
 	if len(doc.Replications) != 1 {
@@ -75,6 +79,10 @@ func TestFanOutToTwoTargetsUsesOneSend(t *testing.T) {
 		t.Errorf("snapjet ran btrfs send %d times, want once: %q", len(sends), sends)
 	}
 	assertReplicated(t, rep.Snapshot, first, second)
+	// Both receivers, the last to commit included, cleaned their staging
+	// (checkpoint.json too) before replicate exited.
+	assertStagingEmpty(t, first)
+	assertStagingEmpty(t, second)
 }
 
 // One of two targets runs out of space. It must neither block nor corrupt

@@ -267,7 +267,7 @@ func leafLinkCut(t *testing.T, c cutCase, outage time.Duration) {
 	}
 	done := assertDone(t, site.status(), rep.SnapshotName)
 	t.Logf("figures: attempt %d, %d chunks, %d wire bytes; %d bytes crossed the link to the leaf node, %d to the hub",
-		done.Attempt, done.TotalChunks, done.WireBytes, site.link.toClient.Load(), site.link.toServer.Load())
+		done.Attempt, done.TotalChunks, done.WireBytes, site.link.Down(), site.link.Up())
 	assertReplicated(t, rep.Snapshot, t1, t2)
 	waitUntil(t, nil, recoveryBound, "the receivers to clear their staging", func(context.Context) bool {
 		return stagingEmpty(t1) && stagingEmpty(t2)
@@ -397,9 +397,9 @@ func stagingEmpty(target string) bool {
 // the leaf node for quiet.
 func (s *leafSite) waitQuietLink(quiet time.Duration) {
 	s.t.Helper()
-	last, since := s.link.toClient.Load(), time.Now()
+	last, since := s.link.Down(), time.Now()
 	waitUntil(s.t, nil, 10*time.Second, "the link to fall quiet", func(context.Context) bool {
-		if n := s.link.toClient.Load(); n != last {
+		if n := s.link.Down(); n != last {
 			last, since = n, time.Now()
 		}
 		return time.Since(since) >= quiet

@@ -13,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/snapjet/snapjet/internal/netfault"
 )
 
 // The hub-and-leaf deployment of deploy/nats: a standalone nats-server hub
@@ -55,9 +57,9 @@ type leafSite struct {
 	t        *testing.T
 	hub      *proc
 	leaf     *proc
-	link     *tcpProxy // the leaf node's connection to the hub's leafnode port
-	hubAddr  string    // clients of the hub (senders) connect here
-	leafAddr string    // clients at the site (receivers) connect here
+	link     *netfault.Relay // the leaf node's connection to the hub's leafnode port
+	hubAddr  string          // clients of the hub (senders) connect here
+	leafAddr string          // clients at the site (receivers) connect here
 	leafJS   jetstream.JetStream
 }
 
@@ -88,8 +90,8 @@ leafnodes {
   advertise: %q
   authorization { user: leaf, password: "CHANGE-ME-leaf" }
 }
-`, s.hubAddr, filepath.Join(dir, "jetstream"), hubLeafAddr, s.link.addr()))
-	s.hub = startProcess(t, "hub", bin, nil, "-c", hubConf)
+`, s.hubAddr, filepath.Join(dir, "jetstream"), hubLeafAddr, s.link.Addr()))
+	s.hub = startCommand(t, "hub", bin, "-c", hubConf)
 	waitUntil(t, s.hub, 30*time.Second, "the hub to accept clients on "+s.hubAddr, func(ctx context.Context) bool {
 		return dialable(s.hubAddr)
 	})
@@ -106,8 +108,8 @@ default_js_domain: { $G: hub }
 leafnodes {
   remotes = [ { url: "nats-leaf://leaf:CHANGE-ME-leaf@%s" } ]
 }
-`, s.leafAddr, s.link.addr()))
-	s.leaf = startProcess(t, "leaf", bin, nil, "-c", leafConf)
+`, s.leafAddr, s.link.Addr()))
+	s.leaf = startCommand(t, "leaf", bin, "-c", leafConf)
 	waitUntil(t, s.leaf, 30*time.Second, "the leaf node to accept clients on "+s.leafAddr, func(ctx context.Context) bool {
 		return dialable(s.leafAddr)
 	})
@@ -122,7 +124,7 @@ leafnodes {
 		t.Fatal(err)
 	}
 	waitUntil(t, s.leaf, 30*time.Second, "the leaf node's link to the hub", s.linkUp)
-	t.Logf("hub at %s (leafnode port %s), leaf node at %s, its link to the hub through %s", s.hubAddr, hubLeafAddr, s.leafAddr, s.link.addr())
+	t.Logf("hub at %s (leafnode port %s), leaf node at %s, its link to the hub through %s", s.hubAddr, hubLeafAddr, s.leafAddr, s.link.Addr())
 	return s
 }
 
@@ -157,12 +159,12 @@ func (s *leafSite) linkUp(ctx context.Context) bool {
 // node no longer reaches the hub's JetStream.
 func (s *leafSite) cutLink() {
 	s.t.Helper()
-	s.link.setDown(true)
-	n := s.link.cut()
+	s.link.SetDown(true)
+	n := s.link.Cut()
 	if n == 0 {
 		s.t.Fatal("the leaf node had no connection to the hub to cut")
 	}
-	s.t.Logf("WAN down: cut %d leaf connection(s) after %d bytes to the leaf node and %d to the hub", n, s.link.toClient.Load(), s.link.toServer.Load())
+	s.t.Logf("WAN down: cut %d leaf connection(s) after %d bytes to the leaf node and %d to the hub", n, s.link.Down(), s.link.Up())
 	waitUntil(s.t, nil, 10*time.Second, "the leaf node to lose the hub", func(ctx context.Context) bool {
 		return !s.linkUp(ctx)
 	})
@@ -171,7 +173,7 @@ func (s *leafSite) cutLink() {
 // restoreLink lets the leaf node connect again and returns the moment it
 // did so: the start of every bound on recovery.
 func (s *leafSite) restoreLink() time.Time {
-	s.link.setDown(false)
+	s.link.SetDown(false)
 	s.t.Log("WAN up again: the proxy accepts the leaf node's connection")
 	return time.Now()
 }

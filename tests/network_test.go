@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"strconv"
 	"testing"
 	"time"
@@ -32,19 +33,25 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 			source, target, size := newPair(t, dataSet{seed: 3, bulk: 96 * mib})
 			srv := startServer(t)
 			proxy := startProxy(t, srv.addr)
-			t.Logf("receiver connects through a proxy at %s, the sender directly to %s", proxy.addr(), srv.addr)
-			startReceiver(t, "nats://"+proxy.addr(), "backup", target)
+			t.Logf("receiver connects through a proxy at %s, the sender directly to %s", proxy.Addr(), srv.addr)
+			recv := startReceiver(t, "nats://"+proxy.Addr(), "backup", target)
 			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", "--chunk-size", strconv.Itoa(smallChunk), source)
 
 			rep := waitForReplication(t, send, srv.liveStatus, "the cut point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, smallChunk, target))
-			proxy.setDown(true)
-			cut := proxy.cut()
-			t.Logf("cut %d receiver connections after %d bytes had passed to the receiver; network down for %v", cut, proxy.toClient.Load(), tc.outage)
+			proxy.SetDown(true)
+			cut := proxy.Cut()
+			t.Logf("cut %d receiver connections after %d bytes had passed to the receiver; network down for %v", cut, proxy.Down(), tc.outage)
 			if cut == 0 {
 				t.Fatal("the receiver had no connection through the proxy to cut")
 			}
-			time.Sleep(tc.outage)
-			proxy.setDown(false)
+			if tc.outage > 0 {
+				cutAt := time.Now()
+				// The outage only tests something once the receiver has
+				// found the network down; then it lasts its full length.
+				waitUntil(t, recv, 30*time.Second, "the receiver to find the network down", func(context.Context) bool { return proxy.Refused() > 0 })
+				time.Sleep(time.Until(cutAt.Add(tc.outage)))
+			}
+			proxy.SetDown(false)
 
 			if res := send.wait(transferTimeout); res.code != 0 {
 				t.Fatalf("send failed with code %d: %s", res.code, res.stderr)
@@ -55,12 +62,12 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 				t.Fatalf("status of %s has no target for %s", done.ID, target)
 			}
 			t.Logf("figures: %d chunks, %d wire bytes sent, %d redelivered chunks, %d bytes to the receiver through the proxy, %d back",
-				done.TotalChunks, done.WireBytes, ts.RedeliveredChunks, proxy.toClient.Load(), proxy.toServer.Load())
+				done.TotalChunks, done.WireBytes, ts.RedeliveredChunks, proxy.Down(), proxy.Up())
 			if ts.RedeliveredChunks > maxAckPending {
 				t.Errorf("%d chunks were redelivered, more than one window of %d unacknowledged chunks", ts.RedeliveredChunks, maxAckPending)
 			}
 			limit := done.WireBytes + maxAckPending*smallChunk + done.TotalChunks*overheadPerChunk + overheadFixed
-			if down := proxy.toClient.Load(); down > limit {
+			if down := proxy.Down(); down > limit {
 				t.Errorf("%d bytes reached the receiver, more than the %d wire bytes plus one window (limit %d): the transfer restarted instead of resuming",
 					down, done.WireBytes, limit)
 			}

@@ -2,6 +2,8 @@ package tests
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,26 +40,59 @@ func newProbe(t *testing.T, url string) *jsProbe {
 	return &jsProbe{t: t, nc: nc, js: js}
 }
 
-// published is how many chunks of rep's current attempt are stored.
-func (p *jsProbe) published(ctx context.Context, rep replication) (int64, error) {
+// attemptStart returns the stream sequence of chunk 0 of rep's current
+// attempt and how many of its chunks are stored. Chunks of one attempt sit
+// on consecutive sequences and the stream always keeps its last message,
+// so that message places the attempt even after purges; sequences alone
+// are no count, they keep growing across attempts and purges.
+func (p *jsProbe) attemptStart(ctx context.Context, rep replication) (first uint64, stored int64, err error) {
 	s, err := p.js.Stream(ctx, streams.StreamName(rep.ID))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return int64(s.CachedInfo().State.LastSeq), nil
+	last, err := s.GetLastMsgForSubject(ctx, streams.Subject(rep.ID))
+	if err != nil {
+		return 0, 0, err
+	}
+	h, err := streams.DecodeHeader(last.Header)
+	if err != nil {
+		return 0, 0, err
+	}
+	if h.Attempt != rep.Attempt {
+		return 0, 0, fmt.Errorf("the stream holds attempt %d, the status says %d", h.Attempt, rep.Attempt)
+	}
+	if h.Kind == streams.KindEnd {
+		return last.Sequence - uint64(h.Chunks), h.Chunks, nil
+	}
+	return last.Sequence - uint64(h.Index), h.Index + 1, nil
 }
 
-// acked is how many chunks the target in dir has acknowledged.
+// published is how many chunks of rep's current attempt are stored.
+func (p *jsProbe) published(ctx context.Context, rep replication) (int64, error) {
+	_, n, err := p.attemptStart(ctx, rep)
+	return n, err
+}
+
+// acked is how many chunks of rep's current attempt the target in dir has
+// acknowledged.
 func (p *jsProbe) acked(ctx context.Context, rep replication, dir string) (int64, error) {
 	name, _, ok := rep.target(dir)
 	if !ok {
 		return 0, nil
 	}
+	first, stored, err := p.attemptStart(ctx, rep)
+	if err != nil {
+		return 0, err
+	}
 	c, err := p.js.Consumer(ctx, streams.StreamName(rep.ID), streams.ConsumerName(name))
 	if err != nil {
 		return 0, err
 	}
-	return int64(c.CachedInfo().AckFloor.Stream), nil
+	floor := c.CachedInfo().AckFloor.Stream
+	if floor < first {
+		return 0, nil // nothing of this attempt yet
+	}
+	return min(int64(floor-first)+1, stored), nil
 }
 
 // sentAtLeast holds once chunks of chunkSize bytes covering percent of size
@@ -120,5 +155,69 @@ func (p *jsProbe) holdsTail(dir string) func(context.Context, replication) bool 
 		}
 		p.t.Logf("JetStream: all %d messages stored and delivered to %s, acknowledged up to %d", last.Sequence, name, info.AckFloor.Stream)
 		return true
+	}
+}
+
+// publishLog counts every chunk published for any replication from its
+// creation on, per attempt and index, duplicates included: JetStream drops
+// a republished chunk by its message id, but a plain subscription on the
+// subject sees each publish.
+type publishLog struct {
+	mu sync.Mutex
+	n  map[publishKey]int
+}
+
+type publishKey struct {
+	repl    string
+	attempt int
+	index   int64
+}
+
+// countPublishes starts a publishLog; call it before the sender starts.
+func (p *jsProbe) countPublishes() *publishLog {
+	p.t.Helper()
+	l := &publishLog{n: map[publishKey]int{}}
+	sub, err := p.nc.Subscribe(streams.Subject(">"), func(m *nats.Msg) {
+		h, err := streams.DecodeHeader(m.Header)
+		if err != nil || h.Kind != streams.KindChunk {
+			return
+		}
+		l.mu.Lock()
+		l.n[publishKey{h.Repl, h.Attempt, h.Index}]++
+		l.mu.Unlock()
+	})
+	if err != nil {
+		p.t.Fatalf("subscribe to chunk publishes: %v", err)
+	}
+	// Chunks arrive faster than a test goroutine may count them: never
+	// drop one for a slow consumer, which would look like a missing chunk.
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := p.nc.Flush(); err != nil {
+		p.t.Fatalf("subscribe to chunk publishes: %v", err)
+	}
+	p.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return l
+}
+
+// assertEachSentOnce fails the test unless the source published every
+// chunk of rep's final attempt exactly once: no chunk sent again.
+func (l *publishLog) assertEachSentOnce(t *testing.T, rep replication) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var missing, twice []int64
+	for i := int64(0); i < rep.TotalChunks; i++ {
+		switch n := l.n[publishKey{rep.ID, rep.Attempt, i}]; {
+		case n == 0:
+			missing = append(missing, i)
+		case n > 1:
+			twice = append(twice, i)
+		}
+	}
+	if rep.TotalChunks == 0 || len(missing) > 0 || len(twice) > 0 {
+		t.Errorf("attempt %d of %s, %d chunks: published more than once %v, never seen published %v; the source must send each chunk once",
+			rep.Attempt, rep.ID, rep.TotalChunks, twice, missing)
 	}
 }

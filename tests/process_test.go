@@ -46,16 +46,20 @@ func startSnapjet(t *testing.T, name string, args ...string) *proc {
 // startSnapjetEnv is startSnapjet with extra environment variables.
 func startSnapjetEnv(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
-	return startProcess(t, name, snapjetBin, env, args...)
+	return startCommandEnv(t, name, env, snapjetBin, args...)
 }
 
-// startProcess starts the program bin (snapjet, or a helper such as a
-// standalone nats-server) the way startSnapjet does: output in the test
-// log, killed with its process group in t.Cleanup.
-func startProcess(t *testing.T, name, bin string, env []string, args ...string) *proc {
+// startCommand starts another program the way startSnapjet starts snapjet
+// (a wrapper such as unshare that ends in exec snapjet).
+func startCommand(t *testing.T, name, prog string, args ...string) *proc {
 	t.Helper()
-	t.Logf("$ %s %s", filepath.Base(bin), strings.Join(args, " "))
-	cmd := exec.Command(bin, args...)
+	return startCommandEnv(t, name, nil, prog, args...)
+}
+
+func startCommandEnv(t *testing.T, name string, env []string, prog string, args ...string) *proc {
+	t.Helper()
+	t.Logf("$ %s %s", filepath.Base(prog), strings.Join(args, " "))
+	cmd := exec.Command(prog, args...)
 	cmd.Env = append(os.Environ(), env...)
 	// Its own process group lets cleanup reach orphaned btrfs children after
 	// the snapjet process itself was SIGKILLed. Pdeathsig ends it should the
@@ -72,7 +76,7 @@ func startProcess(t *testing.T, name, bin string, env []string, args ...string) 
 	}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s %s: %v", filepath.Base(bin), name, err)
+		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() {
 		p.err = cmd.Wait()

@@ -12,15 +12,29 @@ import (
 // that says to check its receiver), the other target commits, and the
 // command reports the failure.
 func TestFanOutSilentTargetIsDroppedAfterTheStallTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		window string
+	}{
+		{"the window fills up", "8388608"},
+		// The rest of the stream fits in the window: nothing holds the
+		// sender back, but the run still must not wait for ever.
+		{"the stream fits in the window", "1073741824"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { silentTargetIsDropped(t, tc.window) })
+	}
+}
+
+func silentTargetIsDropped(t *testing.T, window string) {
 	source, live, _ := newPair(t, dataSet{seed: 16, bulk: 48 * mib})
 	silent := newTarget(t, 1<<30, "backup-silent")
 	srv := startServer(t)
 	startReceiver(t, srv.url(), "live", live)
 	silentRecv := startReceiver(t, srv.url(), "silent", silent)
 
-	t.Log("sending 48 MiB through an 8 MiB window to targets live and silent; the receiver of silent dies once the replication is planned")
+	t.Logf("sending 48 MiB through a %s-byte window to targets live and silent; the receiver of silent dies once the replication is planned", window)
 	send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "live,silent",
-		"--window", "8388608", "--stall-timeout", "3s", source)
+		"--window", window, "--stall-timeout", "3s", source)
 	waitForReplication(t, send, srv.liveStatus, "the replication to be planned", func(context.Context, replication) bool { return true })
 	silentRecv.kill()
 	res := send.wait(transferTimeout)
@@ -32,8 +46,11 @@ func TestFanOutSilentTargetIsDroppedAfterTheStallTimeout(t *testing.T) {
 		t.Fatalf("%d replications, want 1", len(doc.Replications))
 	}
 	rep := doc.Replications[0]
-	if ts := rep.Targets["silent"]; ts.State != "failed" || !strings.Contains(ts.Error, "is its receiver running") {
+	if ts := rep.Targets["silent"]; ts.State != "failed" || !strings.Contains(ts.Error, "its receiver") {
 		t.Errorf("silent target: %+v, want failed with a reason naming its receiver", ts)
+	}
+	if ts := rep.Targets["live"]; ts.State != "committed" {
+		t.Errorf("live target: %+v, want committed: a silent target must not take the live one with it", ts)
 	}
 	if !strings.Contains(res.stderr, "silent") {
 		t.Errorf("stderr does not name the failed target: %s", res.stderr)

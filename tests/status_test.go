@@ -24,6 +24,7 @@ type replication struct {
 	SnapshotName string                  `json:"snapshot_name"`
 	SnapshotUUID string                  `json:"snapshot_uuid"`
 	ParentUUID   string                  `json:"parent_uuid"`
+	Origin       string                  `json:"origin"`
 	State        string                  `json:"state"`
 	Attempt      int                     `json:"attempt"`
 	ChunksSent   int64                   `json:"chunks_sent"`
@@ -42,6 +43,8 @@ type targetStatus struct {
 	RedeliveredChunks int64  `json:"redelivered_chunks"`
 	Path              string `json:"path"`
 	Error             string `json:"error"`
+	Attempts          int    `json:"attempts"`
+	MovedTo           string `json:"moved_to"`
 }
 
 func (r replication) String() string {
@@ -99,6 +102,17 @@ func (d statusDoc) bySnapshot(name string) (replication, bool) {
 		}
 	}
 	return replication{}, false
+}
+
+// outcome finds where target ended for snapshot name: the record of that
+// snapshot it did not move out of.
+func (d statusDoc) outcome(name, target string) (replication, targetStatus, bool) {
+	for _, r := range d.Replications {
+		if ts, ok := r.Targets[target]; ok && r.SnapshotName == name && ts.State != "moved" {
+			return r, ts, true
+		}
+	}
+	return replication{}, targetStatus{}, false
 }
 
 // newest returns the replication whose snapshot name sorts last; snapshot

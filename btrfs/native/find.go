@@ -2,6 +2,7 @@ package native
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/snapjet/snapjet/btrfs"
 	"golang.org/x/sys/unix"
@@ -10,8 +11,13 @@ import (
 // findSubvolume finds the local subvolume a stream refers to by UUID, as a
 // snapshot parent or clone source. Like btrfs receive it prefers a
 // subvolume whose received UUID matches (the usual case: the parent was
-// itself received), then one whose own UUID matches with the same
-// ctransid (the stream came back to where it was sent from).
+// itself received), then one whose own UUID matches (the stream came back
+// to where it was sent from). It is stricter than btrfs-progs' lookup
+// (search_source_subvol in cmds/receive.c, which compares only the UUID):
+// the candidate must be read-only, and its stransid (received UUID match)
+// or ctransid (own UUID match) must be the ctransid the stream names. A
+// writable subvolume may have changed since, and the stream's commands
+// only hold against the exact state it was sent from.
 //
 // Candidates are the direct child subvolumes of Options.SearchDirs, read
 // with btrfs.Inspect, rather than a BTRFS_IOC_TREE_SEARCH of the UUID tree:
@@ -39,6 +45,7 @@ func (r *Receiver) findSubvolume(uuid btrfs.UUID, ctransid uint64) (*btrfs.Info,
 
 func (r *Receiver) searchSubvolume(uuid btrfs.UUID, ctransid uint64) (*btrfs.Info, error) {
 	var byUUID *btrfs.Info
+	var skipped []string // near misses, for the error
 	for _, dir := range r.opt.SearchDirs {
 		infos, err := btrfs.List(dir)
 		if err != nil {
@@ -48,11 +55,18 @@ func (r *Receiver) searchSubvolume(uuid btrfs.UUID, ctransid uint64) (*btrfs.Inf
 			in := &infos[i]
 			switch {
 			case in.ReceivedUUID == uuid:
-				if r.sameFS(in.Path) {
+				switch {
+				case !in.ReadOnly:
+					skipped = append(skipped, in.Path+" carries that received UUID but is writable")
+				case in.STransID != ctransid:
+					skipped = append(skipped, fmt.Sprintf("%s was received from ctransid %d", in.Path, in.STransID))
+				case r.sameFS(in.Path):
 					return in, nil
 				}
 			case in.UUID == uuid && in.CTransID == ctransid && byUUID == nil:
-				if r.sameFS(in.Path) {
+				if !in.ReadOnly {
+					skipped = append(skipped, in.Path+" has that UUID but is writable")
+				} else if r.sameFS(in.Path) {
 					byUUID = in
 				}
 			}
@@ -61,7 +75,11 @@ func (r *Receiver) searchSubvolume(uuid btrfs.UUID, ctransid uint64) (*btrfs.Inf
 	if byUUID != nil {
 		return byUUID, nil
 	}
-	return nil, fmt.Errorf("no subvolume with UUID %s (ctransid %d) under %v: %w", uuid, ctransid, r.opt.SearchDirs, btrfs.ErrParentMissing)
+	why := ""
+	if len(skipped) > 0 {
+		why = " (" + strings.Join(skipped, "; ") + ": a parent must be the read-only subvolume the stream was sent against)"
+	}
+	return nil, fmt.Errorf("no read-only subvolume with UUID %s (ctransid %d) under %v%s: %w", uuid, ctransid, r.opt.SearchDirs, why, btrfs.ErrParentMissing)
 }
 
 func (r *Receiver) sameFS(path string) bool {

@@ -29,6 +29,7 @@ type sendFlags struct {
 	wait      time.Duration
 	outage    time.Duration
 	stall     time.Duration
+	retention time.Duration
 }
 
 func (f *sendFlags) add(cmd *cobra.Command) {
@@ -37,11 +38,12 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.snapDir, "snapshot-dir", "", "where source snapshots are kept (default <dir of SOURCE>/.snapjet/<name>)")
 	cmd.Flags().DurationVar(&f.wait, "receiver-wait", 30*time.Second, "how long to wait for the targets' receivers to answer")
 	cmd.Flags().DurationVar(&f.outage, "outage-timeout", sender.DefaultOutageTimeout, "give up after the NATS server was unreachable this long")
-	cmd.Flags().DurationVar(&f.stall, "stall-timeout", sender.DefaultStallTimeout, "drop a target from the run when it acked nothing this long while the window was full")
+	cmd.Flags().DurationVar(&f.stall, "stall-timeout", sender.DefaultStallTimeout, "drop a target from the run when it made no progress this long (its receiver or its link is down); the next run retries it")
+	cmd.Flags().DurationVar(&f.retention, "record-retention", coordinator.DefaultRecordRetention, "how long records of finished replications are kept")
 }
 
 func (f *sendFlags) options(source string, targets []string) sender.Options {
-	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall}
+	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention}
 }
 
 func replicateCmd(g *globals) *cobra.Command {
@@ -68,7 +70,7 @@ replication first: it resumes, or discards the partial and starts over.`,
 				}
 				names = append(names, targetName(t))
 			}
-			b, err := g.connect("snapjet replicate", true)
+			b, err := g.connect(ctx, "snapjet replicate", true, f.outage)
 			if err != nil {
 				return err
 			}
@@ -112,7 +114,7 @@ func sendCmd(g *globals) *cobra.Command {
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
-			b, err := g.connect("snapjet send", false)
+			b, err := g.connect(cmd.Context(), "snapjet send", false, f.outage)
 			if err != nil {
 				return err
 			}
@@ -134,23 +136,28 @@ func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Optio
 	defer coord.Close()
 	prog := newProgress(g.log)
 	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update}
-	r, err := s.Run(ctx, opt)
+	res, err := s.Run(ctx, opt)
 	prog.done()
 	if err != nil {
 		return err
 	}
-	failed := 0
-	for _, name := range sender.SortedNames(r.Targets) {
-		t := r.Targets[name]
-		if t.State == coordinator.TCommitted {
-			fmt.Printf("%s: committed %s\n", name, t.Path)
-		} else {
-			failed++
-			fmt.Printf("%s: %s: %s\n", name, t.State, t.Error)
+	var failed []string
+	for _, name := range opt.Targets {
+		r, t := res.Outcome(name)
+		switch {
+		case t == nil:
+			failed = append(failed, name)
+			fmt.Printf("%s: not part of this run\n", name)
+		case t.State == coordinator.TCommitted:
+			fmt.Printf("%s: committed %s (replication %s)\n", name, t.Path, r.ID)
+		default:
+			failed = append(failed, name)
+			fmt.Printf("%s: %s: %s (replication %s)\n", name, t.State, t.Error, r.ID)
 		}
 	}
-	if failed > 0 {
-		return &exitError{1, fmt.Errorf("replication %s failed on %d of %d targets: %s", r.ID, failed, len(r.Targets), r.Error)}
+	if len(failed) > 0 {
+		return &exitError{1, fmt.Errorf("snapshot %s failed on %d of %d targets (%s); the next run retries them",
+			res.Records[0].SnapshotName, len(failed), len(opt.Targets), strings.Join(failed, ", "))}
 	}
 	return nil
 }
@@ -169,7 +176,7 @@ func receiveCmd(g *globals) *cobra.Command {
 			if _, err := receiver.CheckTarget(args[0]); err != nil {
 				return err
 			}
-			b, err := g.connect("snapjet receive "+target, false)
+			b, err := g.connect(cmd.Context(), "snapjet receive "+target, false, sender.DefaultOutageTimeout)
 			if err != nil {
 				return err
 			}
@@ -189,23 +196,6 @@ func receiveCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func serverCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "server [--store DIR] [--listen ADDR]",
-		Short: "Run the embedded NATS server with JetStream alone, until SIGTERM",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			srv, err := broker.StartServer(g.store, g.listen, g.log)
-			if err != nil {
-				return err
-			}
-			<-cmd.Context().Done()
-			srv.Stop()
-			return nil
-		},
-	}
-}
-
 func statusCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -214,8 +204,8 @@ func statusCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			b, err := broker.Connect(broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
-				Name: "snapjet status", JoinRunning: true, Log: g.log})
+			b, err := g.brokerConnect(ctx, broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
+				Name: "snapjet status", JoinRunning: true})
 			if err != nil {
 				return err
 			}
@@ -239,7 +229,7 @@ func statusCmd(g *globals) *cobra.Command {
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "REPLICATION\tSTATE\tATTEMPT\tSENT\tTARGET\tTARGET STATE\tAPPLIED\tERROR")
 			for _, r := range all {
-				for _, name := range sender.SortedNames(r.Targets) {
+				for _, name := range coordinator.SortedNames(r.Targets) {
 					t := r.Targets[name]
 					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.State, r.Attempt, human(r.BytesSent), name, t.State, human(t.BytesApplied), firstNonEmpty(t.Error, r.Error))
 				}

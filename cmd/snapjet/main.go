@@ -12,10 +12,12 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/config"
+	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/internal/broker"
 )
 
@@ -32,6 +34,7 @@ func (e *exitError) Unwrap() error { return e.err }
 type globals struct {
 	store, server, listen, logFormat, cpuprofile string
 	verbose                                      bool
+	conn                                         connFlags
 	log                                          *slog.Logger
 }
 
@@ -43,17 +46,22 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.conn.resolve(cmd, &g.server); err != nil {
+				return err
+			}
 			return g.setup()
 		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.store, "store", "/var/lib/snapjet", "JetStream file store of the embedded NATS server")
-	pf.StringVar(&g.server, "server", "", "URL of an external NATS server or cluster (default: embed one)")
+	pf.StringVar(&g.server, "server", "", "URL(s) of an external NATS server or cluster, comma-separated (env SNAPJET_SERVER; default: embed one)")
 	pf.StringVar(&g.listen, "listen", "127.0.0.1:4222", "client address of the embedded server (port 0: any free port)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
 	pf.StringVar(&g.cpuprofile, "cpuprofile", "", "write a pprof CPU profile to this file")
+	g.conn.add(pf)
 	root.AddCommand(replicateCmd(g), sendCmd(g), receiveCmd(g), serverCmd(g), statusCmd(g))
+	root.AddCommand(opsCommands(g)...)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)
@@ -67,7 +75,7 @@ func main() {
 		switch {
 		case errors.As(err, &ee):
 			os.Exit(ee.code)
-		case coordinator.IsPermanent(err):
+		case driver.IsPermanent(err):
 			os.Exit(2)
 		}
 		os.Exit(1)
@@ -112,11 +120,31 @@ func (g *globals) setup() error {
 }
 
 // connect reaches NATS: the external server when --server is set,
-// otherwise (when embed is true) an embedded one.
-func (g *globals) connect(name string, embed bool) (*broker.Broker, error) {
+// otherwise (when embed is true) an embedded one. An external server that
+// does not answer yet (restarting, its link down) is waited for up to wait.
+func (g *globals) connect(ctx context.Context, name string, embed bool, wait time.Duration) (*broker.Broker, error) {
 	server := g.server
 	if server == "" && !embed {
 		server = "nats://127.0.0.1:4222"
 	}
-	return broker.Connect(broker.Options{Server: server, Store: g.store, Listen: g.listen, Name: name, Log: g.log})
+	return g.brokerConnect(ctx, broker.Options{Server: server, Store: g.store, Listen: g.listen, Name: name, ConnectWait: wait})
+}
+
+// brokerConnect connects with the connection flags applied.
+func (g *globals) brokerConnect(ctx context.Context, opt broker.Options) (*broker.Broker, error) {
+	return g.brokerConnectConfig(ctx, opt, config.Server{})
+}
+
+// brokerConnectConfig is brokerConnect with the config file's credentials
+// for what the flags and environment leave empty.
+func (g *globals) brokerConnectConfig(ctx context.Context, opt broker.Options, s config.Server) (*broker.Broker, error) {
+	creds, err := g.conn.credentials()
+	if err == nil {
+		creds, err = fromConfig(creds, s)
+	}
+	if err != nil {
+		return nil, err
+	}
+	opt.Credentials, opt.JSDomain, opt.Replicas, opt.Log = creds, g.conn.jsDomain, g.conn.replicaCount(), g.log
+	return broker.ConnectContext(ctx, opt)
 }

@@ -15,13 +15,12 @@ import (
 // progress shows a bar on a terminal and a log line every few seconds
 // otherwise.
 type progress struct {
-	log     *slog.Logger
-	mu      sync.Mutex
-	bar     *progressbar.ProgressBar
-	last    time.Time
-	start   time.Time
-	tty     bool
-	lastVal int64
+	log   *slog.Logger
+	mu    sync.Mutex
+	bar   *progressbar.ProgressBar
+	last  time.Time
+	start time.Time
+	tty   bool
 }
 
 func newProgress(log *slog.Logger) *progress {

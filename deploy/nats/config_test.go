@@ -2,15 +2,19 @@
 // to it: they load, agree with each other and with snapjet, and a client of
 // the leaf node can use the hub's JetStream the way a snapjet receiver does
 // (no JetStream domain in the client), with chunks above NATS' default
-// 1 MB message limit.
+// 1 MB message limit. topology_test.go runs them as real processes.
 package natsconf_test
 
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,11 +22,48 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/internal/testpki"
 )
 
-func load(t *testing.T, file string) *server.Options {
+// certs are the example configurations' certificate files, generated for
+// a test: the same private CA signs the hub's and the sites' certificates.
+type certs struct {
+	ca           *testpki.CA
+	replacements []string // for strings.NewReplacer: example path, test path
+}
+
+func newCerts(t *testing.T) *certs {
 	t.Helper()
-	opts, err := server.ProcessConfigFile(file)
+	dir := t.TempDir()
+	c := &certs{ca: testpki.New(t, dir, "snapjet")}
+	c.replacements = []string{"/etc/nats/certs/ca.pem", c.ca.CAFile}
+	for _, name := range []string{"hub", "hub-1", "hub-2", "hub-3", "site-a", "site-b"} {
+		cert, key := c.ca.Issue(t, name)
+		c.replacements = append(c.replacements, "/etc/nats/certs/"+name+"-key.pem", key, "/etc/nats/certs/"+name+".pem", cert)
+	}
+	return c
+}
+
+// render writes the example configuration file with the certificate paths
+// and the given replacements (pairs of old, new) applied, and returns the
+// path of the copy.
+func (c *certs) render(t *testing.T, file string, replacements ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.NewReplacer(append(replacements, c.replacements...)...).Replace(string(b))
+	out := filepath.Join(t.TempDir(), filepath.Base(file))
+	if err := os.WriteFile(out, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (c *certs) load(t *testing.T, file string, replacements ...string) *server.Options {
+	t.Helper()
+	opts, err := server.ProcessConfigFile(c.render(t, file, replacements...))
 	if err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
@@ -57,15 +98,42 @@ func start(t *testing.T, opts *server.Options) *server.Server {
 	return s
 }
 
+func mutualTLS(c *tls.Config) bool {
+	return c != nil && c.ClientAuth == tls.RequireAndVerifyClientCert && c.ClientCAs != nil
+}
+
 func TestConfigsAgree(t *testing.T) {
-	hub, leaf := load(t, "hub.conf"), load(t, "leaf.conf")
-	for name, o := range map[string]*server.Options{"hub.conf": hub, "leaf.conf": leaf} {
+	c := newCerts(t)
+	hub, leaf, site := c.load(t, "hub.conf"), c.load(t, "leaf.conf"), c.load(t, "site.conf")
+	all := map[string]*server.Options{"hub.conf": hub, "leaf.conf": leaf, "site.conf": site}
+	for i := 1; i <= 3; i++ {
+		name := fmt.Sprintf("cluster/hub-%d.conf", i)
+		all[name] = c.load(t, name)
+	}
+	for name, o := range all {
 		if o.MaxPayload < broker.EmbeddedMaxPayload {
 			t.Errorf("%s: max_payload %d is below the embedded server's %d, so chunks would shrink", name, o.MaxPayload, broker.EmbeddedMaxPayload)
 		}
+		if o.LeafNode.Port != 0 && !mutualTLS(o.LeafNode.TLSConfig) {
+			t.Errorf("%s: the leafnode listener does not require TLS with client certificates", name)
+		}
+		for _, r := range o.LeafNode.Remotes {
+			if r.TLSConfig == nil || len(r.TLSConfig.Certificates) == 0 || r.TLSConfig.RootCAs == nil {
+				t.Errorf("%s: the link to the hub has no TLS with a CA and a client certificate", name)
+			}
+		}
+		if o.Cluster.Port != 0 && !mutualTLS(o.Cluster.TLSConfig) {
+			t.Errorf("%s: cluster routes without mutual TLS", name)
+		}
+		if strings.HasPrefix(name, "cluster/") && (o.JetStreamDomain != hub.JetStreamDomain || len(o.Routes) != 3) {
+			t.Errorf("%s: domain %q and %d routes, want the hub's domain %q and routes to all 3 nodes", name, o.JetStreamDomain, len(o.Routes), hub.JetStreamDomain)
+		}
 	}
-	if !hub.JetStream || hub.JetStreamDomain == "" {
-		t.Errorf("hub.conf: JetStream %v with domain %q; want JetStream with a domain", hub.JetStream, hub.JetStreamDomain)
+	if !hub.JetStream || hub.JetStreamDomain != broker.DefaultHubDomain {
+		t.Errorf("hub.conf: JetStream %v with domain %q; want JetStream with domain %q, what snapjet server --hub-domain assumes", hub.JetStream, hub.JetStreamDomain, broker.DefaultHubDomain)
+	}
+	if hub.TLSConfig == nil {
+		t.Error("hub.conf: clients connect without TLS")
 	}
 	if leaf.JetStream {
 		t.Error("leaf.conf runs JetStream; its clients would not reach the hub's streams")
@@ -73,13 +141,16 @@ func TestConfigsAgree(t *testing.T) {
 	if got := leaf.JsAccDefaultDomain["$G"]; got != hub.JetStreamDomain {
 		t.Errorf("leaf.conf default_js_domain for $G is %q, hub.conf's domain is %q", got, hub.JetStreamDomain)
 	}
-	if len(leaf.LeafNode.Remotes) != 1 || len(leaf.LeafNode.Remotes[0].URLs) == 0 {
-		t.Fatalf("leaf.conf: want one remote with a URL, got %+v", leaf.LeafNode.Remotes)
+	if !site.JetStream || site.JetStreamDomain == "" || site.JetStreamDomain == hub.JetStreamDomain || site.ServerName == hub.ServerName {
+		t.Errorf("site.conf: JetStream %v, domain %q, name %q; want a JetStream and a name of its own", site.JetStream, site.JetStreamDomain, site.ServerName)
 	}
-	u := leaf.LeafNode.Remotes[0].URLs[0]
-	password, _ := u.User.Password()
-	if u.Port() != strconv.Itoa(hub.LeafNode.Port) || u.User.Username() != hub.LeafNode.Username || password != hub.LeafNode.Password {
-		t.Errorf("leaf.conf remote %s does not match hub.conf's leafnode port %d and credentials", u.Redacted(), hub.LeafNode.Port)
+	for name, o := range map[string]*server.Options{"leaf.conf": leaf, "site.conf": site} {
+		if len(o.LeafNode.Remotes) != 1 || len(o.LeafNode.Remotes[0].URLs) == 0 {
+			t.Fatalf("%s: want one remote with a URL, got %+v", name, o.LeafNode.Remotes)
+		}
+		if u := o.LeafNode.Remotes[0].URLs[0]; u.Port() != strconv.Itoa(hub.LeafNode.Port) || u.Scheme != "tls" {
+			t.Errorf("%s: remote %s does not match hub.conf's leafnode port %d over TLS", name, u.Redacted(), hub.LeafNode.Port)
+		}
 	}
 }
 
@@ -89,14 +160,13 @@ func TestReceiverThroughLeaf(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	hubOpts := load(t, "hub.conf")
+	c := newCerts(t)
+	hubOpts := c.load(t, "hub.conf")
 	hubOpts.StoreDir = t.TempDir()
 	hubOpts.LeafNode.Host, hubOpts.LeafNode.Port = "127.0.0.1", freePort(t)
 	hub := start(t, hubOpts)
 
-	leafOpts := load(t, "leaf.conf")
-	remote := leafOpts.LeafNode.Remotes[0].URLs[0]
-	remote.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(hubOpts.LeafNode.Port))
+	leafOpts := c.load(t, "leaf.conf", "hub.example.net:7422", net.JoinHostPort("127.0.0.1", strconv.Itoa(hubOpts.LeafNode.Port)))
 	leaf := start(t, leafOpts)
 	for deadline := time.Now().Add(10 * time.Second); hub.NumLeafNodes() == 0; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -105,7 +175,7 @@ func TestReceiverThroughLeaf(t *testing.T) {
 	}
 
 	user := hubOpts.Users[0]
-	sender := connect(t, hub.ClientURL(), nats.UserInfo(user.Username, user.Password))
+	sender := connect(t, hub.ClientURL(), nats.UserInfo(user.Username, user.Password), nats.RootCAs(c.ca.CAFile))
 	receiver := connect(t, leaf.ClientURL())
 	sjs, err := jetstream.New(sender)
 	if err != nil {

@@ -5,19 +5,20 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/sys/unix"
+
+	"github.com/snapjet/snapjet/internal/retry"
+
+	"github.com/snapjet/snapjet/internal/filelock"
 )
 
 // Options choose the server.
@@ -29,6 +30,18 @@ type Options struct {
 	// JoinRunning connects to the server of another snapjet process that
 	// holds Store, instead of failing (for read-only commands like status).
 	JoinRunning bool
+	Credentials Credentials // for an external server
+	// JSDomain is the JetStream domain to use, empty for the one of the
+	// server connected to: a client of a site node reaches the hub's
+	// streams with the hub's domain.
+	JSDomain string
+	// Replicas of the streams and buckets this client creates (see
+	// replicaJS); 0 keeps an existing one's count and makes new ones R1.
+	Replicas int
+	// ConnectWait is how long a server that does not answer yet (being
+	// restarted, its link down) is waited for at connect, with a log line
+	// per try; 0 fails at once. Refused credentials or TLS fail at once.
+	ConnectWait time.Duration
 	Log         *slog.Logger
 }
 
@@ -45,7 +58,7 @@ var ErrStoreInUse = errors.New("store is in use by another snapjet process")
 // Embedded is a running in-process server and the lock on its store.
 type Embedded struct {
 	*server.Server
-	lock *os.File
+	lock *filelock.Lock
 }
 
 // Stop shuts the server down and releases the store.
@@ -60,79 +73,34 @@ const lockName = "snapjet.lock"
 // lockStore makes sure one process at a time serves a store: two servers
 // on one JetStream directory would corrupt it. The lock file holds the
 // client URL, so that others can join.
-func lockStore(store string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(store, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+func lockStore(store string) (*filelock.Lock, error) {
+	l, err := filelock.TryLock(filepath.Join(store, lockName))
+	if errors.Is(err, filelock.ErrHeld) {
+		url := runningURL(store)
+		return nil, fmt.Errorf("%w (%s, its server is at %s): pass --server %s to use it, or choose another --store", ErrStoreInUse, store, url, url)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock store %s: %w", store, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		url, _ := os.ReadFile(filepath.Join(store, lockName))
-		return nil, fmt.Errorf("%w (%s, its server is at %s): pass --server %s to use it, or choose another --store", ErrStoreInUse, store, url, url)
-	}
-	return f, nil
+	return l, nil
 }
 
 func runningURL(store string) string {
-	b, _ := os.ReadFile(filepath.Join(store, lockName))
-	return string(b)
-}
-
-// EmbeddedMaxPayload lets the embedded server carry 1 MiB chunks with room
-// to spare; an external server's max_payload limits the chunk size instead.
-const EmbeddedMaxPayload = 8 << 20
-
-// StartServer runs an embedded JetStream server on store. Stop it with Stop.
-func StartServer(store, listen string, log *slog.Logger) (*Embedded, error) {
-	host, portStr, err := net.SplitHostPort(listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen address %q: %w", listen, err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return nil, fmt.Errorf("listen address %q: bad port", listen)
-	}
-	if port == 0 {
-		port = server.RANDOM_PORT
-	}
-	if err := os.MkdirAll(store, 0o700); err != nil {
-		return nil, fmt.Errorf("store %s: %w (choose another with --store)", store, err)
-	}
-	lock, err := lockStore(store)
-	if err != nil {
-		return nil, err
-	}
-	srv, err := server.NewServer(&server.Options{
-		ServerName: "snapjet",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   store,
-		MaxPayload: EmbeddedMaxPayload,
-		NoSigs:     true,
-	})
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("embedded NATS server: %w", err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(30 * time.Second) {
-		srv.Shutdown()
-		lock.Close()
-		return nil, fmt.Errorf("embedded NATS server did not start on %s (is the port in use? choose another with --listen, or use --server)", listen)
-	}
-	_ = lock.Truncate(0)
-	_, _ = lock.WriteAt([]byte(srv.ClientURL()), 0)
-	log.Info("embedded NATS server ready", "url", srv.ClientURL(), "store", store)
-	return &Embedded{Server: srv, lock: lock}, nil
+	return filelock.Note(filepath.Join(store, lockName))
 }
 
 // Connect connects to the external server, or starts the embedded one.
 func Connect(opt Options) (*Broker, error) {
+	return ConnectContext(context.Background(), opt)
+}
+
+// ConnectContext is Connect, giving up waiting for the server
+// (Options.ConnectWait) when ctx ends.
+func ConnectContext(ctx context.Context, opt Options) (*Broker, error) {
 	b := &Broker{}
 	url := opt.Server
 	if url == "" {
-		srv, err := StartServer(opt.Store, opt.Listen, opt.Log)
+		srv, err := StartServer(ServerConfig{Store: opt.Store, Listen: opt.Listen, Log: opt.Log})
 		switch {
 		case errors.Is(err, ErrStoreInUse) && opt.JoinRunning:
 			url = runningURL(opt.Store)
@@ -143,40 +111,68 @@ func Connect(opt Options) (*Broker, error) {
 		}
 	}
 	log := opt.Log
-	nc, err := nats.Connect(url,
+	url, user, password, token, err := SplitUser(url)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	creds := opt.Credentials
+	switch {
+	case password != "":
+		creds.User, creds.Password = user, password
+	case token != "" && creds.Password != "":
+		creds.User, token = token, "" // nats://USER@host with the password from elsewhere
+	case creds.Password != "" && creds.User == "":
+		b.Close()
+		return nil, fmt.Errorf("%w: a password needs a user: name it in the server URL (nats://USER@HOST:PORT)", ErrCredentialFile)
+	}
+	copts, err := creds.natsOptions()
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	if token != "" {
+		copts = append(copts, nats.Token(token))
+	}
+	copts = append(copts,
 		nats.Name(opt.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				log.Warn("NATS connection lost; reconnecting", "error", err)
+				log.Warn("NATS connection lost; reconnecting", "error", Redact(err.Error()))
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+		// The URLs were stripped of user information above; Redact also
+		// covers servers that the cluster announced.
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", Redact(c.ConnectedUrl())) }),
 	)
+	nc, err := dial(ctx, url, copts, opt.ConnectWait, log)
 	if err != nil {
 		b.Close()
-		var hint string
-		if errors.Is(err, nats.ErrNoServers) {
-			hint = ": is the server running and reachable? (start one with `snapjet server`, or leave out --server to embed one)"
-		}
-		return nil, fmt.Errorf("connect to NATS at %s: %w%s", url, err, hint)
+		return nil, err
 	}
 	b.NC = nc
 	// A publish whose ack was lost with the connection must fail, not wait
 	// for ever: the sender then resumes from what the stream holds.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second))
+	jsOpt := jetstream.WithPublishAsyncTimeout(10 * time.Second)
+	var js jetstream.JetStream
+	if opt.JSDomain != "" {
+		js, err = jetstream.NewWithDomain(nc, opt.JSDomain, jsOpt)
+	} else {
+		js, err = jetstream.New(nc, jsOpt)
+	}
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("JetStream at %s: %w", url, err)
 	}
-	b.JS = js
+	b.JS = replicaJS{JetStream: js, replicas: opt.Replicas}
 	return b, nil
 }
 
-// URL is where clients reach the server.
-func (b *Broker) URL() string { return b.NC.ConnectedUrl() }
+// URL is where clients reach the server, without user information.
+func (b *Broker) URL() string { return Redact(b.NC.ConnectedUrl()) }
 
 // Close drains the connection and stops an embedded server.
 func (b *Broker) Close() {
@@ -188,5 +184,27 @@ func (b *Broker) Close() {
 	}
 	if b.srv != nil {
 		b.srv.Stop()
+	}
+}
+
+// dial connects to url, waiting up to wait for a server that does not
+// answer yet. A refusal of the credentials or of TLS is final at once.
+func dial(ctx context.Context, url string, copts []nats.Option, wait time.Duration, log *slog.Logger) (*nats.Conn, error) {
+	since := time.Now()
+	b := retry.New(250*time.Millisecond, 5*time.Second)
+	for {
+		nc, err := nats.Connect(url, copts...)
+		if err == nil {
+			return nc, nil
+		}
+		cerr := connectError(url, err)
+		if wait <= 0 || time.Since(since) > wait || errors.Is(cerr, ErrAuth) || errors.Is(cerr, ErrTLS) || errors.Is(cerr, ErrCredentialFile) {
+			return nil, cerr
+		}
+		log.Warn("NATS server does not answer; waiting for it", "url", Redact(url), "since", since.Format(time.RFC3339),
+			"gives_up_in", (wait - time.Since(since)).Round(time.Second), "error", Redact(err.Error()))
+		if err := b.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("%w (then: %v)", cerr, err)
+		}
 	}
 }

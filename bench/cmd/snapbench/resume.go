@@ -11,7 +11,7 @@ import (
 
 	"github.com/snapjet/snapjet/bench/proctree"
 	"github.com/snapjet/snapjet/bench/report"
-	"github.com/snapjet/snapjet/bench/wire"
+	"github.com/snapjet/snapjet/internal/netfault"
 )
 
 // interruption is one way a replication can be broken at 50%.
@@ -34,7 +34,7 @@ type scene struct {
 	g    *proctree.Group
 	t    *threeRun
 	ds   *dataSet
-	hop  *wire.Relay // the relay of the interrupted side
+	hop  *netfault.Relay // the relay of the interrupted side
 	send *proc
 	done <-chan error
 }

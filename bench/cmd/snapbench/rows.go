@@ -18,6 +18,7 @@ import (
 	"github.com/snapjet/snapjet/bench/sshloop"
 	"github.com/snapjet/snapjet/bench/wire"
 	"github.com/snapjet/snapjet/btrfs"
+	"github.com/snapjet/snapjet/internal/netfault"
 )
 
 const (
@@ -27,8 +28,8 @@ const (
 	// The same with the external btrfs receive instead of the native one,
 	// to compare the two appliers on the same streams.
 	methodReplicateProgs = "snapjet replicate --receiver btrfs-progs"
-	methodThree     = "snapjet send + nats-server + snapjet receive"
-	targetName      = "t1"
+	methodThree          = "snapjet send + nats-server + snapjet receive"
+	targetName           = "t1"
 )
 
 func (b *bench) sendCmd(ds *dataSet) *proc {
@@ -255,8 +256,8 @@ type threeRun struct {
 	server    *proc
 	receiver  *proc
 	serverURL string
-	up        *wire.Relay // senders to server
-	down      *wire.Relay // server to receiver
+	up        *netfault.Relay // senders to server
+	down      *netfault.Relay // server to receiver
 }
 
 // baseline is an uninterrupted three-process run, what the resume
@@ -283,11 +284,11 @@ func (b *bench) startThree(ctx context.Context, g *proctree.Group, store, profil
 		t.close(g)
 		return nil, fmt.Errorf("nats-server: %w: %s", err, t.server.stderr)
 	}
-	if t.up, err = wire.NewRelay(addr); err != nil {
+	if t.up, err = netfault.New(addr); err != nil {
 		t.close(g)
 		return nil, err
 	}
-	if t.down, err = wire.NewRelay(addr); err != nil {
+	if t.down, err = netfault.New(addr); err != nil {
 		t.close(g)
 		return nil, err
 	}
@@ -329,7 +330,7 @@ func (t *threeRun) close(g *proctree.Group) {
 		t.receiver.stop(g, 10*time.Second)
 	}
 	t.server.stop(g, 10*time.Second)
-	for _, r := range []*wire.Relay{t.up, t.down} {
+	for _, r := range []*netfault.Relay{t.up, t.down} {
 		if r != nil {
 			r.Close()
 		}

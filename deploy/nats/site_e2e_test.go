@@ -1,0 +1,155 @@
+package natsconf_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/internal/loopfs"
+)
+
+// TestReceiverAtSiteNode replicates a real btrfs subvolume from a sender at
+// the hub to a receiver at a site node (separate snapjet server processes)
+// with the receiver using the hub's JetStream through --js-domain hub: what
+// a site can do until replications are copied into the site's JetStream.
+func TestReceiverAtSiteNode(t *testing.T) {
+	binaries(t)
+	src, dst := loopfs.New(t, 256<<20), loopfs.New(t, 256<<20)
+	source := filepath.Join(src.Dir, "data")
+	if out, err := exec.Command("btrfs", "subvolume", "create", source).CombinedOutput(); err != nil {
+		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
+	}
+	payload := make([]byte, 8<<20)
+	_, _ = rand.Read(payload)
+	if err := os.WriteFile(filepath.Join(source, "file"), payload, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	hubAddr, leafAddr, siteAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	hub := launch(t, "hub", nil, snapjetBin, "server", "--store", t.TempDir(), "--listen", hubAddr, "--domain", "hub", "--leaf-listen", leafAddr)
+	waitListening(t, hub, hubAddr)
+	site := launch(t, "site-a", nil, snapjetBin, "server", "--store", t.TempDir(), "--listen", siteAddr, "--domain", "site-a", "--hub", "nats-leaf://"+leafAddr)
+	waitFor(t, "site-a's link to the hub", processStartTimeout, site, func() bool { return strings.Contains(site.out.String(), "link to hub up") })
+
+	launch(t, "receiver at site-a", nil, snapjetBin, "receive", "--server", "nats://"+siteAddr, "--js-domain", "hub", "--target", "nas-a", dst.Dir)
+	code, out := run(t, 3*time.Minute, "send at the hub", nil, snapjetBin, "send", "--server", "nats://"+hubAddr, "--to", "nas-a", "--receiver-wait", "60s", source)
+	if code != 0 {
+		t.Fatalf("send to a receiver at the site node: exit %d\n%s", code, out)
+	}
+	matches, _ := filepath.Glob(filepath.Join(dst.Dir, "data.*", "file"))
+	if len(matches) != 1 {
+		t.Fatalf("the target holds %v, want one received snapshot of data", matches)
+	}
+	got, err := os.ReadFile(matches[0])
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Errorf("the received file differs from the source (%v)", err)
+	}
+}
+
+// TestClusterLeaderKilledMidTransfer replicates through the 3-node hub of
+// deploy/nats/cluster with --replicas 3 and kills -9 the node leading the
+// replication stream while chunks flow: the replication must complete and
+// the target hold exactly the source's data.
+//
+// It runs only with SNAPJET_FAILOVER_TEST=1 because it fails on this
+// branch: after the kill the sender republishes its unconfirmed chunks
+// (with Nats-Expected-Last-Msg-Id), both surviving replicas log "critical
+// write error: last msgid mismatch" for the stream, and the transfer never
+// moves again (send still running after 5 minutes). Issue 8, point 6.
+func TestClusterLeaderKilledMidTransfer(t *testing.T) {
+	if os.Getenv("SNAPJET_FAILOVER_TEST") != "1" {
+		t.Skip("known failure, see the comment: set SNAPJET_FAILOVER_TEST=1 to run it")
+	}
+	binaries(t)
+	src, dst := loopfs.New(t, 512<<20), loopfs.New(t, 512<<20)
+	source := filepath.Join(src.Dir, "data")
+	if out, err := exec.Command("btrfs", "subvolume", "create", source).CombinedOutput(); err != nil {
+		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
+	}
+	payload := make([]byte, 96<<20) // random: compression cannot shrink the transfer
+	_, _ = rand.Read(payload)
+	if err := os.WriteFile(filepath.Join(source, "file"), payload, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	cl := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b, err := broker.Connect(broker.Options{Server: cl.urls, Name: "observer", Credentials: cl.creds, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	cl.waitJetStream(t, ctx, b)
+
+	// Create the state bucket R3 first, as deploy/README.md says.
+	if code, _ := run(t, cmdTimeout, "status --replicas 3", cl.env, snapjetBin, "status", "--replicas", "3"); code != 0 {
+		t.Fatalf("snapjet status --replicas 3: exit %d", code)
+	}
+	launch(t, "receiver", cl.env, snapjetBin, "receive", "--target", "nas", dst.Dir)
+	send := launch(t, "send", cl.env, snapjetBin, "send", "--replicas", "3", "--window", "33554432", "--to", "nas", "--receiver-wait", "60s", source)
+
+	// Find the replication stream once a third of the data went through it,
+	// and kill its leader.
+	var leader string
+	waitFor(t, "a third of the transfer", 3*time.Minute, send, func() bool {
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		names := b.JS.StreamNames(lctx)
+		for name := range names.Name() {
+			if !strings.HasPrefix(name, "SNAPJET_") {
+				continue
+			}
+			s, err := b.JS.Stream(lctx, name)
+			if err != nil {
+				continue
+			}
+			info := s.CachedInfo()
+			if info.Config.Replicas != 3 {
+				t.Fatalf("stream %s has %d replicas, want 3", name, info.Config.Replicas)
+			}
+			if info.Cluster != nil && info.State.LastSeq > uint64(len(payload)/3/(1<<20)) {
+				leader = info.Cluster.Leader
+				return true
+			}
+		}
+		return false
+	})
+	killed := false
+	for i, n := range cl.nodes {
+		if leader == fmt.Sprintf("snapjet-hub-%d", i+1) {
+			t.Logf("kill -9 %s, the stream leader", leader)
+			n.kill()
+			killed = true
+		}
+	}
+	if !killed {
+		t.Fatalf("no node is the stream leader %q", leader)
+	}
+
+	select {
+	case <-send.done:
+	case <-ctx.Done():
+		t.Fatalf("send did not finish after the leader was killed:\n%s", send.out.String())
+	}
+	if code := send.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("send exit %d after the leader was killed:\n%s", code, send.out.String())
+	}
+	matches, _ := filepath.Glob(filepath.Join(dst.Dir, "data.*", "file"))
+	if len(matches) != 1 {
+		t.Fatalf("the target holds %v, want one received snapshot of data", matches)
+	}
+	got, err := os.ReadFile(matches[0])
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Errorf("the received file differs from the source (%v)", err)
+	}
+}
