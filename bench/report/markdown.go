@@ -34,28 +34,30 @@ func Markdown(r *Results) string {
 		p("| %s | %s | %d | %s | %s | %.1f s |\n", d.Key, d.Description, d.Files, size(d.FileBytes), size(d.StreamBytes), d.GenSeconds)
 	}
 
-	p("\n#### Throughput, bytes on the wire, CPU and memory\n\n")
-	p("MB/s is send-stream bytes (10^6) per wall second; × raw is that throughput relative to the raw pipe on the same set. Wire is what crossed the connection. CPU is user+system of the whole process tree. Written is what the process tree wrote towards disk (receive target and broker store). Peak RSS is per process, in MiB.\n\n")
-	p("| Set | Method | Wall s | MB/s | × raw | Wire MB | Wire/stream | CPU s | Written MB | Peak RSS (MiB) | Check |\n|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|\n")
-	for _, row := range r.Rows {
-		if row.Error != "" {
-			p("| %s | %s | failed | | | | | | | | %s |\n", row.Dataset, cell(row.Method), cell(row.Error))
-			continue
+	if len(r.Rows) > 0 {
+		p("\n#### Throughput, bytes on the wire, CPU and memory\n\n")
+		p("MB/s is send-stream bytes (10^6) per wall second; × raw is that throughput relative to the raw pipe on the same set. Wire is what crossed the connection. CPU is user+system of the whole process tree. Written is what the process tree wrote towards disk (receive target and broker store). Peak RSS is per process, in MiB.\n\n")
+		p("| Set | Method | Wall s | MB/s | × raw | Wire MB | Wire/stream | CPU s | Written MB | Peak RSS (MiB) | Check |\n|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|\n")
+		for _, row := range r.Rows {
+			if row.Error != "" {
+				p("| %s | %s | failed | | | | | | | | %s |\n", row.Dataset, cell(row.Method), cell(row.Error))
+				continue
+			}
+			ratio := ""
+			if row.StreamBytes > 0 {
+				ratio = fmt.Sprintf("%.3f", float64(row.WireBytes)/float64(row.StreamBytes))
+			}
+			vsRaw := "–"
+			if row.VsRaw > 0 {
+				vsRaw = fmt.Sprintf("%.2f", row.VsRaw)
+			}
+			var written int64
+			for _, pr := range row.Procs {
+				written += pr.Written
+			}
+			p("| %s | %s | %.2f | %.0f | %s | %.1f | %s | %.1f | %.0f | %s | %s |\n", row.Dataset, cell(row.Method), row.WallSeconds, row.MBps, vsRaw,
+				float64(row.WireBytes)/mb, ratio, row.CPUSeconds, float64(written)/mb, rss(row), cell(row.Verified))
 		}
-		ratio := ""
-		if row.StreamBytes > 0 {
-			ratio = fmt.Sprintf("%.3f", float64(row.WireBytes)/float64(row.StreamBytes))
-		}
-		vsRaw := "–"
-		if row.VsRaw > 0 {
-			vsRaw = fmt.Sprintf("%.2f", row.VsRaw)
-		}
-		var written int64
-		for _, pr := range row.Procs {
-			written += pr.Written
-		}
-		p("| %s | %s | %.2f | %.0f | %s | %.1f | %s | %.1f | %.0f | %s | %s |\n", row.Dataset, cell(row.Method), row.WallSeconds, row.MBps, vsRaw,
-			float64(row.WireBytes)/mb, ratio, row.CPUSeconds, float64(written)/mb, rss(row), cell(row.Verified))
 	}
 	seen := map[string]bool{}
 	for _, row := range r.Rows {
@@ -93,6 +95,8 @@ func Markdown(r *Results) string {
 				mibOrDash(x.SenderRSS), mibOrDash(x.ReceiverRSS), mibOrDash(x.ServerRSS), mibOrDash(x.ReplicateRSS))
 		}
 	}
+
+	b.WriteString(wanMarkdown(r))
 
 	if len(r.Targets) > 0 {
 		p("\n#### Targets\n\n| Goal | Measured | Met |\n|---|---|---|\n")

@@ -24,6 +24,8 @@ type Results struct {
 	Rows     []Row     `json:"rows"`
 	Resume   []Resume  `json:"resume"`
 	Memory   []Memory  `json:"memory"`
+	WAN      []WANRow  `json:"wan,omitempty"`
+	WANCells []WANCell `json:"wan_cells,omitempty"`
 	Targets  []Target  `json:"targets"`
 	Profiles []Profile `json:"profiles,omitempty"`
 	Notes    []string  `json:"notes,omitempty"`

@@ -21,12 +21,20 @@ import (
 // Server is a generated sshd configuration in a directory of its own.
 type Server struct {
 	Dir  string
+	Host string // the address sshd listens on
 	Port int
 	sshd string // absolute path: sshd refuses to re-exec itself otherwise
 }
 
-// Setup generates the keys and the configuration under dir.
+// Setup generates the keys and the configuration under dir, for an sshd
+// on the loopback interface.
 func Setup(ctx context.Context, dir string) (*Server, error) {
+	return SetupOn(ctx, dir, "127.0.0.1")
+}
+
+// SetupOn is Setup for an sshd listening on host, such as the address of
+// a network namespace the caller starts it in.
+func SetupOn(ctx context.Context, dir, host string) (*Server, error) {
 	sshd, err := exec.LookPath("sshd")
 	if err != nil {
 		sshd = "/usr/sbin/sshd"
@@ -62,10 +70,10 @@ func Setup(ctx context.Context, dir string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir, Port: port, sshd: sshd}
+	s := &Server{Dir: dir, Host: host, Port: port, sshd: sshd}
 	config := strings.Join([]string{
 		"Port " + strconv.Itoa(port),
-		"ListenAddress 127.0.0.1",
+		"ListenAddress " + host,
 		"HostKey " + filepath.Join(dir, "host_key"),
 		"PidFile " + filepath.Join(dir, "sshd.pid"),
 		"AuthorizedKeysFile " + filepath.Join(dir, "authorized_keys"),
@@ -87,12 +95,17 @@ func (s *Server) config() string { return filepath.Join(s.Dir, "sshd_config") }
 
 // Command is the sshd process, in the foreground, logging to stderr.
 func (s *Server) Command() *exec.Cmd {
-	return exec.Command(s.sshd, "-D", "-e", "-f", s.config())
+	args := s.Args()
+	return exec.Command(args[0], args[1:]...)
 }
+
+// Args are the program and arguments of Command, for a caller that
+// starts sshd through a wrapper (nsenter).
+func (s *Server) Args() []string { return []string{s.sshd, "-D", "-e", "-f", s.config()} }
 
 // WaitReady waits until sshd answers with its banner.
 func (s *Server) WaitReady(ctx context.Context) error {
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
+	addr := net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -116,14 +129,21 @@ func (s *Server) WaitReady(ctx context.Context) error {
 	}
 }
 
-// Client is an ssh command that runs remote on the loopback sshd as root.
+// Client is an ssh command that runs remote on the sshd as root.
 func (s *Server) Client(remote string) *exec.Cmd {
+	return s.ClientVia(net.JoinHostPort(s.Host, strconv.Itoa(s.Port)), remote)
+}
+
+// ClientVia is Client connecting to addr (host:port), a relay in front of
+// the sshd.
+func (s *Server) ClientVia(addr, remote string) *exec.Cmd {
+	host, port, _ := net.SplitHostPort(addr)
 	return exec.Command("ssh", "-F", "/dev/null",
-		"-p", strconv.Itoa(s.Port),
+		"-p", port,
 		"-i", filepath.Join(s.Dir, "client_key"),
 		"-o", "StrictHostKeyChecking=no",
 		"-o", "UserKnownHostsFile=/dev/null",
 		"-o", "BatchMode=yes",
 		"-o", "LogLevel=ERROR",
-		"root@127.0.0.1", remote)
+		"root@"+host, remote)
 }

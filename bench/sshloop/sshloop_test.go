@@ -20,12 +20,14 @@ func TestRemoteCommandRunsOverLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	sshd := s.Command()
+	var sshdErr strings.Builder
+	sshd.Stderr = &sshdErr
 	if err := sshd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { sshd.Process.Kill(); sshd.Wait() }()
 	if err := s.WaitReady(ctx); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v: %s", err, sshdErr.String())
 	}
 	for _, tc := range []struct{ in, remote, want string }{
 		{"hello\n", "cat", "hello\n"},

@@ -76,11 +76,11 @@ func (t *trial) fault(ctx context.Context, r int, cmd *proc, est int64) (*proc, 
 		if t.plan.mode == "send" {
 			rl = t.relays[t.plan.victim]
 		}
-		rl.setDown(true)
-		n := rl.cut()
+		rl.SetDown(true)
+		n := rl.Cut()
 		t.logf("round %d: cut %d connections; link down for %v", r, n, t.plan.outage)
 		err := t.outage(ctx)
-		rl.setDown(false)
+		rl.SetDown(false)
 		t.logf("round %d: link up again", r)
 		return cmd, err
 	}

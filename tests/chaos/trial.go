@@ -16,6 +16,8 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/internal/loopfs"
+
+	"github.com/snapjet/snapjet/internal/netfault"
 )
 
 // Bounds of every wait of a trial. A round moves at most about 50 MiB on
@@ -165,9 +167,9 @@ type trial struct {
 	srvAddr   string
 	srvStore  string
 	server    *proc
-	relays    []*relay // per receiver (send) or one for replicate
-	receivers []*proc  // send mode
-	procs     []*proc  // every process started, for cleanup
+	relays    []*netfault.Relay // per receiver (send) or one for replicate
+	receivers []*proc           // send mode
+	procs     []*proc           // every process started, for cleanup
 	probe     *probe
 	seen      map[string]bool // streams of earlier rounds
 	timeline  *os.File
@@ -293,7 +295,7 @@ func (t *trial) setup(ctx context.Context) error {
 		relays = 1
 	}
 	for range relays {
-		r, err := startRelay(t.srvAddr)
+		r, err := netfault.New(t.srvAddr)
 		if err != nil {
 			return err
 		}
@@ -405,7 +407,7 @@ func (t *trial) startServer(ctx context.Context) error {
 
 func (t *trial) startReceiver(i int) error {
 	tg := t.targets[i]
-	p, err := t.spawn("receive-"+tg.name, "receive", "--server", t.relays[i].url(), "--target", tg.name, tg.dir)
+	p, err := t.spawn("receive-"+tg.name, "receive", "--server", "nats://"+t.relays[i].Addr(), "--target", tg.name, tg.dir)
 	if err != nil {
 		return err
 	}
@@ -424,7 +426,7 @@ func (t *trial) startCommand(r, attempt int) (*proc, error) {
 		name += fmt.Sprintf("-rerun%d", attempt)
 	}
 	if t.plan.mode == "replicate" {
-		args := append([]string{"replicate", "--server", t.relays[0].url()}, flags...)
+		args := append([]string{"replicate", "--server", "nats://" + t.relays[0].Addr()}, flags...)
 		args = append(args, t.source)
 		for _, tg := range t.targets {
 			args = append(args, tg.dir)
@@ -599,7 +601,7 @@ func (t *trial) cleanup() []string {
 		t.probe.close()
 	}
 	for _, r := range t.relays {
-		r.close()
+		_ = r.Close()
 	}
 	t.relays = nil
 	for i := len(t.fss) - 1; i >= 0; i-- {

@@ -67,6 +67,7 @@ func (b *bench) runSections(ctx context.Context) error {
 		}},
 		{"resume", b.resumeSection},
 		{"memory", b.memorySection},
+		{wanSectionName, b.wanSection},
 	}
 	for _, step := range steps {
 		if !b.cfg.sections[step.key] {

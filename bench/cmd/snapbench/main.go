@@ -16,11 +16,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/snapjet/snapjet/bench/report"
+	"github.com/snapjet/snapjet/bench/wanlink"
 	"github.com/snapjet/snapjet/internal/loopfs"
 )
 
@@ -36,6 +38,7 @@ type config struct {
 	profile    bool
 	sections   map[string]bool
 	rowTimeout time.Duration
+	wan        wanConfig
 }
 
 // sizes scale every data set; --quick divides them for a smoke run.
@@ -55,6 +58,10 @@ var (
 
 const allSections = "a,b,c,d,resume,memory"
 
+// wanSection is run only when asked for (--wan or --sections wan): it
+// takes longer than the rest together.
+const wanSectionName = "wan"
+
 func main() {
 	var cfg config
 	var sections string
@@ -69,13 +76,39 @@ func main() {
 	flag.BoolVar(&cfg.profile, "profile", false, "run snapjet with --cpuprofile and put the top of the profiles of rows that miss a target into the results")
 	flag.StringVar(&sections, "sections", allSections, "comma-separated parts to run: "+allSections)
 	flag.DurationVar(&cfg.rowTimeout, "row-timeout", 0, "give up on a row after this long (default 10m, 3m with --quick)")
+	wan := flag.Bool("wan", false, "run the WAN section (alone, unless --sections names more)")
+	rtts := flag.String("wan-rtts", "0,20,80", "WAN round-trip times, ms")
+	rates := flag.String("wan-rates", "200,1000", "WAN link rates, Mbit/s")
+	wanSets := flag.String("wan-sets", "random,text", "WAN data sets")
+	flag.IntVar(&cfg.wan.repeats, "repeats", 3, "runs of every WAN row (median and range are reported)")
+	flag.Int64Var(&cfg.wan.size, "wan-size", 0, "bytes per WAN data set (default 1 GiB, 256 MiB with --quick)")
 	flag.Parse()
+	sectionsSet := false
+	flag.Visit(func(f *flag.Flag) { sectionsSet = sectionsSet || f.Name == "sections" })
+	if *wan && !sectionsSet {
+		sections = wanSectionName
+	} else if *wan {
+		sections += "," + wanSectionName
+	}
+	var err error
+	if cfg.wan.rtts, err = ints(*rtts); err == nil {
+		cfg.wan.rates, err = ints(*rates)
+	}
+	if err != nil || cfg.wan.repeats < 1 {
+		fmt.Fprintf(os.Stderr, "snapbench: --wan-rtts, --wan-rates: comma-separated integers; --repeats at least 1 (%v)\n", err)
+		os.Exit(2)
+	}
+	for _, s := range strings.Split(*wanSets, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			cfg.wan.sets = append(cfg.wan.sets, s)
+		}
+	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
 		if s = strings.TrimSpace(s); s != "" {
-			if !strings.Contains(","+allSections+",", ","+s+",") {
-				fmt.Fprintf(os.Stderr, "snapbench: unknown section %q (have %s)\n", s, allSections)
+			if !strings.Contains(","+allSections+","+wanSectionName+",", ","+s+",") {
+				fmt.Fprintf(os.Stderr, "snapbench: unknown section %q (have %s,%s)\n", s, allSections, wanSectionName)
 				os.Exit(2)
 			}
 			cfg.sections[s] = true
@@ -117,6 +150,7 @@ func run(ctx context.Context, cfg config) error {
 		return fmt.Errorf("real btrfs unavailable: %s", why)
 	}
 	removeStale(cfg.workRoot)
+	wanlink.RemoveStale()
 	work, err := os.MkdirTemp(cfg.workRoot, workPrefix)
 	if err != nil {
 		return err
@@ -148,15 +182,41 @@ func run(ctx context.Context, cfg config) error {
 		// which commit it was and whether the tree had changes on top.
 		"snapjet source": {"git", "describe", "--always", "--dirty"},
 	})
-	if err := b.runSections(ctx); err != nil {
-		return err
-	}
+	err = b.runSections(ctx)
 	b.res.Finished = time.Now().UTC()
 	for _, ds := range b.order {
 		b.res.Datasets = append(b.res.Datasets, *ds.Dataset)
 	}
+	if err != nil {
+		if len(b.res.WAN) > 0 {
+			// A WAN grid takes long enough to be stopped on purpose; what
+			// it measured is kept, in the results files only.
+			b.res.WANCells = report.SummariseWAN(b.res.WAN)
+			b.res.Notes = append(b.res.Notes, "interrupted ("+err.Error()+"): only the rows above ran")
+			b.cfg.readme = ""
+			if werr := b.write(); werr != nil {
+				slog.Error("writing the partial results", "err", werr)
+			}
+		}
+		return err
+	}
 	b.evaluateTargets()
 	return b.write()
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func destroy(fs *loopfs.FS) {
@@ -210,6 +270,12 @@ func (b *bench) write() error {
 	slog.Info("results written", "json", base+".json", "markdown", base+".md")
 	fmt.Print(md)
 	if b.cfg.readme == "" {
+		return nil
+	}
+	if len(b.res.Rows) == 0 && len(b.res.Resume) == 0 && len(b.res.Memory) == 0 {
+		// A WAN-only run would replace the full run's tables; its own
+		// table is in the results files.
+		slog.Info("README left alone: only the WAN section ran", "readme", b.cfg.readme)
 		return nil
 	}
 	return report.UpdateReadme(b.cfg.readme, md)

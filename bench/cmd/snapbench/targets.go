@@ -94,6 +94,38 @@ func (b *bench) evaluateTargets() {
 			add("(d) incremental snapshot→commit < 2 s, "+m.short, fmt.Sprintf("%.2f s", r.WallSeconds), r.WallSeconds < 2, "d-"+m.profile)
 		}
 	}
+	b.evaluateWAN(add)
+}
+
+// evaluateWAN holds each WAN cell of snapjet against issue 10's goals:
+// ≥ 0.95 of the link, ahead of ssh+zstd in the same cell, and no link
+// stall over 100 ms during the transfer. Medians over the repeats.
+func (b *bench) evaluateWAN(add func(goal, figure string, met bool, profileRow string)) {
+	cells := map[string]report.WANCell{}
+	key := func(c report.WANCell) string { return fmt.Sprintf("%s/%d/%d", c.Set, c.RateMbit, c.RTTms) }
+	for _, c := range b.res.WANCells {
+		if c.Method == methodWANSSH && c.Runs > 0 {
+			cells[key(c)] = c
+		}
+	}
+	for _, c := range b.res.WANCells {
+		if c.Method != methodWANSnapjet {
+			continue
+		}
+		where := fmt.Sprintf("WAN %s, %d Mbit/s, %d ms", c.Set, c.RateMbit, c.RTTms)
+		if c.Runs == 0 {
+			add(where+": ≥ 0.95 of the link, ahead of ssh+zstd, no stall > 100 ms", "failed", false, "")
+			continue
+		}
+		figure := fmt.Sprintf("link use %.2f, longest gap %.0f ms, %.1f s", c.Utilisation.Median, c.LongestGapMs.Median, c.Wall.Median)
+		ahead := true
+		if ssh, ok := cells[key(c)]; ok {
+			figure += fmt.Sprintf(" against ssh+zstd's %.1f s", ssh.Wall.Median)
+			ahead = c.Wall.Median < ssh.Wall.Median
+		}
+		add(where+": ≥ 0.95 of the link, ahead of ssh+zstd, no stall > 100 ms", figure,
+			c.Utilisation.Median >= 0.95 && ahead && c.LongestGapMs.Median <= 100, "")
+	}
 }
 
 // attachProfiles adds the top of every CPU profile taken in the named row.

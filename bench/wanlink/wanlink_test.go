@@ -1,0 +1,23 @@
+package wanlink
+
+import (
+	"testing"
+	"time"
+)
+
+func TestSummarise(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	// 10 ms samples: idle start, busy, a 120 ms gap, busy, a 30 ms gap,
+	// busy, idle tail (the sync) that must not count.
+	per := []int64{0, 0, 9000, 9000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9000, 0, 0, 0, 9000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	var s []sample
+	var total int64
+	for i, b := range per {
+		total += b
+		s = append(s, sample{t0.Add(time.Duration(i) * 10 * time.Millisecond), total})
+	}
+	st := summarise(s)
+	if st.Bytes != 4*9000 || st.LongestGap != 120*time.Millisecond || st.Gaps100 != 1 {
+		t.Fatalf("%+v", st)
+	}
+}
