@@ -46,6 +46,9 @@ type Server struct {
 	TLSCert      string
 	TLSKey       string
 	PasswordFile string
+	// MetricsListen is where the daemon serves Prometheus /metrics and
+	// /healthz (HOST:PORT); empty: nowhere.
+	MetricsListen string
 }
 
 // Embedded reports whether this node runs its own server.

@@ -186,3 +186,27 @@ func TestValues(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricsListen(t *testing.T) {
+	cfg, err := Parse("ok.yaml", []byte("server: {metrics_listen: \"127.0.0.1:9464\"}\nreceivers: [{target: a, dir: /b}]\n"))
+	if err != nil || cfg.Server.MetricsListen != "127.0.0.1:9464" {
+		t.Fatalf("%+v %v", cfg, err)
+	}
+	_, err = Parse("bad.yaml", []byte("server: {metrics_listen: \"9464\"}\nreceivers: [{target: a, dir: /b}]\n"))
+	if err == nil || !strings.Contains(err.Error(), `bad.yaml:1: server.metrics_listen: "9464" is not HOST:PORT`) {
+		t.Fatalf("error %v", err)
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]int64{"": 0, "0": 0, "50MB/s": 50e6, "800KiB/s": 800 << 10, "1000": 1000} {
+		if got, err := ParseRate(in); err != nil || got != want {
+			t.Errorf("ParseRate(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"fast", "-1MB/s", "5 parsecs"} {
+		if _, err := ParseRate(in); err == nil {
+			t.Errorf("ParseRate(%q) accepted", in)
+		}
+	}
+}

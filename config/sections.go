@@ -43,12 +43,13 @@ func (p *parser) server(n *yaml.Node, path string, s *Server) (storeLine, listen
 			listenLine = n.Line
 			s.Listen = p.listen(n, path)
 		},
-		"creds":         func(n *yaml.Node, path string) { lines["creds"] = n.Line; file(&s.Creds)(n, path) },
-		"nkey":          func(n *yaml.Node, path string) { lines["nkey"] = n.Line; file(&s.NKey)(n, path) },
-		"tls_ca":        file(&s.TLSCA),
-		"tls_cert":      func(n *yaml.Node, path string) { lines["tls_cert"] = n.Line; file(&s.TLSCert)(n, path) },
-		"tls_key":       func(n *yaml.Node, path string) { lines["tls_key"] = n.Line; file(&s.TLSKey)(n, path) },
-		"password_file": file(&s.PasswordFile),
+		"creds":          func(n *yaml.Node, path string) { lines["creds"] = n.Line; file(&s.Creds)(n, path) },
+		"nkey":           func(n *yaml.Node, path string) { lines["nkey"] = n.Line; file(&s.NKey)(n, path) },
+		"tls_ca":         file(&s.TLSCA),
+		"tls_cert":       func(n *yaml.Node, path string) { lines["tls_cert"] = n.Line; file(&s.TLSCert)(n, path) },
+		"tls_key":        func(n *yaml.Node, path string) { lines["tls_key"] = n.Line; file(&s.TLSKey)(n, path) },
+		"password_file":  file(&s.PasswordFile),
+		"metrics_listen": func(n *yaml.Node, path string) { s.MetricsListen = p.listen(n, path) },
 	}, nil)
 	if lines["creds"] > 0 && lines["nkey"] > 0 {
 		p.errorf(lines["nkey"], path+".nkey", "keep creds (a user JWT with its seed) or nkey (a bare nkey seed), not both", "creds and nkey both set")

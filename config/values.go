@@ -56,3 +56,18 @@ func parseDuration(s string) (time.Duration, error) {
 	}
 	return time.ParseDuration(s)
 }
+
+// ParseRate reads a rate such as "50MB/s" or "800KiB/s" (the /s may be
+// left out) as bytes per second, for the --rate-limit flags; "" and "0"
+// are no limit.
+func ParseRate(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0" {
+		return 0, nil
+	}
+	b, err := parseSize(strings.TrimSuffix(s, "/s"))
+	if err != nil || b <= 0 {
+		return 0, fmt.Errorf("rate %q: write bytes per second such as 50MB/s or 800KiB/s", s)
+	}
+	return b, nil
+}

@@ -27,7 +27,8 @@ const (
 	ResultFailed = "failed"
 )
 
-// Metrics is the set of snapjet metrics of one process.
+// Metrics is the set of snapjet metrics of one process. A nil *Metrics
+// is valid and reports nothing, so drivers call it unconditionally.
 type Metrics struct {
 	reg *prometheus.Registry
 
@@ -89,6 +90,9 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Sent counts chunks a sender published for job.
 func (m *Metrics) Sent(job string, chunks int, raw, wire int64) {
+	if m == nil {
+		return
+	}
 	m.sentChunks.WithLabelValues(job).Add(float64(chunks))
 	m.sentBytes.WithLabelValues(job).Add(float64(raw))
 	m.wireBytes.WithLabelValues(job).Add(float64(wire))
@@ -97,17 +101,28 @@ func (m *Metrics) Sent(job string, chunks int, raw, wire int64) {
 // Applied counts chunks a receiver applied to target; redelivered are the
 // duplicates it skipped.
 func (m *Metrics) Applied(target string, chunks int, raw int64, redelivered int) {
+	if m == nil {
+		return
+	}
 	m.appliedChunks.WithLabelValues(target).Add(float64(chunks))
 	m.appliedBytes.WithLabelValues(target).Add(float64(raw))
 	m.redeliver.WithLabelValues(target).Add(float64(redelivered))
 }
 
 // ReplicationStarted marks a replication of job as running.
-func (m *Metrics) ReplicationStarted(job string) { m.running.WithLabelValues(job).Inc() }
+func (m *Metrics) ReplicationStarted(job string) {
+	if m == nil {
+		return
+	}
+	m.running.WithLabelValues(job).Inc()
+}
 
 // ReplicationFinished records how a replication of job ended (ResultDone
 // or ResultFailed) and how long it took.
 func (m *Metrics) ReplicationFinished(job, result string, took time.Duration) {
+	if m == nil {
+		return
+	}
 	m.running.WithLabelValues(job).Dec()
 	m.replications.WithLabelValues(job, result).Inc()
 	m.duration.WithLabelValues(job).Observe(took.Seconds())
@@ -115,27 +130,46 @@ func (m *Metrics) ReplicationFinished(job, result string, took time.Duration) {
 
 // Resumed counts a transfer that continued where it stopped; side is
 // "sender" or "receiver".
-func (m *Metrics) Resumed(job, side string) { m.resumes.WithLabelValues(job, side).Inc() }
+func (m *Metrics) Resumed(job, side string) {
+	if m == nil {
+		return
+	}
+	m.resumes.WithLabelValues(job, side).Inc()
+}
 
 // Rewound counts a reset of target's consumer to replay chunks.
-func (m *Metrics) Rewound(target string) { m.rewinds.WithLabelValues(target).Inc() }
+func (m *Metrics) Rewound(target string) {
+	if m == nil {
+		return
+	}
+	m.rewinds.WithLabelValues(target).Inc()
+}
 
 // Committed records that target committed job's snapshot taken at
 // snapshotTime: the last success is now, and the target's lag is the age
 // of that snapshot from now on.
 func (m *Metrics) Committed(job, target string, snapshotTime time.Time) {
+	if m == nil {
+		return
+	}
 	m.lastSuccess.WithLabelValues(job, target).Set(float64(m.lag.now().UnixNano()) / 1e9)
 	m.lag.set(job, target, snapshotTime)
 }
 
 // StreamUse reports how full job's replication stream is.
 func (m *Metrics) StreamUse(job string, held, window int64) {
+	if m == nil {
+		return
+	}
 	m.streamBytes.WithLabelValues(job).Set(float64(held))
 	m.windowBytes.WithLabelValues(job).Set(float64(window))
 }
 
 // Pruned counts snapshots retention deleted; side is "source" or "target".
 func (m *Metrics) Pruned(job, side string, n int) {
+	if m == nil {
+		return
+	}
 	m.deletions.WithLabelValues(job, side).Add(float64(n))
 }
 

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -187,6 +188,7 @@ func (j *job) resume(ctx context.Context) bool {
 	j.next, j.bytes, j.redelivered, j.durable = cp.Next, cp.Bytes, cp.Redelivered, cp.Next
 	j.lastCkpt = time.Now()
 	j.log.Info("resuming receive at its checkpoint", "chunk", cp.Next, "bytes", cp.Bytes)
+	j.rc.metrics.Resumed(jobLabel(j.r), "receiver")
 	return true
 }
 
@@ -409,6 +411,7 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 	}
 	if m.Kind == streams.KindChunk && m.Index < j.next {
 		j.redelivered++
+		j.rc.metrics.Applied(j.rc.target, 0, 0, 1)
 		switch {
 		case !j.native || m.Index < j.durable:
 			_ = msg.Ack()
@@ -490,6 +493,7 @@ func (j *job) apply(ctx context.Context, m streams.Message) error {
 	j.digest.Write(m.Raw)
 	j.next++
 	j.bytes += int64(len(m.Raw))
+	j.rc.metrics.Applied(j.rc.target, 1, int64(len(m.Raw)), 0)
 	if cap(m.Raw) > cap(j.buf) {
 		j.buf = m.Raw[:0]
 	}
@@ -497,6 +501,12 @@ func (j *job) apply(ctx context.Context, m streams.Message) error {
 		j.progress(ctx)
 	}
 	return nil
+}
+
+// jobLabel is the job_name a receiver reports under: the base name of the
+// replication's source (a receiver does not know the sender's job names).
+func jobLabel(r *coordinator.Replication) string {
+	return filepath.Base(filepath.Clean(r.Source))
 }
 
 // progress tells the coordinator how far the job got, without waiting for

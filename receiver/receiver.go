@@ -27,6 +27,7 @@ import (
 	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/internal/filelock"
 	"github.com/snapjet/snapjet/internal/retry"
+	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -41,6 +42,7 @@ type Receiver struct {
 	codec  *streams.Codec
 
 	applier string // Native or BtrfsProgs
+	metrics *metrics.Metrics
 
 	mu       sync.Mutex
 	jobs     map[string]*running // by replication id
@@ -58,6 +60,14 @@ func WithApplier(kind string) Option {
 			return driver.Permanent(fmt.Errorf("receiver %q: use %s or %s", kind, Native, BtrfsProgs))
 		}
 		rc.applier = kind
+		return nil
+	}
+}
+
+// WithMetrics reports what the receiver does to m (nil: nowhere).
+func WithMetrics(m *metrics.Metrics) Option {
+	return func(rc *Receiver) error {
+		rc.metrics = m
 		return nil
 	}
 }
@@ -353,6 +363,9 @@ func (rc *Receiver) report(ctx context.Context, id string, rep streams.Report) (
 	for {
 		v, err := rc.request(ctx, id, body)
 		if err == nil {
+			if rep.Event == streams.EvRewind {
+				rc.metrics.Rewound(rc.target)
+			}
 			return v, nil
 		}
 		if rep.Event == streams.EvProgress || ctx.Err() != nil {

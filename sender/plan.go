@@ -70,8 +70,9 @@ func replicationID(snapshotName, sourceUUID string) string {
 	return id
 }
 
-// takeSnapshot creates the read-only snapshot <dir>/<base>.<UTC time>.
-func takeSnapshot(ctx context.Context, source, dir string) (btrfs.Info, error) {
+// takeSnapshot creates the read-only snapshot <dir>/<base>.<UTC time>
+// (with -N when that name exists or is recorded).
+func takeSnapshot(ctx context.Context, source, dir string, recorded map[string]bool) (btrfs.Info, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return btrfs.Info{}, fmt.Errorf("snapshot directory %s: %w", dir, err)
 	}
@@ -81,7 +82,7 @@ func takeSnapshot(ctx context.Context, source, dir string) (btrfs.Info, error) {
 	name := filepath.Base(source) + "." + time.Now().UTC().Format("20060102T150405Z")
 	path := filepath.Join(dir, name)
 	for i := 2; ; i++ {
-		if _, err := os.Lstat(path); os.IsNotExist(err) {
+		if _, err := os.Lstat(path); os.IsNotExist(err) && !recorded[filepath.Base(path)] {
 			break
 		}
 		path = filepath.Join(dir, fmt.Sprintf("%s-%d", name, i))
@@ -229,7 +230,19 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 		return nil, err
 	}
 	groups := groupByParent(snaps, inv)
-	snap, err := takeSnapshot(ctx, src, opt.SnapshotDir)
+	// A name whose snapshot retention deleted may still have a record
+	// (same second, fast runs): reusing it would collide with its id.
+	all, err := s.Coord.Store().List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	recorded := map[string]bool{}
+	for _, r := range all {
+		if r.SourceUUID == srcInfo.UUID.String() {
+			recorded[r.SnapshotName] = true
+		}
+	}
+	snap, err := takeSnapshot(ctx, src, opt.SnapshotDir, recorded)
 	if err != nil {
 		return nil, err
 	}

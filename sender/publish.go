@@ -67,7 +67,7 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 		}
 		err := p.makeRoom(ctx, int64(len(j.msg.Data))+msgOverhead)
 		if err == nil {
-			err = p.publish(j)
+			err = p.publish(ctx, j)
 		} else {
 			p.hold(j)
 		}
@@ -99,8 +99,13 @@ func (p *publisher) hold(j *job) {
 	p.inflight = append(p.inflight, pending{j: j})
 }
 
-// publish sends one chunk without waiting for the server's confirmation.
-func (p *publisher) publish(j *job) error {
+// publish sends one chunk without waiting for the server's confirmation,
+// once the rate limit lets its wire bytes go.
+func (p *publisher) publish(ctx context.Context, j *job) error {
+	if err := p.s.limit.wait(ctx, len(j.msg.Data)); err != nil {
+		p.hold(j)
+		return err
+	}
 	fut, err := p.s.JS.PublishMsgAsync(j.msg, publishOpts(p.r, j.idx)...)
 	if err != nil {
 		p.hold(j)
@@ -126,7 +131,7 @@ func (p *publisher) recover(ctx context.Context, cause error) error {
 	for {
 		rp, err := findResume(ctx, p.st, p.r)
 		if err == nil {
-			return p.republish(rp, cause)
+			return p.republish(ctx, rp, cause)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w (then: %v)", cause, err)
@@ -139,7 +144,7 @@ func (p *publisher) recover(ctx context.Context, cause error) error {
 	}
 }
 
-func (p *publisher) republish(rp resumePoint, cause error) error {
+func (p *publisher) republish(ctx context.Context, rp resumePoint, cause error) error {
 	if rp.idx == p.recoveredAt {
 		// The last republish from here did not get further: publishes from
 		// before the trouble may still be landing. Give them a moment, and
@@ -171,7 +176,7 @@ func (p *publisher) republish(rp resumePoint, cause error) error {
 		}
 		m.Data = o.j.msg.Data
 		o.j.msg = m
-		if err := p.publish(o.j); err != nil {
+		if err := p.publish(ctx, o.j); err != nil {
 			return err
 		}
 	}
@@ -224,6 +229,7 @@ func (p *publisher) confirmed(j *job) {
 	p.chunks = j.idx + 1
 	p.bytes = j.off + int64(len(j.raw))
 	p.wire += int64(len(j.msg.Data))
+	p.s.Metrics.Sent(p.s.Job, 1, int64(len(j.raw)), int64(len(j.msg.Data)))
 	if len(j.msg.Data) > 0 && len(j.raw) > 0 && &j.msg.Data[0] != &j.raw[0] {
 		p.s.bufs.put(j.msg.Data)
 	}
@@ -330,6 +336,7 @@ func (p *publisher) report(ctx context.Context, force bool) {
 		return
 	}
 	p.lastReport = time.Now()
+	p.s.Metrics.StreamUse(p.s.Job, p.stored, p.r.Window)
 	if err := p.s.Coord.Progress(ctx, p.r.ID, p.r.Attempt, p.chunks, p.bytes, p.wire); err != nil {
 		p.log.Warn("record progress", "error", err)
 	}

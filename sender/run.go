@@ -17,6 +17,7 @@ import (
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/driver"
+	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -52,6 +53,8 @@ type Options struct {
 	StallTimeout time.Duration
 	// RecordRetention is how long finished records are kept.
 	RecordRetention time.Duration
+	// RateLimit bounds the wire bytes published per second; 0: no limit.
+	RateLimit int64
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -77,11 +80,16 @@ type Sender struct {
 	Coord      *coordinator.Coordinator
 	Log        *slog.Logger
 	OnProgress func(Progress)
+	// Metrics, when set, is told what the sender does; Job is its
+	// job_name label (default: the base name of the source).
+	Metrics *metrics.Metrics
+	Job     string
 
 	codec    *streams.Codec
 	compress compressGate
 	bufs     bufPool
 	outage   time.Duration // Options.OutageTimeout of the current run
+	limit    *wireLimiter  // Options.RateLimit of the current run
 	stall    time.Duration // Options.StallTimeout of the current run
 }
 
@@ -109,12 +117,16 @@ func (res *Result) Outcome(target string) (*coordinator.Replication, *coordinato
 // these targets is completed first, instead of taking a new snapshot.
 func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 	s.outage, s.stall = orDefault(opt.OutageTimeout, DefaultOutageTimeout), orDefault(opt.StallTimeout, DefaultStallTimeout)
+	s.limit = newWireLimiter(opt.RateLimit)
 	if s.codec == nil {
 		c, err := streams.NewCodec(zstd.SpeedDefault)
 		if err != nil {
 			return nil, err
 		}
 		s.codec = c
+	}
+	if s.Job == "" {
+		s.Job = filepath.Base(filepath.Clean(opt.Source))
 	}
 	src, srcInfo, err := CheckSource(opt.Source)
 	if err != nil {
@@ -376,6 +388,9 @@ func (s *Sender) drive(ctx context.Context, id string) error {
 	defer stopWatchdog()
 	go s.Coord.Watchdog(wctx, id, s.stall)
 	log := s.Log.With("replication", id)
+	began := time.Now()
+	s.Metrics.ReplicationStarted(s.Job)
+	defer func() { s.finished(context.WithoutCancel(ctx), id, began) }()
 	err := driver.Run(ctx, log, "send", driver.Policy{Bound: s.outage}, func(ctx context.Context) (bool, error) {
 		over, err := s.step(ctx, id)
 		if driver.IsPermanent(err) {
@@ -392,6 +407,31 @@ func (s *Sender) drive(ctx context.Context, id string) error {
 		return fmt.Errorf("replication %s: %w (is the NATS server running and reachable?)", id, err)
 	}
 	return err
+}
+
+// finished reports how the drive of a replication ended to the metrics:
+// done or failed (or nothing ended: cancelled, it stays running for the
+// next run), and each committed target's last success.
+func (s *Sender) finished(ctx context.Context, id string, began time.Time) {
+	if s.Metrics == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	r, _, err := s.Coord.Store().Get(ctx, id)
+	result := metrics.ResultFailed
+	if err == nil && r.State == coordinator.Done {
+		result = metrics.ResultDone
+	}
+	s.Metrics.ReplicationFinished(s.Job, result, time.Since(began))
+	if err != nil {
+		return
+	}
+	for name, t := range r.Targets {
+		if t.State == coordinator.TCommitted {
+			s.Metrics.Committed(s.Job, name, r.Created)
+		}
+	}
 }
 
 // step advances the replication by one attempt or one state change, and

@@ -90,6 +90,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	}
 	if rp.idx > 0 {
 		log.Info("resuming send", "chunk", rp.idx, "offset", rp.off)
+		s.Metrics.Resumed(s.Job, "sender")
 	} else {
 		log.Info("sending", "snapshot", r.Snapshot, "parent", r.Parent)
 	}

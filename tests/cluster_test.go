@@ -62,7 +62,7 @@ func (r *replicator) liveStatus(ctx context.Context) (statusDoc, error) {
 // storedStatus reads the store while no replicate runs.
 func (r *replicator) storedStatus() statusDoc {
 	r.t.Helper()
-	return mustStatus(r.t, "--store", r.store, "--listen", "127.0.0.1:0")
+	return mustStatus(r.t, "--store", r.store, "--offline", "--listen", "127.0.0.1:0")
 }
 
 // natsServer is a standalone `snapjet server` that senders and receivers

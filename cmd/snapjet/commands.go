@@ -6,7 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -16,8 +16,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/snapjet/snapjet/config"
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/jobstatus"
+	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/receiver"
 	"github.com/snapjet/snapjet/sender"
 )
@@ -30,6 +33,7 @@ type sendFlags struct {
 	outage    time.Duration
 	stall     time.Duration
 	retention time.Duration
+	rateLimit string
 }
 
 func (f *sendFlags) add(cmd *cobra.Command) {
@@ -40,10 +44,15 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.outage, "outage-timeout", sender.DefaultOutageTimeout, "give up after the NATS server was unreachable this long")
 	cmd.Flags().DurationVar(&f.stall, "stall-timeout", sender.DefaultStallTimeout, "drop a target from the run when it made no progress this long (its receiver or its link is down); the next run retries it")
 	cmd.Flags().DurationVar(&f.retention, "record-retention", coordinator.DefaultRecordRetention, "how long records of finished replications are kept")
+	cmd.Flags().StringVar(&f.rateLimit, "rate-limit", "", "bytes per second on the wire, e.g. 50MB/s (default: no limit)")
 }
 
-func (f *sendFlags) options(source string, targets []string) sender.Options {
-	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention}
+func (f *sendFlags) options(source string, targets []string) (sender.Options, error) {
+	limit, err := config.ParseRate(f.rateLimit)
+	if err != nil {
+		return sender.Options{}, &exitError{2, fmt.Errorf("--rate-limit: %w", err)}
+	}
+	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention, RateLimit: limit}, nil
 }
 
 func replicateCmd(g *globals) *cobra.Command {
@@ -60,6 +69,10 @@ replication first: it resumes, or discards the partial and starts over.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			opt, err := f.options(args[0], nil)
+			if err != nil {
+				return err
+			}
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
@@ -70,6 +83,11 @@ replication first: it resumes, or discards the partial and starts over.`,
 				}
 				names = append(names, targetName(t))
 			}
+			m, stopMetrics, err := g.startMetrics(g.metricsListen)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			b, err := g.connect(ctx, "snapjet replicate", true, f.outage)
 			if err != nil {
 				return err
@@ -79,14 +97,15 @@ replication first: it resumes, or discards the partial and starts over.`,
 			var wg sync.WaitGroup
 			defer func() { stopReceivers(); wg.Wait() }()
 			for i, t := range args[1:] {
-				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log, receiver.WithApplier(applier))
+				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log, receiver.WithApplier(applier), receiver.WithMetrics(m))
 				if err != nil {
 					return err
 				}
 				wg.Add(1)
 				go func() { defer wg.Done(); _ = rc.Run(rctx) }()
 			}
-			return runSend(ctx, g, b, f.options(args[0], names))
+			opt.Targets = names
+			return runSend(ctx, g, b, m, opt)
 		},
 	}
 	f.add(cmd)
@@ -111,15 +130,24 @@ func sendCmd(g *globals) *cobra.Command {
 				return &exitError{2, fmt.Errorf("--to: name at least one target")}
 			}
 			limitMemory()
+			opt, err := f.options(args[0], strings.Split(to, ","))
+			if err != nil {
+				return err
+			}
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
+			m, stopMetrics, err := g.startMetrics(g.metricsListen)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			b, err := g.connect(cmd.Context(), "snapjet send", false, f.outage)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			return runSend(cmd.Context(), g, b, f.options(args[0], strings.Split(to, ",")))
+			return runSend(cmd.Context(), g, b, m, opt)
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "comma-separated target names")
@@ -128,14 +156,14 @@ func sendCmd(g *globals) *cobra.Command {
 }
 
 // runSend runs the coordinator and the sender, and reports the outcome.
-func runSend(ctx context.Context, g *globals, b *broker.Broker, opt sender.Options) error {
+func runSend(ctx context.Context, g *globals, b *broker.Broker, m *metrics.Metrics, opt sender.Options) error {
 	coord, err := coordinator.New(ctx, b.NC, b.JS, g.log)
 	if err != nil {
 		return err
 	}
 	defer coord.Close()
 	prog := newProgress(g.log)
-	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update}
+	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update, Metrics: m}
 	res, err := s.Run(ctx, opt)
 	prog.done()
 	if err != nil {
@@ -176,12 +204,17 @@ func receiveCmd(g *globals) *cobra.Command {
 			if _, err := receiver.CheckTarget(args[0]); err != nil {
 				return err
 			}
+			m, stopMetrics, err := g.startMetrics(g.metricsListen)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			b, err := g.connect(cmd.Context(), "snapjet receive "+target, false, sender.DefaultOutageTimeout)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			rc, err := receiver.New(cmd.Context(), b.NC, b.JS, target, args[0], g.log, receiver.WithApplier(applier))
+			rc, err := receiver.New(cmd.Context(), b.NC, b.JS, target, args[0], g.log, receiver.WithApplier(applier), receiver.WithMetrics(m))
 			if err != nil {
 				return err
 			}
@@ -197,17 +230,47 @@ func receiveCmd(g *globals) *cobra.Command {
 }
 
 func statusCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, offline bool
+	var file string
 	cmd := &cobra.Command{
-		Use:   "status [--server URL | --store DIR] [--json]",
-		Short: "Show replications, the state of every target, bytes and the last error",
-		Args:  cobra.NoArgs,
+		Use:   "status [--server URL | --store DIR [--offline] | --config FILE] [--json]",
+		Short: "Show replications, the state of every target, bytes and the last error; with --config, what is late and why",
+		Long: `Without --config: every replication on record, per target, with its state,
+bytes and last error.
+
+With --config FILE: per job and target, the last success and its age, the
+next scheduled run, the replication in progress and the last error; exits 1
+when a job is overdue (a target without a success within twice the job's
+interval, or none on record).
+
+Status never starts a server: without a reachable one (--server, the
+config's server.url, or the embedded server of a running daemon or server on
+the store) it says so and exits 1. --offline reads a store that no process
+serves (e.g. a one-shot replicate's, between runs) by embedding a server on
+it for the moment; a store that holds no snapjet state is refused even then.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			b, err := g.brokerConnect(ctx, broker.Options{Server: g.server, Store: g.store, Listen: g.listen,
-				Name: "snapjet status", JoinRunning: true})
+			opts := broker.Options{Server: g.server, Store: g.store, Listen: g.listen, Name: "snapjet status", JoinOnly: true, Log: g.log}
+			var cfg *config.Config
+			if file != "" {
+				var err error
+				if cfg, err = loadConfig(cmd, file); err != nil {
+					return err
+				}
+				if !cmd.Flags().Changed("server") && !cmd.Flags().Changed("store") {
+					opts.Server, opts.Store = cfg.Server.URL, cfg.Server.Store
+				}
+			}
+			if offline && opts.Server == "" {
+				if !broker.HasState(opts.Store) {
+					return &exitError{1, fmt.Errorf("status unknown: store %s holds no snapjet state (no server ever ran on it): check --store", opts.Store)}
+				}
+				opts.JoinOnly, opts.JoinRunning = false, true
+			}
+			b, err := g.brokerConnect(ctx, opts)
 			if err != nil {
-				return err
+				return &exitError{1, fmt.Errorf("status unknown: %w", err)}
 			}
 			defer b.Close()
 			store, err := coordinator.OpenStore(ctx, b.JS)
@@ -218,15 +281,18 @@ func statusCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if cfg != nil {
+				return printJobStatus(cmd.OutOrStdout(), jobstatus.Of(cfg.Jobs, all, time.Now()), asJSON)
+			}
 			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
+				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				if all == nil {
 					all = []*coordinator.Replication{}
 				}
 				return enc.Encode(map[string]any{"replications": all})
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "REPLICATION\tSTATE\tATTEMPT\tSENT\tTARGET\tTARGET STATE\tAPPLIED\tERROR")
 			for _, r := range all {
 				for _, name := range coordinator.SortedNames(r.Targets) {
@@ -238,7 +304,57 @@ func statusCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&file, "config", "", "report per job of this config file (and use its server section)")
+	cmd.Flags().BoolVar(&offline, "offline", false, "when no process serves the store, read it by embedding a server for the moment")
 	return cmd
+}
+
+// printJobStatus prints the jobs' status and returns an exit-1 error
+// naming the overdue jobs.
+func printJobStatus(out io.Writer, jobs []jobstatus.Job, asJSON bool) error {
+	var overdue []string
+	for _, j := range jobs {
+		if j.Overdue {
+			overdue = append(overdue, j.Name)
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if jobs == nil {
+			jobs = []jobstatus.Job{}
+		}
+		if err := enc.Encode(map[string]any{"jobs": jobs}); err != nil {
+			return err
+		}
+	} else {
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "JOB\tTARGET\tLAST SUCCESS\tAGE\tNEXT RUN\tRUNNING\tSTATUS\tLAST ERROR")
+		for _, j := range jobs {
+			for _, t := range j.Targets {
+				last, age := "never", "-"
+				if !t.LastSuccess.IsZero() {
+					last, age = t.LastSuccess.Format(time.RFC3339), t.Age.Round(time.Second).String()
+				}
+				running := "-"
+				if r := t.Running; r != nil {
+					running = fmt.Sprintf("%s %s/%s", r.ID, human(r.BytesApplied), human(max(r.BytesSent, r.Estimated)))
+				}
+				status := "ok"
+				if t.Overdue {
+					status = "OVERDUE"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, t.Display, last, age, j.NextRun.Format(time.RFC3339), running, status, t.LastError)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(overdue) > 0 {
+		return &exitError{1, fmt.Errorf("overdue (no success within twice the interval): %s", strings.Join(overdue, ", "))}
+	}
+	return nil
 }
 
 var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_-]+`)

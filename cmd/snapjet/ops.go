@@ -13,16 +13,15 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/config"
-	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/jobrun"
 	"github.com/snapjet/snapjet/prune"
-	"github.com/snapjet/snapjet/sender"
 )
 
 // opsCommands are the commands of unattended operation (issue 9) that
 // work from the config file.
 func opsCommands(g *globals) []*cobra.Command {
-	return []*cobra.Command{configCmd(g), pruneCmd(g)}
+	return []*cobra.Command{configCmd(g), pruneCmd(g), runCmd(g)}
 }
 
 func configCmd(g *globals) *cobra.Command {
@@ -201,17 +200,17 @@ func printPlan(w io.Writer, p *prune.Plan) {
 // the server cannot be reached it answers with that error, which makes
 // prune keep everything rather than guess.
 type natsState struct {
-	b   *broker.Broker
-	err error
+	jobrun.State
+	b *broker.Broker
 }
 
 func connectState(g *globals, s config.Server) *natsState {
-	b, err := g.brokerConnectConfig(context.Background(), broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
-		Name: "snapjet prune", JoinRunning: true}, s)
+	b, err := connectConfig(g, s, "snapjet prune", true)
 	if err != nil {
 		g.log.Warn("cannot read the replication records; keeping every snapshot", "error", err)
+		return &natsState{State: jobrun.State{Err: err}}
 	}
-	return &natsState{b: b, err: err}
+	return &natsState{State: jobrun.State{NC: b.NC}, b: b}
 }
 
 func (s *natsState) close() {
@@ -220,35 +219,9 @@ func (s *natsState) close() {
 	}
 }
 
-func (s *natsState) Records(ctx context.Context) ([]*coordinator.Replication, error) {
-	if s.err != nil {
-		return nil, s.err
-	}
-	store, err := coordinator.OpenStore(ctx, s.b.JS)
-	if err != nil {
-		return nil, err
-	}
-	return store.List(ctx)
-}
-
-// inventoryWait bounds how long prune waits for a remote receiver.
-const inventoryWait = 5 * time.Second
-
-func (s *natsState) Inventory(ctx context.Context, target string) ([]btrfs.UUID, error) {
-	if s.err != nil {
-		return nil, s.err
-	}
-	inv, unreachable := sender.Inventories(ctx, s.b.NC, []string{target}, inventoryWait)
-	if err := unreachable[target]; err != nil {
-		return nil, err
-	}
-	var out []btrfs.UUID
-	for _, h := range inv[target].Snapshots {
-		u, err := btrfs.ParseUUID(h.ReceivedUUID)
-		if err != nil {
-			return nil, fmt.Errorf("inventory of %s: %w", target, err)
-		}
-		out = append(out, u)
-	}
-	return out, nil
+// connectConfig reaches the server of a config file's server section;
+// join lets it use the embedded server of a running daemon on the store.
+func connectConfig(g *globals, s config.Server, name string, join bool) (*broker.Broker, error) {
+	return g.brokerConnectConfig(context.Background(), broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
+		Name: name, JoinRunning: join}, s)
 }

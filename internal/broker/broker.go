@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -16,9 +17,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/snapjet/snapjet/internal/retry"
-
 	"github.com/snapjet/snapjet/internal/filelock"
+	"github.com/snapjet/snapjet/internal/retry"
 )
 
 // Options choose the server.
@@ -42,8 +42,16 @@ type Options struct {
 	// restarted, its link down) is waited for at connect, with a log line
 	// per try; 0 fails at once. Refused credentials or TLS fail at once.
 	ConnectWait time.Duration
-	Log         *slog.Logger
+	// JoinOnly never starts a server: without Server it joins the
+	// embedded server of the snapjet process that holds Store, and fails
+	// with ErrNoServer when none does (for status: an empty new server
+	// would only hide that the real one is down).
+	JoinOnly bool
+	Log      *slog.Logger
 }
+
+// ErrNoServer means no snapjet process serves the store.
+var ErrNoServer = errors.New("no snapjet server is running")
 
 // Broker is a connected client, and the embedded server if there is one.
 type Broker struct {
@@ -85,6 +93,37 @@ func lockStore(store string) (*filelock.Lock, error) {
 	return l, nil
 }
 
+// joinOnly is the URL of the server that serves store now, or
+// ErrNoServer. It takes the store's lock for a moment to see whether it is
+// held, and creates nothing.
+func joinOnly(store string) (string, error) {
+	path := filepath.Join(store, lockName)
+	noServer := fmt.Errorf("%w on store %s: start `snapjet daemon` or `snapjet server`, or pass --server URL of the running one", ErrNoServer, store)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return "", noServer
+	}
+	l, err := filelock.TryLock(path)
+	switch {
+	case err == nil:
+		_ = l.Close()
+		return "", noServer
+	case !errors.Is(err, filelock.ErrHeld):
+		return "", fmt.Errorf("store %s: %w", store, err)
+	}
+	url := runningURL(store)
+	if url == "" {
+		return "", fmt.Errorf("%w: the process holding %s did not note its URL; pass --server", ErrNoServer, store)
+	}
+	return url, nil
+}
+
+// HasState reports whether store holds a JetStream store (an embedded
+// server ran on it), as opposed to a directory that would start empty.
+func HasState(store string) bool {
+	fi, err := os.Stat(filepath.Join(store, "jetstream"))
+	return err == nil && fi.IsDir()
+}
+
 func runningURL(store string) string {
 	return filelock.Note(filepath.Join(store, lockName))
 }
@@ -99,6 +138,13 @@ func Connect(opt Options) (*Broker, error) {
 func ConnectContext(ctx context.Context, opt Options) (*Broker, error) {
 	b := &Broker{}
 	url := opt.Server
+	if url == "" && opt.JoinOnly {
+		u, err := joinOnly(opt.Store)
+		if err != nil {
+			return nil, err
+		}
+		url = u
+	}
 	if url == "" {
 		srv, err := StartServer(ServerConfig{Store: opt.Store, Listen: opt.Listen, Log: opt.Log})
 		switch {

@@ -49,3 +49,30 @@ func TestUnreachableServerSaysWhatToDo(t *testing.T) {
 		t.Fatalf("connect to a dead server: %v, want a hint to start one", err)
 	}
 }
+
+// JoinOnly never starts a server: without a running one it says so.
+func TestJoinOnly(t *testing.T) {
+	store := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	_, err := Connect(Options{Store: store, Listen: "127.0.0.1:0", Name: "status", JoinOnly: true, Log: log})
+	if !errors.Is(err, ErrNoServer) || !strings.Contains(err.Error(), "snapjet daemon") {
+		t.Fatalf("join without a server: %v, want ErrNoServer with what to do", err)
+	}
+	first, err := Connect(Options{Store: store, Listen: "127.0.0.1:0", Name: "first", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	joined, err := Connect(Options{Store: store, Listen: "127.0.0.1:0", Name: "status", JoinOnly: true, Log: log})
+	if err != nil {
+		t.Fatalf("join the running server: %v", err)
+	}
+	defer joined.Close()
+	if joined.URL() != first.URL() {
+		t.Errorf("joined %s, want %s", joined.URL(), first.URL())
+	}
+	first.Close()
+	if _, err := Connect(Options{Store: store, Listen: "127.0.0.1:0", Name: "status", JoinOnly: true, Log: log}); !errors.Is(err, ErrNoServer) {
+		t.Errorf("after the server stopped: %v, want ErrNoServer", err)
+	}
+}

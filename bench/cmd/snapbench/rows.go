@@ -193,7 +193,7 @@ func (b *bench) replicateWith(ctx context.Context, ds *dataSet, method, profileA
 		if err != nil {
 			return wall, "", err
 		}
-		rep, err := b.latestReplication(ctx, "--store", store, "--listen", "127.0.0.1:0")
+		rep, err := b.latestReplication(ctx, "--store", store, "--offline", "--listen", "127.0.0.1:0")
 		if err != nil {
 			return wall, "", err
 		}
