@@ -7,7 +7,10 @@
 // is ever taken for complete.
 //
 // The suite needs root (loop devices, mount) and btrfs-progs; it builds
-// ./cmd/snapjet once and runs in two to three minutes on two cores:
+// ./cmd/snapjet once (and the standalone nats-server go.mod pins, for the
+// hub and leaf node of TestLeafLinkCut). TestLeafLinkCut, which holds a WAN
+// link down for 10 s and for 3 minutes, takes about five and a half minutes
+// of the run on two cores:
 //
 //	sudo go test ./tests -v
 //
