@@ -237,8 +237,8 @@ func (p *publisher) confirmed(j *job) {
 }
 
 // makeRoom is the back-pressure: while the stream would outgrow the window
-// it drops what every target has acked, and otherwise waits for the slowest
-// target. The last stored message always stays, so a restarted sender can
+// it asks the coordinator to drop what every target has acked, and
+// otherwise waits for the slowest target. The last stored message always stays, so a restarted sender can
 // see where the stream ends. The wait is bounded by the watchdog, which
 // fails a target that makes no progress for the stall timeout and so
 // releases the window.
@@ -262,14 +262,11 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		if fits(p.stored, need, p.r.Window, info.State.Msgs) {
 			return nil
 		}
-		floor, slowest, err := p.ackFloor(ctx, info.State.LastSeq)
+		purged, floor, slowest, err := p.s.Coord.Purge(ctx, p.r.ID, p.st, info.State)
 		if err != nil {
 			return err
 		}
-		if keep, ok := purgeTo(info.State.FirstSeq, info.State.LastSeq, floor); ok {
-			if err := p.st.Purge(ctx, jetstream.WithPurgeSequence(keep)); err != nil {
-				return fmt.Errorf("drop acked chunks of %s: %w", p.r.ID, err)
-			}
+		if purged {
 			wait, since = 10*time.Millisecond, time.Now()
 			continue
 		}
@@ -295,40 +292,7 @@ func fits(stored, need, window int64, msgs uint64) bool {
 	return stored+need <= window || msgs == 0
 }
 
-// purgeTo is the first sequence to keep when every active target acked up
-// to floor: everything acked goes, but the last stored message always
-// stays (a restarted sender reads where the stream ends from it). ok is
-// false when nothing can be dropped: then the sender waits.
-func purgeTo(first, last, floor uint64) (keep uint64, ok bool) {
-	keep = min(floor+1, last)
-	return keep, keep > first
-}
 
-// ackFloor is the highest stream sequence that every active target has
-// acked, and the target whose consumer holds it there. A target without a
-// consumer (one being reset for a resumed receiver) holds it at 0: while
-// its consumer is away, nothing may be purged from under it.
-func (p *publisher) ackFloor(ctx context.Context, last uint64) (uint64, string, error) {
-	r, _, err := p.s.Coord.Store().Get(ctx, p.r.ID)
-	if err != nil {
-		return 0, "", err
-	}
-	floors := map[string]uint64{}
-	lister := p.st.ListConsumers(ctx)
-	for ci := range lister.Info() {
-		floors[streams.TargetOf(ci.Name)] = ci.AckFloor.Stream
-	}
-	if err := lister.Err(); err != nil {
-		return 0, "", fmt.Errorf("consumers of %s: %w", p.r.ID, err)
-	}
-	floor, slowest := last, ""
-	for _, t := range r.Active() {
-		if f := floors[t]; f < floor {
-			floor, slowest = f, t
-		}
-	}
-	return floor, slowest, nil
-}
 
 // report publishes progress to the coordinator about once a second.
 func (p *publisher) report(ctx context.Context, force bool) {

@@ -1,0 +1,62 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/snapjet/snapjet/streams"
+)
+
+// Purge drops from the stream of record id what every active target has
+// acked, and reports whether it dropped anything, the ack floor and the
+// target that holds it (the slowest). The sender calls it when the window
+// is full; the decision is the coordinator's, because only it knows which
+// targets are still active.
+func (c *Coordinator) Purge(ctx context.Context, id string, st jetstream.Stream, state jetstream.StreamState) (bool, uint64, string, error) {
+	r, _, err := c.records.Get(ctx, id)
+	if err != nil {
+		return false, 0, "", err
+	}
+	floors := map[string]uint64{}
+	lister := st.ListConsumers(ctx)
+	for ci := range lister.Info() {
+		floors[streams.TargetOf(ci.Name)] = ci.AckFloor.Stream
+	}
+	if err := lister.Err(); err != nil {
+		return false, 0, "", fmt.Errorf("consumers of %s: %w", id, err)
+	}
+	floor, slowest := ackFloor(r.Active(), floors, state.LastSeq)
+	keep, ok := purgeTo(state.FirstSeq, state.LastSeq, floor)
+	if !ok {
+		return false, floor, slowest, nil
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSequence(keep)); err != nil {
+		return false, floor, slowest, fmt.Errorf("drop acked chunks of %s: %w", id, err)
+	}
+	return true, floor, slowest, nil
+}
+
+// ackFloor is the highest stream sequence that every active target has
+// acked, and the target whose consumer holds it there. A target without a
+// consumer (one being reset for a resumed receiver) holds it at 0: while
+// its consumer is away, nothing may be purged from under it.
+func ackFloor(active []string, floors map[string]uint64, last uint64) (uint64, string) {
+	floor, slowest := last, ""
+	for _, t := range active {
+		if f := floors[t]; f < floor {
+			floor, slowest = f, t
+		}
+	}
+	return floor, slowest
+}
+
+// purgeTo is the first sequence to keep when every active target acked up
+// to floor: everything acked goes, but the last stored message always
+// stays (a restarted sender reads where the stream ends from it). ok is
+// false when nothing can be dropped: then the sender waits.
+func purgeTo(first, last, floor uint64) (keep uint64, ok bool) {
+	keep = min(floor+1, last)
+	return keep, keep > first
+}
