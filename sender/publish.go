@@ -292,8 +292,6 @@ func fits(stored, need, window int64, msgs uint64) bool {
 	return stored+need <= window || msgs == 0
 }
 
-
-
 // report publishes progress to the coordinator about once a second.
 func (p *publisher) report(ctx context.Context, force bool) {
 	if !force && time.Since(p.lastReport) < time.Second {
