@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -185,6 +186,19 @@ func ConnectContext(ctx context.Context, opt Options) (*Broker, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false),
+		// Asynchronous errors go to the log, not to stderr: a KV watch that
+		// is stopped or rebuilt loses its consumer, which is expected.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			if strings.Contains(err.Error(), "consumer not found") {
+				log.Debug("NATS subscription lost its consumer", "subject", subject, "error", err)
+				return
+			}
+			log.Warn("NATS asynchronous error", "subject", subject, "error", Redact(err.Error()))
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("NATS connection lost; reconnecting", "error", Redact(err.Error()))
