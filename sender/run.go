@@ -305,7 +305,14 @@ func (s *Sender) driveRun(ctx context.Context, snapshot string, targets []string
 		return nil, err
 	}
 	for {
-		recs, err := s.collect(ctx, snapshot, targets)
+		// The server may be restarting: reading the records is retried
+		// like any step, within the outage bound.
+		var recs []*coordinator.Replication
+		err := driver.Run(ctx, s.Log, "list the records of the run", driver.Policy{Bound: s.outage}, func(ctx context.Context) (bool, error) {
+			var err error
+			recs, err = s.collect(ctx, snapshot, targets)
+			return err == nil, err
+		})
 		if err != nil {
 			return nil, err
 		}
