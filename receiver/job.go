@@ -391,8 +391,11 @@ func (j *job) idle(ctx context.Context, cons jetstream.Consumer, w *waiter) erro
 		// The ack went into a cut link: the server still counts those
 		// chunks pending and the sender waits for room they would free.
 		j.log.Warn("acks were lost with the link; acking again", "ack_floor", ci.AckFloor.Stream, "acked_seq", j.ackedSeq)
+		// The client refuses to ack a message twice, so the ack (AckAll,
+		// "+ACK") goes to its reply subject directly, waiting for the
+		// server's confirmation.
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := j.acked.DoubleAck(actx)
+		_, err := j.rc.nc.RequestWithContext(actx, j.acked.Reply(), []byte("+ACK"))
 		cancel()
 		if err != nil {
 			j.log.Warn("ack again", "error", err)
