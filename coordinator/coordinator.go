@@ -15,8 +15,10 @@ import (
 	"github.com/snapjet/snapjet/streams"
 )
 
-// handleTimeout bounds the work on one report; the receiver asks again.
-const handleTimeout = 30 * time.Second
+// handleTimeout bounds the work on one report; the receiver asks again. A
+// JetStream request lost in a server restart would otherwise be waited for
+// as long as this (seen: 30 s of recovery in the chaos runs).
+const handleTimeout = 10 * time.Second
 
 // DefaultMaxAttempts bounds the attempts of one run before the remaining
 // targets fail.
