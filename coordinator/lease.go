@@ -141,6 +141,9 @@ func (l *Lease) Keep(ctx context.Context, log *slog.Logger, lost func(error)) {
 		err := l.write(ctx, false)
 		switch {
 		case err == nil:
+		case conflict(err) && l.stillMine(ctx):
+			// A refresh whose reply a cut link lost did land: the lease is
+			// still this holder's, at a revision it had not seen.
 		case conflict(err):
 			lost(fmt.Errorf("%w: the lease of %s was taken over while this sender was away", ErrLeaseHeld, l.me.Source))
 			return
@@ -148,6 +151,21 @@ func (l *Lease) Keep(ctx context.Context, log *slog.Logger, lost func(error)) {
 			log.Warn("cannot refresh the lease; link to the server lost?", "source", l.me.Source, "error", err)
 		}
 	}
+}
+
+// stillMine reads the lease and, when this holder still holds it, adopts
+// its current revision.
+func (l *Lease) stillMine(ctx context.Context) bool {
+	e, err := l.kv.Get(ctx, l.key)
+	if err != nil {
+		return false
+	}
+	var h Holder
+	if json.Unmarshal(e.Value(), &h) != nil || !h.same(l.me) {
+		return false
+	}
+	l.rev = e.Revision()
+	return true
 }
 
 // Release gives the lease up, if this holder still has it.

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -111,5 +112,34 @@ func TestLeaseKeepNoticesATakeover(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Keep did not notice within 10s that the lease was taken over")
+	}
+}
+
+// A refresh that landed although its reply was lost (a cut link) leaves
+// the holder one revision behind: Keep must not take that for a takeover.
+func TestLeaseKeepSurvivesALostRefreshReply(t *testing.T) {
+	f := newFixture(t)
+	const src = "9d1a5e4c-0000-4000-8000-00000000000f"
+	me := Holder{Host: "a", PID: 1, BootID: "x"}
+	l, err := f.c.AcquireLease(f.ctx, src, me, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The refresh whose reply was lost: the store moved on, l.rev did not.
+	ghost := *l
+	if err := ghost.write(f.ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, time.Second)
+	defer cancel()
+	lost := make(chan error, 1)
+	l.Keep(ctx, slog.Default(), func(err error) { lost <- err })
+	select {
+	case err := <-lost:
+		t.Fatalf("Keep gave up a lease this holder still holds: %v", err)
+	default:
+	}
+	if _, err := f.c.AcquireLease(f.ctx, src, Holder{Host: "b", PID: 2, BootID: "y"}, time.Hour); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("another sender got the lease Keep was refreshing: %v", err)
 	}
 }
