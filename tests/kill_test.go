@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -128,6 +129,7 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 		receiver      string
 		sendFlags     []string
 		holdingTail   bool // kill once the receiver holds the unacknowledged tail of a complete stream
+		bulk          int64 // the data set's size; default 80 MiB
 		downUntilSent bool // restart the receiver only once the sender is done
 		wantAttempt   int
 		wantResume    bool // the partial is completed rather than discarded
@@ -135,7 +137,9 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 		{name: "native resumes its partial", receiver: "native", wantAttempt: 1, wantResume: true},
 		{name: "native resumes past a small window", receiver: "native", sendFlags: smallWindow, wantAttempt: 1, wantResume: true},
 		{name: "native down until the stream is stored", receiver: "native", downUntilSent: true, wantAttempt: 1, wantResume: true},
-		{name: "native killed holding the tail", receiver: "native", holdingTail: true, wantAttempt: 1, wantResume: true},
+		// The stream fits in one pull (32 MiB) and trickles in, so that a
+		// receiver frozen after its first delivery is handed all of it.
+		{name: "native killed holding the tail", receiver: "native", holdingTail: true, bulk: 20 * mib, sendFlags: []string{"--rate-limit", "10MB/s"}, wantAttempt: 1, wantResume: true},
 		{name: "btrfs-progs replays from the stream", receiver: "btrfs-progs", wantAttempt: 1},
 		{name: "btrfs-progs restarts once the window passed the start", receiver: "btrfs-progs", sendFlags: smallWindow, wantAttempt: 2},
 		{name: "btrfs-progs down until the stream is stored", receiver: "btrfs-progs", downUntilSent: true, wantAttempt: 1},
@@ -145,7 +149,8 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			source, target, size := newPair(t, dataSet{seed: 4, bulk: 80 * mib})
+			bulk := cmp.Or(tc.bulk, 80*mib)
+			source, target, size := newPair(t, dataSet{seed: 4, bulk: bulk})
 			srv := startServer(t)
 			recv := startReceiver(t, srv.url(), "backup", target, "--receiver", tc.receiver)
 			probe := newProbe(t, srv.url())
@@ -155,6 +160,13 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 
 			killAt := probe.appliedAtLeast(killPoint, size, chunkSize, target)
 			if tc.holdingTail {
+				// A running receiver holds the tail for a few milliseconds
+				// only; a frozen one, whose pull the server goes on filling,
+				// holds it until it is killed.
+				waitForReplication(t, send, srv.liveStatus, "the partial receive and the first delivery", func(ctx context.Context, r replication) bool {
+					return len(stagedSubvolumes(t, target)) > 0 && probe.deliveredTo(target)(ctx, r)
+				})
+				recv.signal(syscall.SIGSTOP)
 				killAt = probe.holdsTail(target)
 			}
 			rep := waitForReplication(t, send, srv.liveStatus, "the receiver's kill point", killAt)

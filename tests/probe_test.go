@@ -124,6 +124,23 @@ func (p *jsProbe) reached(err error, what string, chunks, chunkSize, size int64,
 	return true
 }
 
+// deliveredTo holds once the consumer of the target in dir has been
+// handed a message: its pull is open at the server.
+func (p *jsProbe) deliveredTo(dir string) func(context.Context, replication) bool {
+	return func(ctx context.Context, rep replication) bool {
+		name, _, ok := rep.target(dir)
+		if !ok {
+			return false
+		}
+		c, err := p.js.Consumer(ctx, streams.StreamName(rep.ID), streams.ConsumerName(name))
+		if err != nil || c.CachedInfo().Delivered.Stream == 0 {
+			return false
+		}
+		p.t.Logf("JetStream: %s has been handed %d messages", name, c.CachedInfo().Delivered.Stream)
+		return true
+	}
+}
+
 // holdsTail holds once the whole stream, end marker included, is stored
 // and has been delivered to the target in dir, which has not acknowledged
 // all of it yet. A receiver killed now leaves its successor nothing that
