@@ -128,9 +128,9 @@ func TestReceiverKilledMidTransfer(t *testing.T) {
 		name          string
 		receiver      string
 		sendFlags     []string
-		holdingTail   bool // kill once the receiver holds the unacknowledged tail of a complete stream
+		holdingTail   bool  // kill once the receiver holds the unacknowledged tail of a complete stream
 		bulk          int64 // the data set's size; default 80 MiB
-		downUntilSent bool // restart the receiver only once the sender is done
+		downUntilSent bool  // restart the receiver only once the sender is done
 		wantAttempt   int
 		wantResume    bool // the partial is completed rather than discarded
 	}{
