@@ -50,6 +50,7 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.L
 	if err != nil {
 		return nil, err
 	}
+	store.log = log
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        streams.CoordinatorService,
 		Version:     "1.0.0",

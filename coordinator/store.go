@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/internal/retry"
@@ -54,24 +56,53 @@ type Records interface {
 // Store keeps replication records in the JetStream KV bucket: the
 // Records adapter for JetStream.
 type Store struct {
-	kv jetstream.KeyValue
-	nc *nats.Conn
+	kv  jetstream.KeyValue
+	nc  *nats.Conn
+	log *slog.Logger
+
+	mu      sync.Mutex
+	written map[string][]byte // the work views last written, by key
 }
 
 func key(id string) string { return "repl." + id }
 
-// OpenStore binds the state bucket, creating it on first use.
+// stateBucket is the configuration of the state bucket.
+var stateBucket = jetstream.KeyValueConfig{
+	Bucket:      streams.StateBucket,
+	Description: "snapjet replication state: repl.<id> (records), work.<target>.<id> (what each receiver needs), lease.<source uuid>",
+	History:     5,
+	Storage:     jetstream.FileStorage,
+}
+
+// OpenStore binds the state bucket for its writer, the coordinator,
+// creating it on first use and bringing its configuration up to date.
 func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      streams.StateBucket,
-		Description: "snapjet replication state (one key per replication: repl.<id>)",
-		History:     5,
-		Storage:     jetstream.FileStorage,
-	})
+	kv, err := js.CreateOrUpdateKeyValue(ctx, stateBucket)
 	if err != nil {
 		return nil, fmt.Errorf("open state bucket %s: %w", streams.StateBucket, err)
 	}
-	return &Store{kv: kv, nc: js.Conn()}, nil
+	return newStore(kv, js), nil
+}
+
+// BindStore binds the state bucket for a reader. It creates the bucket
+// when no sender has yet, but never changes its configuration: a reader's
+// credentials need not allow that.
+func BindStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	kv, err := js.KeyValue(ctx, streams.StateBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, stateBucket)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, streams.StateBucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open state bucket %s: %w", streams.StateBucket, err)
+	}
+	return newStore(kv, js), nil
+}
+
+func newStore(kv jetstream.KeyValue, js jetstream.JetStream) *Store {
+	return &Store{kv: kv, nc: js.Conn(), log: slog.Default(), written: map[string][]byte{}}
 }
 
 // Get returns a replication and its KV revision.
@@ -103,6 +134,7 @@ func (s *Store) Create(ctx context.Context, r *Replication) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("create replication %s: %w", r.ID, err)
 	}
+	s.workWritten(ctx, r)
 	return rev, nil
 }
 
@@ -116,6 +148,7 @@ func (s *Store) Update(ctx context.Context, r *Replication, rev uint64) (uint64,
 	var apiErr *jetstream.APIError
 	switch {
 	case err == nil:
+		s.workWritten(ctx, r)
 		return nrev, nil
 	case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
 		if _, _, gerr := s.Get(ctx, r.ID); errors.Is(gerr, ErrNotFound) {
@@ -126,8 +159,27 @@ func (s *Store) Update(ctx context.Context, r *Replication, rev uint64) (uint64,
 	return 0, fmt.Errorf("store replication %s: %w", r.ID, err)
 }
 
-// Delete removes a record.
+// workWritten publishes the work views of a record just written. A failure
+// is logged, not returned: the record changed, and the views follow at the
+// next SyncWork.
+func (s *Store) workWritten(ctx context.Context, r *Replication) {
+	if err := s.publishWork(ctx, r); err != nil {
+		s.log.Warn("work views lag behind the record; retried within seconds", "replication", r.ID, "error", err)
+	}
+}
+
+// Delete removes a record and its work views.
 func (s *Store) Delete(ctx context.Context, id string) error {
+	r, _, err := s.Get(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete replication %s: %w", id, err)
+	}
+	if err := s.deleteWork(ctx, r); err != nil {
+		return err
+	}
 	if err := s.kv.Delete(ctx, key(id)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("delete replication %s: %w", id, err)
 	}
@@ -136,16 +188,13 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 
 // List returns every replication, oldest first.
 func (s *Store) List(ctx context.Context) ([]*Replication, error) {
-	keys, err := s.kv.ListKeys(ctx)
+	keys, err := s.kv.ListKeysFiltered(ctx, "repl.>")
 	if err != nil {
 		return nil, fmt.Errorf("list replications: %w", err)
 	}
 	var out []*Replication
 	for k := range keys.Keys() {
-		if len(k) < 6 || k[:5] != "repl." {
-			continue
-		}
-		r, _, err := s.Get(ctx, k[5:])
+		r, _, err := s.Get(ctx, strings.TrimPrefix(k, "repl."))
 		if errors.Is(err, ErrNotFound) {
 			continue // deleted meanwhile
 		}
@@ -159,17 +208,24 @@ func (s *Store) List(ctx context.Context) ([]*Replication, error) {
 }
 
 // Watch delivers every replication as it changes, starting with the current
-// ones. The channel closes when ctx ends. After a reconnect the watch is
-// rebuilt at once, delivering the current records again: the client would
-// otherwise notice a watch lost in a server restart only after two missed
-// heartbeats (10–18 s), and receivers would start late.
+// ones. The channel closes when ctx ends.
 func (s *Store) Watch(ctx context.Context) (<-chan *Replication, error) {
-	w, err := s.kv.Watch(ctx, "repl.>")
+	return watchKeys(ctx, s, "repl.>", decode)
+}
+
+// watchKeys delivers the decoded values of the keys matching pattern as they
+// are put, starting with the current ones, until ctx ends; then the channel
+// closes. After a reconnect the watch is rebuilt at once, delivering the
+// current values again: the client would otherwise notice a watch lost in a
+// server restart only after two missed heartbeats (10–18 s), and receivers
+// would start late.
+func watchKeys[T any](ctx context.Context, s *Store, pattern string, decode func([]byte) (T, error)) (<-chan T, error) {
+	w, err := s.kv.Watch(ctx, pattern)
 	if err != nil {
-		return nil, fmt.Errorf("watch replications: %w", err)
+		return nil, fmt.Errorf("watch %s: %w", pattern, err)
 	}
 	reconnected := s.nc.StatusChanged(nats.CONNECTED)
-	out := make(chan *Replication, 16)
+	out := make(chan T, 16)
 	go func() {
 		defer close(out)
 		defer s.nc.RemoveStatusListener(reconnected)
@@ -184,21 +240,21 @@ func (s *Store) Watch(ctx context.Context) (<-chan *Replication, error) {
 			case <-ctx.Done():
 				return
 			case <-reconnected:
-				w, updates = s.rewatch(ctx, w)
+				w, updates = s.rewatch(ctx, w, pattern)
 			case e, ok := <-updates:
 				if !ok {
-					w, updates = s.rewatch(ctx, w)
+					w, updates = s.rewatch(ctx, w, pattern)
 					continue
 				}
 				if e == nil || e.Operation() != jetstream.KeyValuePut {
 					continue
 				}
-				r, err := decode(e.Value())
+				v, err := decode(e.Value())
 				if err != nil {
 					continue
 				}
 				select {
-				case out <- r:
+				case out <- v:
 				case <-ctx.Done():
 					return
 				}
@@ -210,13 +266,13 @@ func (s *Store) Watch(ctx context.Context) (<-chan *Replication, error) {
 
 // rewatch replaces w with a new watch, trying until it succeeds or ctx
 // ends (then both results are nil; the caller returns on ctx).
-func (s *Store) rewatch(ctx context.Context, w jetstream.KeyWatcher) (jetstream.KeyWatcher, <-chan jetstream.KeyValueEntry) {
+func (s *Store) rewatch(ctx context.Context, w jetstream.KeyWatcher, pattern string) (jetstream.KeyWatcher, <-chan jetstream.KeyValueEntry) {
 	if w != nil {
 		_ = w.Stop()
 	}
 	b := retry.New(250*time.Millisecond, 5*time.Second)
 	for {
-		nw, err := s.kv.Watch(ctx, "repl.>")
+		nw, err := s.kv.Watch(ctx, pattern)
 		if err == nil {
 			return nw, nw.Updates()
 		}

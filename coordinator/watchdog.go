@@ -70,6 +70,12 @@ func (c *Coordinator) Watchdog(ctx context.Context, id string, stall time.Durati
 			}
 			continue
 		}
+		if c.store != nil {
+			// Views that could not be written with the record are written now.
+			if err := c.store.SyncWork(ctx, r); err != nil && ctx.Err() == nil {
+				c.log.Warn("work views lag behind the record", "replication", id, "error", err)
+			}
+		}
 		now := time.Now()
 		for name, d := range progressed(r, marks, now) {
 			t := r.Targets[name]

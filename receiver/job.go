@@ -35,7 +35,7 @@ var (
 // job receives one attempt of one replication into staging.
 type job struct {
 	rc  *Receiver
-	r   *coordinator.Replication
+	r   *coordinator.Work
 	log *slog.Logger
 
 	staging string
@@ -534,7 +534,7 @@ func (j *job) apply(ctx context.Context, m streams.Message) error {
 
 // jobLabel is the job_name a receiver reports under: the base name of the
 // replication's source (a receiver does not know the sender's job names).
-func jobLabel(r *coordinator.Replication) string {
+func jobLabel(r *coordinator.Work) string {
 	return filepath.Base(filepath.Clean(r.Source))
 }
 

@@ -1,5 +1,6 @@
 // Package receiver applies replications to one target directory: it
-// watches the coordinator's records for work addressed to its target,
+// watches the work the coordinator addresses to its target (its own keys
+// of the state bucket, never other targets' records),
 // consumes the replication stream with its own durable consumer, verifies
 // every chunk, feeds `btrfs receive` in a staging area, acks only what was
 // handed on, and carries out the coordinator's commit or discard.
@@ -112,7 +113,7 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir
 	if err := os.MkdirAll(filepath.Join(abs, ".snapjet", "incoming"), 0o700); err != nil {
 		return nil, fmt.Errorf("staging area of %s: %w", abs, err)
 	}
-	store, err := coordinator.OpenStore(ctx, js)
+	store, err := coordinator.BindStore(ctx, js)
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +180,7 @@ func (rc *Receiver) Run(ctx context.Context) error {
 	if err := rc.cleanStaging(ctx); err != nil {
 		return err
 	}
-	watch, err := rc.store.Watch(ctx)
+	watch, err := rc.store.WatchWork(ctx, rc.target)
 	if err != nil {
 		return err
 	}
@@ -216,26 +217,20 @@ func (rc *Receiver) lock() (*filelock.Lock, error) {
 	return l, nil
 }
 
-// wants reports whether r asks this target to receive now.
-func (rc *Receiver) wants(r *coordinator.Replication) bool {
-	t := r.Targets[rc.target]
-	return t != nil && !t.State.Terminal() && (r.State == coordinator.Sending || r.State == coordinator.Sent)
-}
-
 // dispatch starts, replaces or stops the job of one replication. A job
 // whose attempt is over for this target (another attempt, the target or the
 // replication finished) is ended: a finished replication leaves no job
 // waiting for an answer that will never matter.
-func (rc *Receiver) dispatch(ctx context.Context, r *coordinator.Replication) {
+func (rc *Receiver) dispatch(ctx context.Context, r *coordinator.Work) {
 	rc.mu.Lock()
 	j := rc.jobs[r.ID]
 	rc.mu.Unlock()
-	if j != nil && (j.attempt != r.Attempt || !rc.wants(r)) {
+	if j != nil && (j.attempt != r.Attempt || !r.Wanted()) {
 		j.cancel(errAttemptEnded)
 		<-j.done
 		j = nil
 	}
-	if j != nil || !rc.wants(r) {
+	if j != nil || !r.Wanted() {
 		return
 	}
 	jctx, cancel := context.WithCancelCause(ctx)
@@ -259,16 +254,16 @@ func (rc *Receiver) dispatch(ctx context.Context, r *coordinator.Replication) {
 // place. It has no bound of its own: the record bounds it (the sender's
 // watchdog fails a target that makes no progress, and dispatch then ends
 // the job).
-func (rc *Receiver) runJob(ctx context.Context, r *coordinator.Replication) {
+func (rc *Receiver) runJob(ctx context.Context, r *coordinator.Work) {
 	log := rc.log.With("replication", r.ID, "attempt", r.Attempt)
 	first := true
 	_ = driver.Run(ctx, log, "receive", driver.Policy{First: time.Second, Max: 30 * time.Second}, func(ctx context.Context) (bool, error) {
 		if !first {
-			cur, _, err := rc.store.Get(ctx, r.ID)
+			cur, err := rc.store.Work(ctx, rc.target, r.ID)
 			if err != nil {
 				return false, err
 			}
-			if cur.Attempt != r.Attempt || !rc.wants(cur) {
+			if cur.Attempt != r.Attempt || !cur.Wanted() {
 				return true, nil
 			}
 			r = cur
@@ -310,9 +305,9 @@ func (rc *Receiver) cleanStaging(ctx context.Context) error {
 		return fmt.Errorf("read staging area %s: %w", base, err)
 	}
 	for _, e := range entries {
-		r, _, err := rc.store.Get(ctx, e.Name())
+		w, err := rc.store.Work(ctx, rc.target, e.Name())
 		switch {
-		case err == nil && rc.wants(r):
+		case err == nil && w.Wanted():
 			continue
 		case err != nil && !errors.Is(err, coordinator.ErrNotFound):
 			rc.log.Warn("keeping staging: its replication record cannot be read now", "replication", e.Name(), "error", err)
@@ -408,13 +403,12 @@ func (rc *Receiver) request(ctx context.Context, id string, body []byte) (stream
 // settled reports whether the record shows that rep no longer needs an
 // answer: the replication or this target finished, or another attempt began.
 func (rc *Receiver) settled(ctx context.Context, id string, rep streams.Report) bool {
-	r, _, err := rc.store.Get(ctx, id)
+	w, err := rc.store.Work(ctx, rc.target, id)
 	if errors.Is(err, coordinator.ErrNotFound) {
 		return true
 	}
 	if err != nil {
 		return false
 	}
-	t := r.Targets[rc.target]
-	return r.State.Terminal() || r.Attempt != rep.Attempt || t == nil || t.State.Terminal()
+	return w.Over(rep.Attempt)
 }
