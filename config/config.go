@@ -49,6 +49,9 @@ type Server struct {
 	// MetricsListen is where the daemon serves Prometheus /metrics and
 	// /healthz (HOST:PORT); empty: nowhere.
 	MetricsListen string
+	// MonitorListen is where the embedded server serves its HTTP
+	// monitoring (/varz, /jsz); empty: nowhere.
+	MonitorListen string
 }
 
 // Embedded reports whether this node runs its own server.

@@ -108,6 +108,8 @@ func TestBadConfigs(t *testing.T) {
 		{"duplicate job name and shared source", job + strings.Replace(job, "jobs:\n", "", 1), []string{
 			`bad.yaml:7: jobs[1].source: /data/a is already the source of the job at line 3; two jobs on one source would prune each other's snapshots (make it one job with all the targets)`,
 			`bad.yaml:6: jobs[1].name: job name "a" is taken by the job at line 2 (give every job its own name)`}},
+		{"monitoring of an external server", "server:\n  url: nats://hub:4222\n  monitor_listen: 127.0.0.1:8222\n" + job, []string{
+			`bad.yaml:3: server.monitor_listen: only the embedded server has one, and server.url names an external server (remove it, or remove server.url to embed a server)`}},
 		{"password in the URL is refused and never repeated", "server:\n  url: nats://snap:hunter2@hub:4222\n  listen: 0.0.0.0:4222\n" + job, []string{
 			`bad.yaml:2: server.url: nats://snap:xxxxx@hub:4222 carries a password, which would show in process lists and logs (remove the password from the URL and put it in the file named by password_file)`,
 			`bad.yaml:3: server.listen: only the embedded server has one, and server.url names an external server (remove it, or remove server.url to embed a server)`}},

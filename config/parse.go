@@ -47,10 +47,10 @@ func (p *parser) document(data []byte) *Config {
 	}
 	root := deref(doc.Content[0])
 	cfg := &Config{Server: Server{Store: DefaultStore, Listen: DefaultListen}}
-	var storeLine, listenLine int
+	var embedded map[string]int
 	p.mapping(root, "", map[string]handler{
 		"server": func(n *yaml.Node, path string) {
-			storeLine, listenLine = p.server(n, path, &cfg.Server)
+			embedded = p.server(n, path, &cfg.Server)
 		},
 		"jobs":      func(n *yaml.Node, path string) { cfg.Jobs = p.jobs(n, path) },
 		"receivers": func(n *yaml.Node, path string) { cfg.Receivers = p.receivers(n, path) },
@@ -59,8 +59,9 @@ func (p *parser) document(data []byte) *Config {
 		p.errorf(root.Line, "", "add a jobs: list (what to replicate) or a receivers: list (what to receive)", "nothing to do: no jobs and no receivers")
 	}
 	if cfg.Server.URL != "" {
-		p.embeddedOnly(storeLine, "server.store")
-		p.embeddedOnly(listenLine, "server.listen")
+		for _, key := range []string{"store", "listen", "monitor_listen"} {
+			p.embeddedOnly(embedded[key], "server."+key)
+		}
 	}
 	p.receiverDirsFree(cfg)
 	return cfg

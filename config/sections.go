@@ -22,9 +22,10 @@ var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 
 const nameFix = "use letters, digits, - and _ (at most 64), starting with a letter or digit"
 
-// server fills s and returns the lines of store and listen (0 when absent)
-// so that they can be refused next to an external URL.
-func (p *parser) server(n *yaml.Node, path string, s *Server) (storeLine, listenLine int) {
+// server fills s and returns the lines of the keys that only the embedded
+// server has (store, listen, monitor_listen; absent: 0), so that they can be
+// refused next to an external URL.
+func (p *parser) server(n *yaml.Node, path string, s *Server) (embedded map[string]int) {
 	file := func(dst *string) handler {
 		return func(n *yaml.Node, path string) {
 			if v, ok := p.absPath(n, path); ok {
@@ -36,11 +37,11 @@ func (p *parser) server(n *yaml.Node, path string, s *Server) (storeLine, listen
 	p.mapping(n, path, map[string]handler{
 		"url": func(n *yaml.Node, path string) { s.URL = p.serverURL(n, path) },
 		"store": func(n *yaml.Node, path string) {
-			storeLine = n.Line
+			lines["store"] = n.Line
 			file(&s.Store)(n, path)
 		},
 		"listen": func(n *yaml.Node, path string) {
-			listenLine = n.Line
+			lines["listen"] = n.Line
 			s.Listen = p.listen(n, path)
 		},
 		"creds":          func(n *yaml.Node, path string) { lines["creds"] = n.Line; file(&s.Creds)(n, path) },
@@ -50,6 +51,10 @@ func (p *parser) server(n *yaml.Node, path string, s *Server) (storeLine, listen
 		"tls_key":        func(n *yaml.Node, path string) { lines["tls_key"] = n.Line; file(&s.TLSKey)(n, path) },
 		"password_file":  file(&s.PasswordFile),
 		"metrics_listen": func(n *yaml.Node, path string) { s.MetricsListen = p.listen(n, path) },
+		"monitor_listen": func(n *yaml.Node, path string) {
+			lines["monitor_listen"] = n.Line
+			s.MonitorListen = p.listen(n, path)
+		},
 	}, nil)
 	if lines["creds"] > 0 && lines["nkey"] > 0 {
 		p.errorf(lines["nkey"], path+".nkey", "keep creds (a user JWT with its seed) or nkey (a bare nkey seed), not both", "creds and nkey both set")
@@ -61,7 +66,7 @@ func (p *parser) server(n *yaml.Node, path string, s *Server) (storeLine, listen
 		}
 		p.errorf(line, path+"."+have, "add "+missing+": a client certificate needs both files", "%s without %s", have, missing)
 	}
-	return storeLine, listenLine
+	return lines
 }
 
 var urlSchemes = map[string]bool{"nats": true, "tls": true, "ws": true, "wss": true}

@@ -223,5 +223,5 @@ func (s *natsState) close() {
 // join lets it use the embedded server of a running daemon on the store.
 func connectConfig(g *globals, s config.Server, name string, join bool) (*broker.Broker, error) {
 	return g.brokerConnectConfig(context.Background(), broker.Options{Server: s.URL, Store: s.Store, Listen: s.Listen,
-		Name: name, JoinRunning: join}, s)
+		MonitorListen: s.MonitorListen, Name: name, JoinRunning: join}, s)
 }

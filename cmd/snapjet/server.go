@@ -38,6 +38,7 @@ signed.`,
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&c.MonitorListen, "monitor-listen", "", "serve the server's HTTP monitoring (/varz, /jsz, /connz, /leafz) on HOST:PORT; unauthenticated, keep it on localhost")
 	f.StringVar(&c.Domain, "domain", "", "JetStream domain of this server (a hub and each site need their own)")
 	f.StringVar(&c.LeafListen, "leaf-listen", "", "accept site nodes (leaf connections) on HOST:PORT: the hub's role")
 	f.StringVar(&c.Hub, "hub", "", "URL of the hub's leaf listener (nats-leaf://HOST:7422 or tls://HOST:7422): run as a site node")

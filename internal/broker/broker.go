@@ -48,7 +48,9 @@ type Options struct {
 	// with ErrNoServer when none does (for status: an empty new server
 	// would only hide that the real one is down).
 	JoinOnly bool
-	Log      *slog.Logger
+	// MonitorListen: see ServerConfig (embedded server only).
+	MonitorListen string
+	Log           *slog.Logger
 }
 
 // ErrNoServer means no snapjet process serves the store.
@@ -147,7 +149,7 @@ func ConnectContext(ctx context.Context, opt Options) (*Broker, error) {
 		url = u
 	}
 	if url == "" {
-		srv, err := StartServer(ServerConfig{Store: opt.Store, Listen: opt.Listen, Log: opt.Log})
+		srv, err := StartServer(ServerConfig{Store: opt.Store, Listen: opt.Listen, MonitorListen: opt.MonitorListen, Log: opt.Log})
 		switch {
 		case errors.Is(err, ErrStoreInUse) && opt.JoinRunning:
 			url = runningURL(opt.Store)

@@ -36,12 +36,16 @@ type ServerConfig struct {
 	// a certificate it signed.
 	TLSCert, TLSKey, TLSCA string
 	LeafListen             string // accept site nodes here (the hub's role)
-	Hub                    string // leaf remote URL(s) of the hub (a site's role)
-	HubDomain              string // JetStream domain of the hub, checked for clashes
-	HubCreds               string // creds file for the link to the hub
-	HubTLSCA, HubTLSCert   string
-	HubTLSKey              string
-	Log                    *slog.Logger
+	// MonitorListen serves the server's HTTP monitoring (/varz, /jsz,
+	// /connz, /leafz) on HOST:PORT; empty: not at all. It has no
+	// authentication: keep it on localhost or a management network.
+	MonitorListen        string
+	Hub                  string // leaf remote URL(s) of the hub (a site's role)
+	HubDomain            string // JetStream domain of the hub, checked for clashes
+	HubCreds             string // creds file for the link to the hub
+	HubTLSCA, HubTLSCert string
+	HubTLSKey            string
+	Log                  *slog.Logger
 }
 
 // tlsTimeout is the TLS handshake limit of the listeners, in seconds; the
@@ -79,6 +83,11 @@ func (c ServerConfig) options() (*server.Options, error) {
 		StoreDir:        c.Store,
 		MaxPayload:      EmbeddedMaxPayload,
 		NoSigs:          true,
+	}
+	if c.MonitorListen != "" {
+		if opts.HTTPHost, opts.HTTPPort, err = splitAddr("--monitor-listen", c.MonitorListen); err != nil {
+			return nil, err
+		}
 	}
 	if c.Domain != "" {
 		// Servers linked by leaf connections must have distinct names.
@@ -189,6 +198,9 @@ func StartServer(cfg ServerConfig) (*Embedded, error) {
 	}
 	if cfg.Hub != "" {
 		attrs = append(attrs, "hub", Redact(cfg.Hub))
+	}
+	if a := srv.MonitorAddr(); a != nil {
+		attrs = append(attrs, "monitor", "http://"+a.String())
 	}
 	cfg.Log.Info("embedded NATS server ready", attrs...)
 	return &Embedded{Server: srv, lock: lock}, nil

@@ -3,7 +3,9 @@ package broker
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,6 +87,7 @@ func TestServerConfigErrorsSayWhatToDo(t *testing.T) {
 		{"listener certificate without key", ServerConfig{TLSCert: cert}, ErrCredentialFile, "--server-tls-key"},
 		{"listener key of another certificate", ServerConfig{TLSCert: cert, TLSKey: otherKey}, ErrCredentialFile, "belong together"},
 		{"bad leaf address", ServerConfig{LeafListen: "7422"}, nil, "--leaf-listen"},
+		{"bad monitoring address", ServerConfig{MonitorListen: "localhost"}, nil, "--monitor-listen"},
 	} {
 		tc.cfg.Listen = "127.0.0.1:0"
 		_, err := tc.cfg.options()
@@ -93,6 +96,32 @@ func TestServerConfigErrorsSayWhatToDo(t *testing.T) {
 		}
 		if err != nil && strings.Contains(err.Error(), ":pw@") {
 			t.Errorf("%s: the error shows the password: %v", tc.name, err)
+		}
+	}
+}
+
+// The monitoring port serves the server's own views: JetStream use in
+// /jsz, the server in /varz.
+func TestMonitorListen(t *testing.T) {
+	srv, err := StartServer(ServerConfig{Store: t.TempDir(), Listen: "127.0.0.1:0", MonitorListen: "127.0.0.1:0",
+		Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	addr := srv.MonitorAddr()
+	if addr == nil {
+		t.Fatal("no monitoring address")
+	}
+	for path, want := range map[string]string{"/jsz": `"config"`, "/varz": `"server_name": "snapjet"`} {
+		resp, err := http.Get("http://" + addr.String() + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %s, want 200 with %s:\n%.300s", path, resp.Status, want, body)
 		}
 	}
 }
