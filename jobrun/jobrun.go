@@ -8,6 +8,7 @@ package jobrun
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/config"
@@ -23,6 +25,7 @@ import (
 	"github.com/snapjet/snapjet/prune"
 	"github.com/snapjet/snapjet/receiver"
 	"github.com/snapjet/snapjet/sender"
+	"github.com/snapjet/snapjet/streams"
 )
 
 // Options tune a run; the zero value is the production default.
@@ -154,7 +157,7 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 		out.PruneErr = err
 		return out, nil
 	}
-	out.Deleted, out.PruneErr = out.Plan.Apply(ctx, opt.Delete)
+	out.Deleted, out.PruneErr = out.Plan.Apply(ctx, opt.Delete, &State{NC: nc})
 	countDeletions(opt.Metrics, out.Plan, out.Deleted)
 	if len(out.Deleted) > 0 {
 		log.Info("retention deleted snapshots", "count", len(out.Deleted))
@@ -250,7 +253,7 @@ func (s *State) Records(ctx context.Context) ([]*coordinator.Replication, error)
 	if err != nil {
 		return nil, err
 	}
-	store, err := coordinator.OpenStore(ctx, js)
+	store, err := coordinator.BindStore(ctx, js)
 	if err != nil {
 		return nil, err
 	}
@@ -260,22 +263,39 @@ func (s *State) Records(ctx context.Context) ([]*coordinator.Replication, error)
 // InventoryWait bounds how long prune waits for a remote receiver.
 const InventoryWait = 5 * time.Second
 
-// Inventory lists the received UUIDs a remote target holds.
-func (s *State) Inventory(ctx context.Context, target string) ([]btrfs.UUID, error) {
+// Inventory lists the committed snapshots a remote target holds.
+func (s *State) Inventory(ctx context.Context, target string) (streams.Inventory, error) {
 	if s.Err != nil {
-		return nil, s.Err
+		return streams.Inventory{}, s.Err
 	}
 	inv, unreachable := sender.Inventories(ctx, s.NC, []string{target}, InventoryWait)
 	if err := unreachable[target]; err != nil {
-		return nil, err
+		return streams.Inventory{}, err
 	}
-	var out []btrfs.UUID
-	for _, h := range inv[target].Snapshots {
-		u, err := btrfs.ParseUUID(h.ReceivedUUID)
-		if err != nil {
-			return nil, fmt.Errorf("inventory of %s: %w", target, err)
-		}
-		out = append(out, u)
+	return inv[target], nil
+}
+
+// DeleteWait bounds one delete request to a remote receiver (deleting a
+// subvolume returns at once; btrfs cleans it up in the background).
+const DeleteWait = 30 * time.Second
+
+// DeleteRemote asks target's receiver to delete one committed snapshot.
+func (s *State) DeleteRemote(ctx context.Context, target string, d streams.DeleteRequest) error {
+	if s.Err != nil {
+		return s.Err
 	}
-	return out, nil
+	body, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, DeleteWait)
+	defer cancel()
+	msg, err := s.NC.RequestWithContext(rctx, streams.PruneSubject(target), body)
+	if err != nil {
+		return fmt.Errorf("receiver of %s: %w", target, err)
+	}
+	if e := msg.Header.Get(micro.ErrorHeader); e != "" {
+		return fmt.Errorf("receiver of %s refused: %s", target, e)
+	}
+	return nil
 }

@@ -4,7 +4,9 @@
 // records, the receivers' inventories), lets retention.Decide judge every
 // snapshot, and deletes exactly what the plan lists, nothing else. On a
 // target it only ever considers what snapjet received from this source.
-// Remote targets are pruned by their own receivers, not here.
+// A remote target is planned here from its receiver's inventory and pruned
+// by its receiver, which deletes only a committed snapshot with the
+// received UUID the plan names.
 package prune
 
 import (
@@ -22,29 +24,35 @@ import (
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/retention"
 	"github.com/snapjet/snapjet/sender"
+	"github.com/snapjet/snapjet/streams"
 )
 
-// State is what prune needs from NATS: the replication records and the
-// inventories of remote targets.
+// State is what prune needs from NATS: the replication records, and the
+// inventories and deletions of remote targets.
 type State interface {
 	Records(ctx context.Context) ([]*coordinator.Replication, error)
-	// Inventory returns the received UUIDs that a remote target holds.
-	Inventory(ctx context.Context, target string) ([]btrfs.UUID, error)
+	// Inventory returns the committed snapshots a remote target holds.
+	Inventory(ctx context.Context, target string) (streams.Inventory, error)
+	// DeleteRemote asks a remote target's receiver to delete one committed
+	// snapshot; the receiver refuses anything else.
+	DeleteRemote(ctx context.Context, target string, d streams.DeleteRequest) error
 }
 
 // Plan is what pruning a job would do, side by side.
 type Plan struct {
 	Job   string
 	Sides []Side
-	// Remote lists the job's remote targets, which this plan leaves alone.
-	Remote []string
+	// Unknown lists the remote targets whose inventory could not be read:
+	// nothing is pruned there this time (and nothing on the source).
+	Unknown []string
 }
 
-// Side is the source or one local target, and its verdicts newest first.
+// Side is the source or one target, and its verdicts newest first.
 type Side struct {
 	Kind   string // "source" or "target"
-	Dir    string
+	Dir    string // on the target's host, for a remote target
 	Target string // the target's name, for a target side
+	Remote bool   // pruned by the target's receiver
 	Items  []Item
 }
 
@@ -52,7 +60,10 @@ type Side struct {
 type Item struct {
 	retention.Decision
 	Path string
-	UUID btrfs.UUID // the subvolume's own UUID, checked again before deleting
+	// UUID is the subvolume's own UUID, checked again before a local
+	// delete; a remote receiver checks ReceivedUUID instead.
+	UUID         btrfs.UUID
+	ReceivedUUID btrfs.UUID
 }
 
 // facts are what the decisions of every side of one job depend on.
@@ -73,8 +84,10 @@ type facts struct {
 
 type targetFacts struct {
 	name, dir string
-	received  map[btrfs.UUID]bool
-	subvols   []btrfs.Info // local targets only
+	remote    bool
+	known     bool                // the inventory of a remote target was read
+	received  map[btrfs.UUID]bool // received UUIDs of this source's snapshots held
+	subvols   []btrfs.Info        // those snapshots; a remote one has only Path and ReceivedUUID
 }
 
 // Build plans the pruning of job at now. Bucket boundaries follow loc.
@@ -86,8 +99,8 @@ func Build(ctx context.Context, job config.Job, st State, now time.Time, loc *ti
 	f.location = loc
 	p := &Plan{Job: job.Name, Sides: []Side{f.sourceSide(job, now)}}
 	for _, t := range f.targets {
-		if t.dir == "" {
-			p.Remote = append(p.Remote, t.name)
+		if t.remote && !t.known {
+			p.Unknown = append(p.Unknown, t.name)
 			continue
 		}
 		p.Sides = append(p.Sides, f.targetSide(job, t, now))
@@ -178,15 +191,26 @@ func (f *facts) fromRecords(job config.Job, recs []*coordinator.Replication) {
 
 func (f *facts) target(ctx context.Context, t config.Target, st State) (targetFacts, error) {
 	if t.Remote != "" {
-		tf := targetFacts{name: t.Remote, received: map[btrfs.UUID]bool{}}
-		uuids, err := st.Inventory(ctx, t.Remote)
+		tf := targetFacts{name: t.Remote, remote: true, received: map[btrfs.UUID]bool{}}
+		inv, err := st.Inventory(ctx, t.Remote)
 		if err != nil {
 			// Without its inventory the remote base is unknown, so the
 			// source must keep everything.
 			f.hold = firstOf(f.hold, fmt.Sprintf("what target %s holds is unknown (%v)", t.Remote, err))
+			return tf, nil
 		}
-		for _, u := range uuids {
-			tf.received[u] = true
+		tf.known, tf.dir = true, inv.Dir
+		for _, h := range inv.Snapshots {
+			u, err := btrfs.ParseUUID(h.ReceivedUUID)
+			if err != nil {
+				return tf, fmt.Errorf("inventory of %s: %w", t.Remote, err)
+			}
+			// A remote target may hold other sources' snapshots: only
+			// this source's are ours to judge.
+			if f.ours[u] {
+				tf.received[u] = true
+				tf.subvols = append(tf.subvols, btrfs.Info{Path: h.Path, ReceivedUUID: u, ReadOnly: true})
+			}
 		}
 		return tf, nil
 	}
@@ -253,14 +277,16 @@ func (f *facts) targetSide(job config.Job, t targetFacts, now time.Time) Side {
 		}
 	}
 	in.Targets = []retention.Target{{Name: t.name, Holds: holds, Failed: f.failed[t.name]}}
-	return side("target", t.dir, t.name, retention.Decide(in), byName)
+	s := side("target", t.dir, t.name, retention.Decide(in), byName)
+	s.Remote = t.remote
+	return s
 }
 
 func side(kind, dir, target string, ds []retention.Decision, byName map[string]btrfs.Info) Side {
 	s := Side{Kind: kind, Dir: dir, Target: target}
 	for _, d := range ds {
 		info := byName[d.Name]
-		s.Items = append(s.Items, Item{Decision: d, Path: info.Path, UUID: info.UUID})
+		s.Items = append(s.Items, Item{Decision: d, Path: info.Path, UUID: info.UUID, ReceivedUUID: info.ReceivedUUID})
 	}
 	return s
 }
@@ -302,15 +328,25 @@ func (p *Plan) Deletions() int {
 	return n
 }
 
-// Apply deletes what the plan says to delete, and only that: each
+// Apply deletes what the plan says to delete, and only that: each local
 // subvolume is inspected again first, and one that is no longer the
-// planned one (same path, other UUID) is left alone and reported. It goes
-// on after a failure and returns every error.
-func (p *Plan) Apply(ctx context.Context, del func(ctx context.Context, path string) error) (deleted []string, err error) {
+// planned one (same path, other UUID) is left alone and reported; a remote
+// one is deleted by its receiver through st, which checks its received
+// UUID. It goes on after a failure and returns every error.
+func (p *Plan) Apply(ctx context.Context, del func(ctx context.Context, path string) error, st State) (deleted []string, err error) {
 	var errs []error
 	for _, s := range p.Sides {
 		for _, it := range s.Items {
 			if it.Keep {
+				continue
+			}
+			if s.Remote {
+				d := streams.DeleteRequest{Name: it.Name, ReceivedUUID: it.ReceivedUUID.String()}
+				if derr := st.DeleteRemote(ctx, s.Target, d); derr != nil {
+					errs = append(errs, fmt.Errorf("delete %s on target %s: %w", it.Name, s.Target, derr))
+					continue
+				}
+				deleted = append(deleted, it.Path)
 				continue
 			}
 			info, ierr := btrfs.Inspect(it.Path)

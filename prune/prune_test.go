@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -17,22 +18,47 @@ import (
 	"github.com/snapjet/snapjet/internal/loopfs"
 	"github.com/snapjet/snapjet/retention"
 	"github.com/snapjet/snapjet/sender"
+	"github.com/snapjet/snapjet/streams"
 )
 
-// fakeState stands in for NATS.
+// fakeState stands in for NATS and remote receivers.
 type fakeState struct {
 	recs    []*coordinator.Replication
 	recErr  error
-	inv     map[string][]btrfs.UUID
+	inv     map[string]streams.Inventory
 	invErrs map[string]error
+	deleted []string // target/name of every remote delete asked for
 }
 
 func (f *fakeState) Records(context.Context) ([]*coordinator.Replication, error) {
 	return f.recs, f.recErr
 }
 
-func (f *fakeState) Inventory(_ context.Context, target string) ([]btrfs.UUID, error) {
+func (f *fakeState) Inventory(_ context.Context, target string) (streams.Inventory, error) {
 	return f.inv[target], f.invErrs[target]
+}
+
+// DeleteRemote records the request and carries it out on the inventory,
+// as a receiver would.
+func (f *fakeState) DeleteRemote(_ context.Context, target string, d streams.DeleteRequest) error {
+	f.deleted = append(f.deleted, target+"/"+d.Name+"@"+d.ReceivedUUID)
+	inv := f.inv[target]
+	inv.Snapshots = slices.DeleteFunc(slices.Clone(inv.Snapshots), func(h streams.Held) bool {
+		return h.Name == d.Name && h.ReceivedUUID == d.ReceivedUUID
+	})
+	f.inv[target] = inv
+	return nil
+}
+
+// remoteHolding is the inventory of a remote target holding the layout's
+// source snapshots of hours.
+func (l *layout) remoteHolding(target string, hours ...string) streams.Inventory {
+	inv := streams.Inventory{Target: target, Dir: "/remote/" + target}
+	for _, h := range hours {
+		name := filepath.Base(l.snaps[h].Path)
+		inv.Snapshots = append(inv.Snapshots, streams.Held{Name: name, Path: "/remote/" + target + "/" + name, ReceivedUUID: l.snaps[h].UUID.String()})
+	}
+	return inv
 }
 
 func must(t *testing.T, err error) {
@@ -120,11 +146,15 @@ func render(p *Plan) string {
 			if it.Keep {
 				verdict = "keep"
 			}
-			fmt.Fprintf(&b, "%s %s %s: %s\n", s.Kind, verdict, it.Name, it.Rule)
+			kind := s.Kind
+			if s.Remote {
+				kind = "remote " + s.Target
+			}
+			fmt.Fprintf(&b, "%s %s %s: %s\n", kind, verdict, it.Name, it.Rule)
 		}
 	}
-	for _, r := range p.Remote {
-		fmt.Fprintf(&b, "remote %s\n", r)
+	for _, r := range p.Unknown {
+		fmt.Fprintf(&b, "unknown %s\n", r)
 	}
 	return strings.ReplaceAll(b.String(), "share.20261130T", "")
 }
@@ -217,11 +247,11 @@ target keep 100000Z: replication records unreadable (no server)
 	t.Run("a remote target's base is kept, and an unknown one holds the source", func(t *testing.T) {
 		job := l.job
 		job.Targets = append(job.Targets, config.Target{Remote: "site-b"})
-		st := &fakeState{inv: map[string][]btrfs.UUID{"site-b": {l.snaps["13"].UUID}}}
+		st := &fakeState{inv: map[string]streams.Inventory{"site-b": l.remoteHolding("site-b", "13")}}
 		p, err := Build(ctx, job, st, now, time.UTC)
 		must(t, err)
 		want := "source keep 140000Z: latest 1\nsource keep 130000Z: base of target site-b\n"
-		if got := render(p); !strings.HasPrefix(got, want) || !strings.HasSuffix(got, "remote site-b\n") {
+		if got := render(p); !strings.HasPrefix(got, want) || !strings.HasSuffix(got, "remote site-b keep 130000Z: base of target site-b\n") {
 			t.Errorf("got:\n%s", got)
 		}
 		st.invErrs = map[string]error{"site-b": errors.New("no receiver answers")}
@@ -281,13 +311,16 @@ target delete 100000Z: not kept by latest 1
 }
 
 // TestApplyDeletesExactlyThePlan: a plan that is only listed changes
-// nothing; applied, it deletes exactly its delete lines, and the bases
-// and everything that is not snapjet's survive.
+// nothing; applied, it deletes exactly its delete lines (a remote target's
+// through its receiver), and the bases and everything that is not
+// snapjet's survive.
 func TestApplyDeletesExactlyThePlan(t *testing.T) {
 	l := newLayout(t)
 	ctx := context.Background()
 	root := filepath.Dir(filepath.Dir(l.job.Source))
-	st := &fakeState{recs: []*coordinator.Replication{l.record("12", "11", coordinator.Done, coordinator.TCommitted)}}
+	l.job.Targets = append(l.job.Targets, config.Target{Remote: "site-b"})
+	st := &fakeState{recs: []*coordinator.Replication{l.record("12", "11", coordinator.Done, coordinator.TCommitted)},
+		inv: map[string]streams.Inventory{"site-b": l.remoteHolding("site-b", "10", "11", "13")}}
 	before := subvolumes(t, root)
 	dry, err := Build(ctx, l.job, st, now, time.UTC)
 	must(t, err)
@@ -307,13 +340,19 @@ func TestApplyDeletesExactlyThePlan(t *testing.T) {
 			}
 		}
 	}
-	deleted, err := p.Apply(ctx, btrfs.DeleteSubvolume)
+	deleted, err := p.Apply(ctx, btrfs.DeleteSubvolume, st)
 	must(t, err)
 	for i := range deleted {
 		deleted[i] = strings.TrimPrefix(deleted[i], root)
 	}
+	// Source 13 stays as site-b's base; 10 goes on every side.
 	if strings.Join(deleted, " ") != strings.Join(listed, " ") || len(listed) != 3 {
 		t.Errorf("deleted %v, the plan listed %v", deleted, listed)
+	}
+	// site-b keeps 13 (latest 1) and 11 (the next run's parent, which
+	// the local target holds too); only 10 goes, by its received UUID.
+	if want := "site-b/share.20261130T100000Z@" + l.snaps["10"].UUID.String(); strings.Join(st.deleted, " ") != want {
+		t.Errorf("remote deletes asked: %v, want %s", st.deleted, want)
 	}
 	after := subvolumes(t, root)
 	want := []string{}
@@ -357,7 +396,7 @@ func TestApplyRefusesAChangedSubvolume(t *testing.T) {
 	// subvolume of the same name.
 	must(t, btrfs.DeleteSubvolume(ctx, victim))
 	must(t, btrfs.Snapshot(ctx, l.job.Source, victim, true))
-	deleted, err := p.Apply(ctx, btrfs.DeleteSubvolume)
+	deleted, err := p.Apply(ctx, btrfs.DeleteSubvolume, &fakeState{})
 	if err == nil || !strings.Contains(err.Error(), victim+" changed since the plan was made") {
 		t.Errorf("err = %v", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -177,6 +178,22 @@ func (rc *Receiver) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("serve inventory of %s: %w", rc.target, err)
 	}
+	err = svc.AddEndpoint("prune-"+rc.target, micro.HandlerFunc(func(req micro.Request) {
+		var d streams.DeleteRequest
+		err := json.Unmarshal(req.Data(), &d)
+		if err == nil {
+			err = rc.DeleteCommitted(ctx, d)
+		}
+		if err != nil {
+			rc.log.Warn("delete refused", "snapshot", d.Name, "error", err)
+			_ = req.Error("400", err.Error(), nil)
+			return
+		}
+		_ = req.Respond(nil)
+	}), micro.WithEndpointSubject(streams.PruneSubject(rc.target)))
+	if err != nil {
+		return fmt.Errorf("serve prune of %s: %w", rc.target, err)
+	}
 	if err := rc.cleanStaging(ctx); err != nil {
 		return err
 	}
@@ -292,6 +309,41 @@ func (rc *Receiver) Inventory() (streams.Inventory, error) {
 		}
 	}
 	return inv, nil
+}
+
+// ErrNotOurs refuses a delete request for anything but a committed snapshot
+// that snapjet received into the target directory.
+var ErrNotOurs = errors.New("not a snapshot snapjet committed here")
+
+// DeleteCommitted deletes the committed snapshot d names, for the retention
+// of the job that sends here. It refuses a name outside the target
+// directory (or in its staging) and anything that is not a read-only
+// subvolume received with d.ReceivedUUID: an operator's data at that name,
+// a partial, another source's snapshot.
+func (rc *Receiver) DeleteCommitted(ctx context.Context, d streams.DeleteRequest) error {
+	if d.Name == "" || d.Name != filepath.Base(d.Name) || strings.HasPrefix(d.Name, ".") {
+		return fmt.Errorf("delete %q: %w: a snapshot's name is a plain entry of %s", d.Name, ErrNotOurs, rc.dir)
+	}
+	want, err := btrfs.ParseUUID(d.ReceivedUUID)
+	if err != nil || want.IsZero() {
+		return fmt.Errorf("delete %s: received UUID %q: %w", d.Name, d.ReceivedUUID, ErrNotOurs)
+	}
+	path := filepath.Join(rc.dir, d.Name)
+	info, err := btrfs.Inspect(path)
+	if errors.Is(err, btrfs.ErrNotFound) {
+		return nil // already gone: what was asked holds
+	}
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", path, err)
+	}
+	if !info.ReadOnly || info.ReceivedUUID != want {
+		return fmt.Errorf("delete %s: %w (read-only %v, received UUID %s, asked for %s)", path, ErrNotOurs, info.ReadOnly, info.ReceivedUUID, want)
+	}
+	if err := btrfs.DeleteSubvolume(ctx, path); err != nil {
+		return err
+	}
+	rc.log.Info("deleted by retention", "snapshot", path, "received_uuid", want)
+	return nil
 }
 
 // cleanStaging discards what a crash left in staging for replications that

@@ -32,6 +32,20 @@ func ReportTarget(subject string) string {
 // InventorySubject is where the receiver of target answers what it holds.
 func InventorySubject(target string) string { return "snapjet.target." + target + ".inventory" }
 
+// PruneSubject is where the receiver of target takes a DeleteRequest from
+// the retention of the job that sends to it. Only the sending side may
+// publish here: permissions must keep other sites off it.
+func PruneSubject(target string) string { return "snapjet.target." + target + ".prune" }
+
+// DeleteRequest asks a receiver to delete one committed snapshot that its
+// job's retention let go. The receiver deletes it only if, in its target
+// directory under Name, it still is a read-only subvolume received with
+// ReceivedUUID: a snapshot snapjet committed, never anything else.
+type DeleteRequest struct {
+	Name         string `json:"name"`
+	ReceivedUUID string `json:"received_uuid"`
+}
+
 // Event names a receiver's report.
 type Event string
 

@@ -161,7 +161,7 @@ func runPrune(ctx context.Context, w io.Writer, jobs []config.Job, st prune.Stat
 	var errs []error
 	n := 0
 	for _, p := range plans {
-		deleted, err := p.Apply(ctx, btrfs.DeleteSubvolume)
+		deleted, err := p.Apply(ctx, btrfs.DeleteSubvolume, st)
 		n += len(deleted)
 		if err != nil {
 			errs = append(errs, err)
@@ -177,9 +177,12 @@ func runPrune(ctx context.Context, w io.Writer, jobs []config.Job, st prune.Stat
 func printPlan(w io.Writer, p *prune.Plan) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, s := range p.Sides {
-		if s.Kind == "source" {
+		switch {
+		case s.Kind == "source":
 			fmt.Fprintf(tw, "job %s: source snapshots in %s\n", p.Job, s.Dir)
-		} else {
+		case s.Remote:
+			fmt.Fprintf(tw, "job %s: target remote:%s (%s, deleted by its receiver)\n", p.Job, s.Target, s.Dir)
+		default:
 			fmt.Fprintf(tw, "job %s: target %s (%s)\n", p.Job, s.Dir, s.Target)
 		}
 		for _, it := range s.Items {
@@ -190,8 +193,8 @@ func printPlan(w io.Writer, p *prune.Plan) {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\n", verdict, it.Name, it.Rule)
 		}
 	}
-	for _, r := range p.Remote {
-		fmt.Fprintf(tw, "job %s: target remote:%s is pruned by its own receiver, not here\n", p.Job, r)
+	for _, r := range p.Unknown {
+		fmt.Fprintf(tw, "job %s: target remote:%s did not answer: nothing pruned there, and the source keeps everything\n", p.Job, r)
 	}
 	_ = tw.Flush()
 }
