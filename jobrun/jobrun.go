@@ -7,10 +7,12 @@
 package jobrun
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/prune"
 	"github.com/snapjet/snapjet/receiver"
+	"github.com/snapjet/snapjet/retention"
 	"github.com/snapjet/snapjet/sender"
 	"github.com/snapjet/snapjet/streams"
 )
@@ -121,6 +124,10 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 	defer coord.Close()
 	so := opt.Send
 	so.Source, so.Targets, so.ChunkSize, so.Window, so.RateLimit = job.Source, names, job.ChunkSize, job.Window, job.RateLimit
+	so.Now = opt.Now
+	if !job.Retain.Target.IsZero() {
+		so.Intermediates = intermediates(job.Retain.Target, opt.Now, opt.Location)
+	}
 	if so.ChunkSize == 0 {
 		so.ChunkSize = sender.DefaultChunkSize
 	}
@@ -157,7 +164,7 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 		out.PruneErr = err
 		return out, nil
 	}
-	out.Deleted, out.PruneErr = out.Plan.Apply(ctx, opt.Delete, &State{NC: nc})
+	out.Deleted, out.PruneErr = out.Plan.Apply(ctx, opt.Delete, opt.state(nc))
 	countDeletions(opt.Metrics, out.Plan, out.Deleted)
 	if len(out.Deleted) > 0 {
 		log.Info("retention deleted snapshots", "count", len(out.Deleted))
@@ -168,7 +175,17 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 // Plan is the retention plan of the job now, as Run would apply it.
 func Plan(ctx context.Context, nc *nats.Conn, job config.Job, opt Options) (*prune.Plan, error) {
 	opt = opt.withDefaults()
-	return prune.Build(ctx, job, &State{NC: nc}, opt.Now(), opt.Location)
+	return prune.Build(ctx, job, opt.state(nc), opt.Now(), opt.Location)
+}
+
+// state answers prune's questions, waiting for a remote receiver no
+// longer than the run's own inventory wait.
+func (opt Options) state(nc *nats.Conn) *State {
+	wait := InventoryWait
+	if w := opt.Send.InventoryTimeout; w > 0 {
+		wait = min(wait, w)
+	}
+	return &State{NC: nc, Wait: wait}
 }
 
 func (opt Options) withDefaults() Options {
@@ -188,6 +205,33 @@ func (opt Options) withDefaults() Options {
 		opt.Delete = btrfs.DeleteSubvolume
 	}
 	return opt
+}
+
+// intermediates chooses, of the snapshots a target that was away lacks,
+// those the job's target retention would keep once the new snapshot (taken
+// now) is there: the history the target would have had. Without a target
+// policy (keep everything) a returning target gets only the new snapshot.
+func intermediates(policy retention.Policy, now func() time.Time, loc *time.Location) func([]btrfs.Info) []btrfs.Info {
+	return func(missing []btrfs.Info) []btrfs.Info {
+		t := now()
+		in := retention.Input{Now: t, Policy: policy, Location: loc}
+		for _, s := range missing {
+			in.Snapshots = append(in.Snapshots, retention.Snapshot{Name: filepath.Base(s.Path), Created: prune.Created(s)})
+		}
+		const next = "\x00the new snapshot" // no snapshot's name
+		in.Snapshots = append(in.Snapshots, retention.Snapshot{Name: next, Created: t})
+		keep := map[string]bool{}
+		for _, d := range retention.Decide(in) {
+			keep[d.Name] = d.Keep
+		}
+		var out []btrfs.Info
+		for _, s := range missing {
+			if keep[filepath.Base(s.Path)] {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
 }
 
 // countDeletions reports the deleted snapshots by side.
@@ -242,6 +286,9 @@ type State struct {
 	// Err, when set, is the answer to every question: prune then keeps
 	// everything rather than guess.
 	Err error
+	// Wait bounds how long a remote receiver is waited for (default
+	// InventoryWait).
+	Wait time.Duration
 }
 
 // Records lists every replication record.
@@ -268,7 +315,7 @@ func (s *State) Inventory(ctx context.Context, target string) (streams.Inventory
 	if s.Err != nil {
 		return streams.Inventory{}, s.Err
 	}
-	inv, unreachable := sender.Inventories(ctx, s.NC, []string{target}, InventoryWait)
+	inv, unreachable := sender.Inventories(ctx, s.NC, []string{target}, cmp.Or(s.Wait, InventoryWait))
 	if err := unreachable[target]; err != nil {
 		return streams.Inventory{}, err
 	}

@@ -162,15 +162,23 @@ func (f *facts) nextParent() btrfs.UUID {
 // targets failed their last replication.
 func (f *facts) fromRecords(job config.Job, recs []*coordinator.Replication) {
 	latest := map[string]*coordinator.Replication{}
+	var newest *coordinator.Replication
+	for _, r := range recs {
+		if filepath.Clean(r.Source) == job.Source && (newest == nil || r.Created.After(newest.Created)) {
+			newest = r
+		}
+	}
 	for _, r := range recs {
 		if filepath.Clean(r.Source) != job.Source {
 			continue
 		}
 		snap, _ := btrfs.ParseUUID(r.SnapshotUUID)
 		f.ours[snap] = true
-		if r.State != coordinator.Done {
-			// A failed replication is retried with its snapshot, so it
-			// still needs it (and its parent).
+		// A replication under way needs its snapshot and parent; so does a
+		// failed one of the newest snapshot, which the next run retries
+		// first (an older failed one is never retried: its targets get
+		// newer snapshots).
+		if !r.State.Terminal() || (r.State == coordinator.Failed && r.SnapshotUUID == newest.SnapshotUUID) {
 			f.needed[snap] = r.ID
 			if parent, _ := btrfs.ParseUUID(r.ParentUUID); !parent.IsZero() {
 				f.needed[parent] = r.ID
@@ -236,7 +244,7 @@ func (f *facts) sourceSide(job config.Job, now time.Time) Side {
 	for _, s := range f.source {
 		name := filepath.Base(s.Path)
 		byName[name] = s
-		in.Snapshots = append(in.Snapshots, retention.Snapshot{Name: name, Created: created(s)})
+		in.Snapshots = append(in.Snapshots, retention.Snapshot{Name: name, Created: Created(s)})
 		if id, ok := f.needed[s.UUID]; ok {
 			in.Needed[name] = id
 		}
@@ -265,7 +273,7 @@ func (f *facts) targetSide(job config.Job, t targetFacts, now time.Time) Side {
 		byName[name] = s
 		// A received copy's own creation time is when it arrived; the
 		// snapshot's time is in its name (or its source's).
-		in.Snapshots = append(in.Snapshots, retention.Snapshot{Name: name, Created: created(s)})
+		in.Snapshots = append(in.Snapshots, retention.Snapshot{Name: name, Created: Created(s)})
 		if _, ok := f.srcName[s.ReceivedUUID]; ok {
 			holds[name] = true
 		}
@@ -304,9 +312,9 @@ func firstOf(s ...string) string {
 // (<name>.20261130T140000Z, or with -N when two fell in one second).
 var stamp = regexp.MustCompile(`\.(\d{8}T\d{6}Z)(-\d+)?$`)
 
-// created is when the snapshot was taken: the time in its name, which a
+// Created is when the snapshot was taken: the time in its name, which a
 // received copy keeps, or else the subvolume's creation time.
-func created(s btrfs.Info) time.Time {
+func Created(s btrfs.Info) time.Time {
 	if m := stamp.FindStringSubmatch(filepath.Base(s.Path)); m != nil {
 		if t, err := time.Parse("20060102T150405Z", m[1]); err == nil {
 			return t

@@ -72,14 +72,14 @@ func replicationID(snapshotName, sourceUUID string) string {
 
 // takeSnapshot creates the read-only snapshot <dir>/<base>.<UTC time>
 // (with -N when that name exists or is recorded).
-func takeSnapshot(ctx context.Context, source, dir string, recorded map[string]bool) (btrfs.Info, error) {
+func takeSnapshot(ctx context.Context, source, dir string, now time.Time, recorded map[string]bool) (btrfs.Info, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return btrfs.Info{}, fmt.Errorf("snapshot directory %s: %w", dir, err)
 	}
 	if err := btrfs.IsBtrfs(dir); err != nil {
 		return btrfs.Info{}, driver.Permanent(fmt.Errorf("snapshot directory %s must be on the source's btrfs filesystem: %w", dir, err))
 	}
-	name := filepath.Base(source) + "." + time.Now().UTC().Format("20060102T150405Z")
+	name := filepath.Base(source) + "." + now.UTC().Format("20060102T150405Z")
 	path := filepath.Join(dir, name)
 	for i := 2; ; i++ {
 		if _, err := os.Lstat(path); os.IsNotExist(err) && !recorded[filepath.Base(path)] {
@@ -229,6 +229,9 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 	if err != nil {
 		return nil, err
 	}
+	if err := s.catchUp(ctx, src, srcInfo, opt, snaps, btrfs.UUID{}, inv, chunk, window); err != nil {
+		return nil, err
+	}
 	groups := groupByParent(snaps, inv)
 	// A name whose snapshot retention deleted may still have a record
 	// (same second, fast runs): reusing it would collide with its id.
@@ -242,11 +245,29 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 			recorded[r.SnapshotName] = true
 		}
 	}
-	snap, err := takeSnapshot(ctx, src, opt.SnapshotDir, recorded)
+	now := time.Now
+	if opt.Now != nil {
+		now = opt.Now
+	}
+	snap, err := takeSnapshot(ctx, src, opt.SnapshotDir, now(), recorded)
 	if err != nil {
 		return nil, err
 	}
-	base := replicationID(filepath.Base(snap.Path), srcInfo.UUID.String())
+	recs, err := s.createRecords(ctx, src, srcInfo, snap, replicationID(filepath.Base(snap.Path), srcInfo.UUID.String()), groups, unreachable, chunk, window)
+	if err != nil {
+		return nil, err
+	}
+	for t, err := range unreachable {
+		s.Log.Warn("target cannot receive now; the others go ahead and a later run retries it", "target", t, "error", err)
+	}
+	return recs, nil
+}
+
+// createRecords stores one record of snap per group of targets, the first
+// with id base and the others split off it; targets in unreachable are
+// recorded failed in the first.
+func (s *Sender) createRecords(ctx context.Context, src string, srcInfo, snap btrfs.Info, base string, groups []coordinator.Group,
+	unreachable map[string]error, chunk int, window int64) ([]*coordinator.Replication, error) {
 	var recs []*coordinator.Replication
 	for i, g := range groups {
 		r := &coordinator.Replication{
@@ -282,9 +303,6 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 		s.Log.Info("replication planned", "replication", r.ID, "snapshot", r.Snapshot, "snapshot_uuid", r.SnapshotUUID,
 			"parent", r.Parent, "targets", g.Targets)
 		recs = append(recs, r)
-	}
-	for t, err := range unreachable {
-		s.Log.Warn("target cannot receive now; the others go ahead and a later run retries it", "target", t, "error", err)
 	}
 	return recs, nil
 }

@@ -148,3 +148,57 @@ func TestReplicationID(t *testing.T) {
 }
 
 const sourceUUID = "0b4fd3a2-52c8-7d4e-a2f0-3c1d44e7a9b1"
+
+// The catch-up plan: a target that was away is offered the snapshots newer
+// than its base (read-only ones, oldest first) and receives the ones its
+// chooser keeps; a target with no base or nothing missing gets none.
+func TestCatchUpPlan(t *testing.T) {
+	snap := func(n int, ro bool) btrfs.Info {
+		name := fmt.Sprintf("data.2026112%dT000000Z", n)
+		return btrfs.Info{Path: "/src/.snapjet/data/" + name, Name: name, UUID: uuid(t, n), ReadOnly: ro}
+	}
+	snaps := []btrfs.Info{snap(1, true), snap(2, true), snap(3, false), snap(4, true), snap(5, true)}
+	holds := func(n ...int) streams.Inventory {
+		inv := streams.Inventory{Snapshots: []streams.Held{}}
+		for _, k := range n {
+			inv.Snapshots = append(inv.Snapshots, streams.Held{ReceivedUUID: uuid(t, k).String()})
+		}
+		return inv
+	}
+	var offered = map[string]string{}
+	// The chooser keeps every other snapshot offered, newest included.
+	choose := func(missing []btrfs.Info) []btrfs.Info {
+		var names []string
+		var out []btrfs.Info
+		for i, s := range missing {
+			names = append(names, s.Name[12:13])
+			if (len(missing)-1-i)%2 == 0 {
+				out = append(out, s)
+			}
+		}
+		offered[strings.Join(names, "")] = ""
+		return out
+	}
+	plan := catchUpPlan(snaps, map[string]streams.Inventory{
+		"away": holds(1), "behind": holds(1, 2), "current": holds(5), "new": holds(), "other": holds(4)}, choose)
+	got := map[int][]string{}
+	for n := 1; n <= 5; n++ {
+		if ts := plan[uuid(t, n)]; ts != nil {
+			got[n] = ts
+		}
+	}
+	// away lacks 2, 4, 5 (3 is writable, no snapshot): keeps 2 and 5;
+	// behind lacks 4, 5: keeps 5; other lacks 5: keeps it.
+	want := map[int][]string{2: {"away"}, 5: {"away", "behind", "other"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("plan %v, want %v", got, want)
+	}
+	for _, o := range []string{"245", "45", "5"} {
+		if _, ok := offered[o]; !ok {
+			t.Errorf("never offered %s; offered %v", o, offered)
+		}
+	}
+	if _, ok := offered[""]; ok || len(offered) != 3 {
+		t.Errorf("offered %v: a target with no base or nothing missing is offered nothing", offered)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -55,6 +56,14 @@ type Options struct {
 	RecordRetention time.Duration
 	// RateLimit bounds the wire bytes published per second; 0: no limit.
 	RateLimit int64
+	// Intermediates, when set, chooses among the source snapshots that a
+	// target lacks (newer than its newest one, oldest first) those it
+	// should receive before the new snapshot: the ones its retention would
+	// keep. Nil: a target that was away gets only the new snapshot.
+	Intermediates func(missing []btrfs.Info) []btrfs.Info
+	// Now is the clock that names snapshots (default time.Now); retention
+	// tests compress time with it.
+	Now func() time.Time
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -160,18 +169,28 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 	return res, err
 }
 
-// run completes the unfinished run of the source or plans a new one, and
-// drives it.
+// run completes the unfinished run of the source, if any, and drives it.
+// An interrupted run (records still under way) is all this run does. After
+// a finished run whose targets failed, the failed targets that answer now
+// get that snapshot again (a native partial resumes), and then a new
+// snapshot goes to every target: a target that keeps failing, or stays
+// away, never holds back the others' new snapshots.
 func (s *Sender) run(ctx context.Context, src string, srcInfo btrfs.Info, opt Options) (*Result, error) {
 	recs, err := s.unfinished(ctx, srcInfo.UUID.String(), opt.Targets)
 	if err != nil {
 		return nil, err
 	}
-	if recs == nil {
-		if recs, err = s.plan(ctx, src, srcInfo, opt); err != nil {
+	if recs != nil {
+		interrupted := slices.ContainsFunc(recs, func(r *coordinator.Replication) bool { return !r.State.Terminal() })
+		if err := s.resume(ctx, src, srcInfo, recs, opt); err != nil {
 			return nil, err
 		}
-	} else if err := s.resume(ctx, recs, opt); err != nil {
+		res, err := s.driveRun(ctx, recs[0].SnapshotUUID, opt.Targets)
+		if err != nil || interrupted {
+			return res, err
+		}
+	}
+	if recs, err = s.plan(ctx, src, srcInfo, opt); err != nil {
 		return nil, err
 	}
 	return s.driveRun(ctx, recs[0].SnapshotUUID, opt.Targets)
@@ -237,10 +256,11 @@ func addressed(r *coordinator.Replication, targets []string) bool {
 }
 
 // resume prepares the records of an unfinished run: a failed one gets a
-// new run for its failed targets among those asked for, each with the
-// parent it holds now (asked again: a target that was away may hold an
-// older base than the others).
-func (s *Sender) resume(ctx context.Context, recs []*coordinator.Replication, opt Options) error {
+// new run for its failed targets among those asked for that answer now,
+// each with the parent it holds now (asked again: a target that was away
+// may hold an older base than the others), after the intermediate
+// snapshots its retention keeps (opt.Intermediates).
+func (s *Sender) resume(ctx context.Context, src string, srcInfo btrfs.Info, recs []*coordinator.Replication, opt Options) error {
 	for _, r := range recs {
 		s.Log.Info("continuing unfinished replication", "replication", r.ID, "state", r.State, "attempt", r.Attempt)
 		if err := s.Coord.Serve(r.ID); err != nil {
@@ -269,7 +289,15 @@ func (s *Sender) resume(ctx context.Context, recs []*coordinator.Replication, op
 		if err != nil {
 			return err
 		}
-		groups := groupByParent(olderThan(snaps, r.SnapshotUUID), inv)
+		older := olderThan(snaps, r.SnapshotUUID)
+		// The retried snapshot is judged with the intermediates (the target
+		// will hold it) but sent by the retry.
+		retried := snaps[:min(len(older)+1, len(snaps))]
+		snapUUID, _ := btrfs.ParseUUID(r.SnapshotUUID)
+		if err := s.catchUp(ctx, src, srcInfo, opt, retried, snapUUID, inv, r.ChunkSize, r.Window); err != nil {
+			return err
+		}
+		groups := groupByParent(older, inv)
 		if _, err := s.Coord.Retry(ctx, r.ID, groups); err != nil {
 			return err
 		}
