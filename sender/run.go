@@ -457,9 +457,13 @@ func (s *Sender) step(ctx context.Context, id string) (bool, error) {
 	if r.State == coordinator.Sent {
 		return false, s.waitChange(ctx, r, recheck)
 	}
-	r, st, err := s.Coord.BeginAttempt(ctx, id)
+	r, err = s.Coord.BeginAttempt(ctx, id)
 	if err != nil {
 		return false, err
+	}
+	st, err := s.JS.Stream(ctx, streams.StreamName(id))
+	if err != nil {
+		return false, fmt.Errorf("stream of %s: %w", id, err)
 	}
 	err = s.attemptWatched(ctx, r, st)
 	switch {
