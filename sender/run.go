@@ -78,6 +78,7 @@ type Sender struct {
 	NC         *nats.Conn
 	JS         jetstream.JetStream
 	Coord      *coordinator.Coordinator
+	Streams    Source // produces the send streams: BtrfsSource
 	Log        *slog.Logger
 	OnProgress func(Progress)
 	// Metrics, when set, is told what the sender does; Job is its
