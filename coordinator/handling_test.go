@@ -366,7 +366,7 @@ func TestPurge(t *testing.T) {
 		floor   uint64
 		slowest string
 	}{
-		{name: "nothing acked: nothing goes", acks: map[string]uint64{}, floor: 0, slowest: "a"},
+		{name: "a target that acked nothing holds everything", acks: map[string]uint64{"b": 5, "c": 5}, floor: 0, slowest: "a"},
 		{name: "the slowest holds the floor", acks: map[string]uint64{"a": 8, "b": 5, "c": 9}, purged: true, floor: 5, slowest: "b"},
 		{name: "all acked: the last message stays", acks: map[string]uint64{"a": 10, "b": 10, "c": 10}, purged: true, floor: 10},
 		{
