@@ -144,26 +144,24 @@ func (l *Log) at(id string) (*stream, error) {
 }
 
 // First implements coordinator.Log.
-func (l *Log) First(_ context.Context, id string) (*streams.Message, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s, err := l.at(id)
-	if s == nil || len(s.msgs) == 0 {
-		return nil, err
-	}
-	m := s.msgs[0]
-	return &m, nil
-}
+func (l *Log) First(_ context.Context, id string) (*streams.Message, error) { return l.message(id, 0) }
 
 // Last implements coordinator.Log.
-func (l *Log) Last(_ context.Context, id string) (*streams.Message, error) {
+func (l *Log) Last(_ context.Context, id string) (*streams.Message, error) { return l.message(id, -1) }
+
+// message returns a copy of the stored message at index i, counted from
+// the end when negative; nil when there is none.
+func (l *Log) message(id string, i int) (*streams.Message, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s, err := l.at(id)
 	if s == nil || len(s.msgs) == 0 {
 		return nil, err
 	}
-	m := s.msgs[len(s.msgs)-1]
+	if i < 0 {
+		i += len(s.msgs)
+	}
+	m := s.msgs[i]
 	return &m, nil
 }
 
