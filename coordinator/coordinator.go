@@ -27,10 +27,10 @@ const DefaultMaxAttempts = 3
 // Coordinator is the sole writer of the replications it serves. It runs in
 // the sending process; receivers reach it on streams.ReportSubject.
 type Coordinator struct {
-	js          jetstream.JetStream
-	store       *Store  // the JetStream adapter, for readers and the lease
-	records     Records // every record operation goes through the contract
-	svc         micro.Service
+	records     Records            // every record operation goes through the contract
+	stream      Log                // and every operation on a replication's stream
+	kv          jetstream.KeyValue // the state bucket, for leases; nil from NewWith
+	svc         micro.Service      // nil from NewWith: no receivers are served
 	log         *slog.Logger
 	MaxAttempts int
 	now         func() time.Time // the clock of leases; tests move it
@@ -59,14 +59,29 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("start coordinator service: %w", err)
 	}
-	return &Coordinator{js: js, store: store, records: store, svc: svc, log: log, MaxAttempts: DefaultMaxAttempts, now: time.Now, serving: map[string]bool{}}, nil
+	c := NewWith(store, NewStreamLog(js), log)
+	c.kv, c.svc = store.kv, svc
+	return c, nil
+}
+
+// NewWith builds a Coordinator on records and stream that answers no
+// receivers and holds no leases: unit tests build it on the fakes of
+// coordtest and hand it reports directly. New is NewWith on JetStream,
+// with the micro service.
+func NewWith(records Records, stream Log, log *slog.Logger) *Coordinator {
+	return &Coordinator{records: records, stream: stream, log: log, MaxAttempts: DefaultMaxAttempts, now: time.Now, serving: map[string]bool{}}
 }
 
 // Store gives read access to the records.
-func (c *Coordinator) Store() *Store { return c.store }
+func (c *Coordinator) Store() Records { return c.records }
 
 // Close stops answering receivers.
-func (c *Coordinator) Close() error { return c.svc.Stop() }
+func (c *Coordinator) Close() error {
+	if c.svc == nil {
+		return nil
+	}
+	return c.svc.Stop()
+}
 
 // Create stores a new replication record in state Planned and starts
 // serving it. Every target starts its first attempt.
@@ -136,7 +151,7 @@ func (c *Coordinator) createFrom(ctx context.Context, from *Replication, id stri
 func (c *Coordinator) Serve(id string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.serving[id] {
+	if c.serving[id] || c.svc == nil {
 		return nil
 	}
 	err := c.svc.AddEndpoint("report-"+id, micro.HandlerFunc(func(req micro.Request) {
@@ -184,35 +199,24 @@ func (c *Coordinator) update(ctx context.Context, id string, fn func(*Replicatio
 
 // BeginAttempt makes sure the stream and the consumers of the current
 // attempt exist, and moves a planned replication to sending.
-func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication, jetstream.Stream, error) {
+func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication, error) {
 	c.resetting.Lock()
 	defer c.resetting.Unlock()
 	r, _, err := c.records.Get(ctx, id)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	s, err := streams.EnsureStream(ctx, c.js, id, r.Window)
-	if err != nil {
-		return nil, nil, err
+	// An existing consumer is left as it is: it may have been reset to
+	// start where a resumed receiver continues.
+	if err := c.stream.Open(ctx, id, r.Window, r.Active()); err != nil {
+		return nil, err
 	}
-	for _, name := range r.Active() {
-		// An existing consumer is left as it is: it may have been reset to
-		// start where a resumed receiver continues.
-		_, err := s.Consumer(ctx, streams.ConsumerName(name))
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			_, err = s.CreateConsumer(ctx, streams.ConsumerConfig(name))
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("consumer for target %s: %w", name, err)
-		}
-	}
-	r, err = c.update(ctx, id, func(r *Replication) error {
+	return c.update(ctx, id, func(r *Replication) error {
 		if r.State == Planned {
 			return r.setState(Sending)
 		}
 		return nil
 	})
-	return r, s, err
 }
 
 // Progress records the sender's counters for the current attempt.
@@ -376,35 +380,19 @@ func failActive(r *Replication, reason string) error {
 
 // Finish deletes the stream of a replication that is done or failed.
 func (c *Coordinator) Finish(ctx context.Context, id string) error {
-	err := c.js.DeleteStream(ctx, streams.StreamName(id))
-	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("delete stream of %s: %w", id, err)
-	}
-	return nil
+	return c.stream.Delete(ctx, id)
 }
 
 // resetStream empties the stream for a new attempt and gives every active
 // target a fresh consumer; failed targets lose theirs so they hold nothing back.
 func (c *Coordinator) resetStream(ctx context.Context, r *Replication) error {
-	s, err := c.js.Stream(ctx, streams.StreamName(r.ID))
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil
-	}
-	if err != nil {
+	if err := c.stream.Reset(ctx, r.ID, r.Active()); err != nil {
 		return fmt.Errorf("reset stream of %s: %w", r.ID, err)
 	}
-	if err := s.Purge(ctx); err != nil {
-		return fmt.Errorf("purge stream of %s: %w", r.ID, err)
-	}
 	for name, t := range r.Targets {
-		switch {
-		case !t.State.Terminal():
-			if err := streams.ResetConsumer(ctx, s, name, 0); err != nil {
+		if t.State == TFailed {
+			if err := c.stream.DropConsumer(ctx, r.ID, name); err != nil {
 				return err
-			}
-		case t.State == TFailed:
-			if err := s.DeleteConsumer(ctx, streams.ConsumerName(name)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				return fmt.Errorf("drop consumer of %s: %w", name, err)
 			}
 		}
 	}

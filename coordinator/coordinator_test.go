@@ -56,7 +56,7 @@ func (f *fixture) create(id string, names ...string) *Replication {
 	if err := f.c.Create(f.ctx, r); err != nil {
 		f.t.Fatal(err)
 	}
-	r, _, err := f.c.BeginAttempt(f.ctx, id)
+	r, err := f.c.BeginAttempt(f.ctx, id)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestRestartGivesUpAfterMaxAttempts(t *testing.T) {
 		if f.consumer("r1", "nas") == nil {
 			t.Errorf("restart %d dropped the consumer of an active target", attempt)
 		}
-		if r, _, err = f.c.BeginAttempt(f.ctx, "r1"); err != nil || r.State != Sending {
+		if r, err = f.c.BeginAttempt(f.ctx, "r1"); err != nil || r.State != Sending {
 			t.Fatalf("begin attempt %d: %v", attempt+1, err)
 		}
 	}

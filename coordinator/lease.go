@@ -72,7 +72,10 @@ func leaseKey(sourceUUID string) string { return "lease." + sourceUUID }
 // ErrLeaseHeld naming the holder while another live process holds it. An
 // expired lease, or one of a dead process on this host, is taken over.
 func (c *Coordinator) AcquireLease(ctx context.Context, sourceUUID string, me Holder, ttl time.Duration) (*Lease, error) {
-	l := &Lease{kv: c.store.kv, key: leaseKey(sourceUUID), me: me, ttl: ttl, now: c.now}
+	if c.kv == nil {
+		return nil, fmt.Errorf("lease of %s: leases live in the state bucket, which a coordinator of NewWith has not", me.Source)
+	}
+	l := &Lease{kv: c.kv, key: leaseKey(sourceUUID), me: me, ttl: ttl, now: c.now}
 	for try := 0; try < 5; try++ {
 		e, err := l.kv.Get(ctx, l.key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {

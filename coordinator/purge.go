@@ -1,39 +1,28 @@
 package coordinator
 
-import (
-	"context"
-	"fmt"
+import "context"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/snapjet/snapjet/streams"
-)
-
-// Purge drops from the stream of record id what every active target has
-// acked, and reports whether it dropped anything, the ack floor and the
-// target that holds it (the slowest). The sender calls it when the window
-// is full; the decision is the coordinator's, because only it knows which
-// targets are still active.
-func (c *Coordinator) Purge(ctx context.Context, id string, st jetstream.Stream, state jetstream.StreamState) (bool, uint64, string, error) {
+// Purge drops from the stream of record id, which holds sequences first to
+// last, what every active target has acked, and reports whether it dropped
+// anything, the ack floor and the target that holds it (the slowest). The
+// sender calls it when the window is full; the decision is the
+// coordinator's, because only it knows which targets are still active.
+func (c *Coordinator) Purge(ctx context.Context, id string, first, last uint64) (bool, uint64, string, error) {
 	r, _, err := c.records.Get(ctx, id)
 	if err != nil {
 		return false, 0, "", err
 	}
-	floors := map[string]uint64{}
-	lister := st.ListConsumers(ctx)
-	for ci := range lister.Info() {
-		floors[streams.TargetOf(ci.Name)] = ci.AckFloor.Stream
+	floors, err := c.stream.AckFloors(ctx, id)
+	if err != nil {
+		return false, 0, "", err
 	}
-	if err := lister.Err(); err != nil {
-		return false, 0, "", fmt.Errorf("consumers of %s: %w", id, err)
-	}
-	floor, slowest := ackFloor(r.Active(), floors, state.LastSeq)
-	keep, ok := purgeTo(state.FirstSeq, state.LastSeq, floor)
+	floor, slowest := ackFloor(r.Active(), floors, last)
+	keep, ok := purgeTo(first, last, floor)
 	if !ok {
 		return false, floor, slowest, nil
 	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSequence(keep)); err != nil {
-		return false, floor, slowest, fmt.Errorf("drop acked chunks of %s: %w", id, err)
+	if err := c.stream.PurgeTo(ctx, id, keep); err != nil {
+		return false, floor, slowest, err
 	}
 	return true, floor, slowest, nil
 }

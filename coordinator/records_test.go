@@ -20,13 +20,7 @@ func TestRecordsConformance(t *testing.T) {
 	impls := map[string]func(t *testing.T) coordinator.Records{
 		"memory": func(*testing.T) coordinator.Records { return coordtest.NewRecords() },
 		"jetstream": func(t *testing.T) coordinator.Records {
-			b, err := broker.Connect(broker.Options{Store: t.TempDir(), Listen: "127.0.0.1:0", Name: t.Name(),
-				Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(b.Close)
-			s, err := coordinator.OpenStore(t.Context(), b.JS)
+			s, err := coordinator.OpenStore(t.Context(), testBroker(t).JS)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -36,6 +30,19 @@ func TestRecordsConformance(t *testing.T) {
 	for name, open := range impls {
 		t.Run(name, func(t *testing.T) { recordsContract(t, open(t)) })
 	}
+}
+
+// testBroker is an in-process JetStream server of its own, for the
+// conformance suites of the JetStream adapters.
+func testBroker(t *testing.T) *broker.Broker {
+	t.Helper()
+	b, err := broker.Connect(broker.Options{Store: t.TempDir(), Listen: "127.0.0.1:0", Name: t.Name(),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
 }
 
 func recordsContract(t *testing.T, s coordinator.Records) {

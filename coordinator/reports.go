@@ -3,10 +3,7 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/streams"
 )
@@ -225,11 +222,9 @@ func (c *Coordinator) handle(ctx context.Context, id, target string, data []byte
 	}
 	switch eff {
 	case resetConsumer:
-		s, err := c.js.Stream(ctx, streams.StreamName(id))
-		if err != nil {
+		if err := c.stream.ResetConsumer(ctx, id, rep.Target, rep.FromSeq); err != nil {
 			return v, fmt.Errorf("replay to %s: %w", rep.Target, err)
 		}
-		return v, streams.ResetConsumer(ctx, s, rep.Target, rep.FromSeq)
 	case dropConsumer:
 		c.dropConsumer(ctx, id, rep.Target)
 	case split, splitFull:
@@ -262,11 +257,7 @@ func mayTrouble(rep streams.Report) bool {
 
 // dropConsumer deletes target's consumer so that it holds nothing back.
 func (c *Coordinator) dropConsumer(ctx context.Context, id, target string) {
-	s, err := c.js.Stream(ctx, streams.StreamName(id))
-	if err == nil {
-		err = s.DeleteConsumer(ctx, streams.ConsumerName(target))
-	}
-	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+	if err := c.stream.DropConsumer(ctx, id, target); err != nil {
 		c.log.Warn("drop consumer", "replication", id, "target", target, "error", err)
 	}
 }
@@ -274,51 +265,19 @@ func (c *Coordinator) dropConsumer(ctx context.Context, id, target string) {
 // storedEnd returns the end marker of attempt if the stream holds it; nil
 // when it does not, an error when the stream cannot be read now.
 func (c *Coordinator) storedEnd(ctx context.Context, id string, attempt int) (*streams.Message, error) {
-	s, err := c.js.Stream(ctx, streams.StreamName(id))
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, nil
+	h, err := c.stream.Last(ctx, id)
+	if err != nil || h == nil || h.Kind != streams.KindEnd || h.Attempt != attempt {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read the stream of %s: %w", id, err)
-	}
-	m, err := s.GetLastMsgForSubject(ctx, streams.Subject(id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read the end of the stream of %s: %w", id, err)
-	}
-	h, err := streams.DecodeHeader(m.Header)
-	if err != nil || h.Kind != streams.KindEnd || h.Attempt != attempt {
-		return nil, nil
-	}
-	return &h, nil
+	return h, nil
 }
 
 // startStored reports whether the stream still holds chunk 0 of attempt;
 // an error when the stream cannot be read now.
 func (c *Coordinator) startStored(ctx context.Context, id string, attempt int) (bool, error) {
-	s, err := c.js.Stream(ctx, streams.StreamName(id))
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return false, nil
+	h, err := c.stream.First(ctx, id)
+	if err != nil || h == nil {
+		return false, err
 	}
-	if err != nil {
-		return false, fmt.Errorf("read the stream of %s: %w", id, err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		return false, fmt.Errorf("read the stream of %s: %w", id, err)
-	}
-	if info.State.Msgs == 0 {
-		return false, nil
-	}
-	m, err := s.GetMsg(ctx, info.State.FirstSeq)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, nil // purged meanwhile
-	}
-	if err != nil {
-		return false, fmt.Errorf("read the start of the stream of %s: %w", id, err)
-	}
-	h, err := streams.DecodeHeader(m.Header)
-	return err == nil && h.Attempt == attempt && h.Kind == streams.KindChunk && h.Index == 0, nil
+	return h.Attempt == attempt && h.Kind == streams.KindChunk && h.Index == 0, nil
 }

@@ -3,11 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
 	"time"
-
-	"github.com/snapjet/snapjet/streams"
 )
 
 // DefaultRecordRetention is how long a finished replication's record stays
@@ -20,13 +16,12 @@ const DefaultRecordRetention = 30 * 24 * time.Hour
 // A record or stream that cannot be read now is left alone: only a known
 // end removes anything. It returns how many streams and records it removed.
 func (c *Coordinator) Sweep(ctx context.Context, retention time.Duration) (streamsGone, recordsGone int, err error) {
-	names := c.js.StreamNames(ctx)
+	ids, err := c.stream.List(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
 	var orphans []string
-	for name := range names.Name() {
-		id, ok := strings.CutPrefix(name, streams.StreamName(""))
-		if !ok {
-			continue
-		}
+	for _, id := range ids {
 		r, _, err := c.records.Get(ctx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -36,9 +31,6 @@ func (c *Coordinator) Sweep(ctx context.Context, retention time.Duration) (strea
 			continue
 		}
 		orphans = append(orphans, id)
-	}
-	if err := names.Err(); err != nil {
-		return 0, 0, fmt.Errorf("list streams: %w", err)
 	}
 	for _, id := range orphans {
 		if err := c.Finish(ctx, id); err != nil {

@@ -70,9 +70,9 @@ func (c *Coordinator) Watchdog(ctx context.Context, id string, stall time.Durati
 			}
 			continue
 		}
-		if c.store != nil {
+		if w, ok := c.records.(workSyncer); ok {
 			// Views that could not be written with the record are written now.
-			if err := c.store.SyncWork(ctx, r); err != nil && ctx.Err() == nil {
+			if err := w.SyncWork(ctx, r); err != nil && ctx.Err() == nil {
 				c.log.Warn("work views lag behind the record", "replication", id, "error", err)
 			}
 		}

@@ -82,6 +82,11 @@ func (s *Store) publishWork(ctx context.Context, r *Replication) error {
 	return errors.Join(errs...)
 }
 
+// workSyncer is a Records store that keeps work views (the JetStream one).
+type workSyncer interface {
+	SyncWork(ctx context.Context, r *Replication) error
+}
+
 // SyncWork writes what publishWork could not write before. The coordinator
 // calls it with every record it re-reads, so a lost write is repaired
 // within seconds.

@@ -3,15 +3,12 @@ package coordinator_test
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/coordinator"
-	"github.com/snapjet/snapjet/internal/broker"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -23,12 +20,7 @@ import (
 func TestWorkViews(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	b, err := broker.Connect(broker.Options{Store: t.TempDir(), Listen: "127.0.0.1:0", Name: t.Name(),
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	b := testBroker(t)
 	s, err := coordinator.OpenStore(ctx, b.JS)
 	if err != nil {
 		t.Fatal(err)

@@ -203,7 +203,7 @@ func (e *env) plan(id string, s snapshot) {
 	if err := e.coord.Create(e.ctx, r); err != nil {
 		e.t.Fatal(err)
 	}
-	if _, _, err := e.coord.BeginAttempt(e.ctx, id); err != nil {
+	if _, err := e.coord.BeginAttempt(e.ctx, id); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -530,7 +530,7 @@ func TestReceiveRefusesCorruptChunk(t *testing.T) {
 			e.assertNothingApplied(s.name)
 
 			// The next attempt, sent intact, commits.
-			if _, _, err := e.coord.BeginAttempt(e.ctx, id); err != nil {
+			if _, err := e.coord.BeginAttempt(e.ctx, id); err != nil {
 				t.Fatal(err)
 			}
 			e.send(id, 2, s)

@@ -109,7 +109,7 @@ func (s *Sender) catchUp(ctx context.Context, src string, srcInfo btrfs.Info, op
 
 // committed reports whether target committed the snapshot of recs, in
 // whichever of them (or the record it moved to) it ended.
-func committed(ctx context.Context, store *coordinator.Store, recs []*coordinator.Replication, target string) bool {
+func committed(ctx context.Context, store coordinator.Records, recs []*coordinator.Replication, target string) bool {
 	for _, r := range recs {
 		id := r.ID
 		for id != "" {

@@ -262,7 +262,7 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		if fits(p.stored, need, p.r.Window, info.State.Msgs) {
 			return nil
 		}
-		purged, floor, slowest, err := p.s.Coord.Purge(ctx, p.r.ID, p.st, info.State)
+		purged, floor, slowest, err := p.s.Coord.Purge(ctx, p.r.ID, info.State.FirstSeq, info.State.LastSeq)
 		if err != nil {
 			return err
 		}

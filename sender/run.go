@@ -87,6 +87,7 @@ type Sender struct {
 	NC         *nats.Conn
 	JS         jetstream.JetStream
 	Coord      *coordinator.Coordinator
+	Streams    Source // produces the send streams: BtrfsSource
 	Log        *slog.Logger
 	OnProgress func(Progress)
 	// Metrics, when set, is told what the sender does; Job is its
@@ -485,9 +486,13 @@ func (s *Sender) step(ctx context.Context, id string) (bool, error) {
 	if r.State == coordinator.Sent {
 		return false, s.waitChange(ctx, r, recheck)
 	}
-	r, st, err := s.Coord.BeginAttempt(ctx, id)
+	r, err = s.Coord.BeginAttempt(ctx, id)
 	if err != nil {
 		return false, err
+	}
+	st, err := s.JS.Stream(ctx, streams.StreamName(id))
+	if err != nil {
+		return false, fmt.Errorf("stream of %s: %w", id, err)
 	}
 	err = s.attemptWatched(ctx, r, st)
 	switch {

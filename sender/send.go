@@ -18,7 +18,6 @@ import (
 
 	"github.com/snapjet/snapjet/btrfs"
 	"github.com/snapjet/snapjet/coordinator"
-	"github.com/snapjet/snapjet/driver"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -76,7 +75,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if rp.ended {
 		return s.Coord.MarkSent(ctx, r.ID, r.Attempt, rp.chunks, rp.total, r.WireBytes, rp.digest)
 	}
-	opt := btrfs.SendOptions{}
+	parent := ""
 	if r.ParentUUID != "" {
 		pinfo, err := btrfs.Inspect(r.Parent)
 		if err != nil || pinfo.UUID.String() != r.ParentUUID {
@@ -86,7 +85,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 			}
 			return err
 		}
-		opt.Parent = r.Parent
+		parent = r.Parent
 	}
 	if rp.idx > 0 {
 		log.Info("resuming send", "chunk", rp.idx, "offset", rp.off)
@@ -97,9 +96,9 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	out, proc, err := btrfs.Send(sctx, r.Snapshot, opt)
+	out, err := s.Streams.Open(sctx, r.Snapshot, parent)
 	if err != nil {
-		return driver.Permanent(fmt.Errorf("start btrfs send of %s: %w", r.Snapshot, err))
+		return err
 	}
 	digest := sha256.New()
 	order := make(chan *job, 2*s.workers()+2)
@@ -135,27 +134,24 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	p := &publisher{s: s, r: r, st: st, log: log, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes, recoveredAt: -1}
 	pubErr := p.run(sctx, order)
 	if pubErr != nil {
-		// Only a failure stops btrfs send early: cancelling a send that
-		// already exited 0 would make Wait report "context canceled".
+		// Only a failure stops the producer early: cancelling a send that
+		// already exited 0 would make Close report "context canceled".
 		cancel()
 		for range order { // let the reader finish
 		}
 	}
 	wg.Wait()
 	if readErr != nil {
-		cancel() // the reader stopped reading: btrfs send may block on the pipe
+		cancel() // the reader stopped reading: the producer may block on the pipe
 	}
-	waitErr := proc.Wait()
+	closeErr := out.Close()
 	switch {
 	case pubErr != nil:
 		return pubErr
 	case readErr != nil && !errors.Is(readErr, context.Canceled):
 		return readErr
-	case waitErr != nil:
-		if errors.Is(waitErr, btrfs.ErrNotFound) || errors.Is(waitErr, btrfs.ErrNotSubvolume) {
-			return driver.Permanent(fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr))
-		}
-		return fmt.Errorf("btrfs send of %s: %w", r.Snapshot, waitErr)
+	case closeErr != nil:
+		return closeErr
 	}
 	sum := "sha256:" + hex.EncodeToString(digest.Sum(nil))
 	end := streams.EncodeEnd(r.ID, r.Attempt, p.chunks, p.bytes, sum)
@@ -182,7 +178,7 @@ func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.R
 			return nil
 		}
 		if err != nil && err != io.ErrUnexpectedEOF {
-			return fmt.Errorf("read btrfs send: %w", err)
+			return fmt.Errorf("read the send stream: %w", err)
 		}
 		raw = raw[:n]
 		digest.Write(raw)

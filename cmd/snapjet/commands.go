@@ -163,7 +163,7 @@ func runSend(ctx context.Context, g *globals, b *broker.Broker, m *metrics.Metri
 	}
 	defer coord.Close()
 	prog := newProgress(g.log)
-	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Log: g.log, OnProgress: prog.update, Metrics: m}
+	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Streams: sender.BtrfsSource{}, Log: g.log, OnProgress: prog.update, Metrics: m}
 	res, err := s.Run(ctx, opt)
 	prog.done()
 	if err != nil {
