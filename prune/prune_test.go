@@ -225,6 +225,16 @@ source keep 100000Z: needed by unfinished replication share_20261130T130000Z
 target keep 110000Z: base of target NAME
 target keep 100000Z: needed by unfinished replication share_20261130T130000Z
 `},
+		{"an older failed replication needs nothing: the next run never retries it", func() *fakeState {
+			return &fakeState{recs: []*coordinator.Replication{l.record("13", "10", coordinator.Failed, coordinator.TFailed), l.record("14", "11", coordinator.Done, coordinator.TCommitted)}}
+		}, `
+source keep 140000Z: latest 1
+source delete 130000Z: not kept by latest 1
+source keep 110000Z: base of target NAME
+source delete 100000Z: not kept by latest 1
+target keep 110000Z: base of target NAME
+target delete 100000Z: not kept by latest 1
+`},
 		{"unreadable records hold everything", func() *fakeState { return &fakeState{recErr: errors.New("no server")} }, `
 source keep 140000Z: replication records unreadable (no server)
 source keep 130000Z: replication records unreadable (no server)
