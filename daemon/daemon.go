@@ -8,6 +8,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -204,6 +205,10 @@ func (d *Daemon) runJob(ctx context.Context, name string) {
 	log.Info("run starting")
 	out, err := d.run(ctx, *job)
 	took := time.Since(start).Round(time.Millisecond)
+	// A daemon idles between runs on a small box: what a run's chunks and
+	// the server's caches took goes back to the system now, not minutes
+	// later through the background scavenger.
+	defer debug.FreeOSMemory()
 	switch {
 	case err != nil && ctx.Err() != nil:
 		log.Info("run cancelled; the next run resumes it", "took", took, "error", err)
