@@ -20,6 +20,7 @@ type statusDoc struct {
 type replication struct {
 	ID           string                  `json:"id"`
 	Source       string                  `json:"source"`
+	SourceUUID   string                  `json:"source_uuid"`
 	Snapshot     string                  `json:"snapshot"`
 	SnapshotName string                  `json:"snapshot_name"`
 	SnapshotUUID string                  `json:"snapshot_uuid"`
