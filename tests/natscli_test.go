@@ -4,10 +4,11 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snapjet/snapjet/internal/doccmd"
 )
 
 // Operators follow a replication with the nats CLI: every `nats` command
@@ -18,9 +19,9 @@ func TestNatsCommandsInTheDocsWork(t *testing.T) {
 	if err != nil {
 		t.Skip("the nats CLI is not installed (scripts/setup installs it)")
 	}
-	cmds := docCommands(t, "../docs/ARCHITECTURE.md")
-	if len(cmds) < 8 {
-		t.Fatalf("found only %d nats commands in docs/ARCHITECTURE.md: %q", len(cmds), cmds)
+	cmds, err := doccmd.Quoted("../docs/ARCHITECTURE.md", "nats")
+	if err != nil || len(cmds) < 8 {
+		t.Fatalf("found only %d nats commands in docs/ARCHITECTURE.md (%v): %q", len(cmds), err, cmds)
 	}
 	source, target, _ := newPair(t, dataSet{seed: 43, bulk: 24 * mib})
 	srv := startServer(t)
@@ -33,7 +34,7 @@ func TestNatsCommandsInTheDocsWork(t *testing.T) {
 	})
 	fill := strings.NewReplacer("<id>", rep.ID, "<name>", "backup", "<target>", "backup", "<uuid>", rep.SourceUUID)
 	for _, c := range cmds {
-		args := shellWords(fill.Replace(c))
+		args := doccmd.Words(fill.Replace(c))
 		// What each must name in its answer.
 		want := map[bool]string{true: "backup", false: rep.ID}[strings.Contains(c, "<name>") || strings.Contains(c, "<target>")]
 		switch {
@@ -54,68 +55,12 @@ func TestNatsCommandsInTheDocsWork(t *testing.T) {
 			err = nil // it follows until stopped; what it printed so far counts
 		}
 		if err != nil || !strings.Contains(string(out), want) {
-			t.Errorf("$ %s: %v, want an answer naming %q:\n%s", c, err, want, clip(out))
+			t.Errorf("$ %s: %v, want an answer naming %q:\n%s", c, err, want, doccmd.Clip(out))
 			continue
 		}
-		t.Logf("$ %s\n%s", strings.Join(args, " "), clip(out))
+		t.Logf("$ %s\n%s", strings.Join(args, " "), doccmd.Clip(out))
 	}
 	if res := send.wait(transferTimeout); res.code != 0 {
 		t.Fatalf("send exited %d: %s", res.code, res.stderr)
 	}
-}
-
-// docCommands lists the `nats ...` commands quoted in a Markdown file.
-func docCommands(t *testing.T, file string) []string {
-	t.Helper()
-	text, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, m := range regexp.MustCompile("`(nats [^`]+)`").FindAllStringSubmatch(string(text), -1) {
-		out = append(out, m[1])
-	}
-	return out
-}
-
-// shellWords splits a command line as a shell would, for the single
-// quotes the docs use.
-func shellWords(s string) []string {
-	var words []string
-	var cur strings.Builder
-	quoted, inWord := false, false
-	for _, r := range s {
-		switch {
-		case r == '\'':
-			quoted, inWord = !quoted, true
-		case r == ' ' && !quoted:
-			if inWord {
-				words = append(words, cur.String())
-				cur.Reset()
-				inWord = false
-			}
-		default:
-			cur.WriteRune(r)
-			inWord = true
-		}
-	}
-	if inWord {
-		words = append(words, cur.String())
-	}
-	return words
-}
-
-// clip keeps the start of the first lines of a command's output for the
-// log (a chunk's payload is binary).
-func clip(out []byte) string {
-	lines := strings.SplitN(strings.ToValidUTF8(string(out), "?"), "\n", 16)
-	if len(lines) == 16 {
-		lines[15] = "…"
-	}
-	for i, l := range lines {
-		if len(l) > 160 {
-			lines[i] = l[:160] + "…"
-		}
-	}
-	return strings.Join(lines, "\n")
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/internal/doccmd"
 	"github.com/snapjet/snapjet/internal/loopfs"
 )
 
@@ -42,9 +43,16 @@ func TestReceiverAtSiteNode(t *testing.T) {
 	waitFor(t, "site-a's link to the hub", processStartTimeout, site, func() bool { return strings.Contains(site.out.String(), "link to hub up") })
 
 	launch(t, "receiver at site-a", nil, snapjetBin, "receive", "--server", "nats://"+siteAddr, "--js-domain", "hub", "--target", "nas-a", dst.Dir)
-	code, out := run(t, 3*time.Minute, "send at the hub", nil, snapjetBin, "send", "--server", "nats://"+hubAddr, "--to", "nas-a", "--receiver-wait", "60s", source)
-	if code != 0 {
-		t.Fatalf("send to a receiver at the site node: exit %d\n%s", code, out)
+	// Slow enough to follow it with the nats CLI while it runs.
+	send := launch(t, "send at the hub", nil, snapjetBin, "send", "--server", "nats://"+hubAddr, "--to", "nas-a", "--receiver-wait", "60s", "--rate-limit", "1MB/s", source)
+	followFromSite(t, siteAddr, send)
+	select {
+	case <-send.done:
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("send did not finish within 3 min:\n%s", send.out.String())
+	}
+	if code := send.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("send to a receiver at the site node: exit %d\n%s", code, send.out.String())
 	}
 	matches, _ := filepath.Glob(filepath.Join(dst.Dir, "data.*", "file"))
 	if len(matches) != 1 {
@@ -53,6 +61,52 @@ func TestReceiverAtSiteNode(t *testing.T) {
 	got, err := os.ReadFile(matches[0])
 	if err != nil || !bytes.Equal(got, payload) {
 		t.Errorf("the received file differs from the source (%v)", err)
+	}
+}
+
+// followFromSite runs every nats command that deploy/README.md prints for
+// following a replication from a site, against the one send is running:
+// each must answer and name what it is about.
+func followFromSite(t *testing.T, siteAddr string, send *proc) {
+	t.Helper()
+	natsCLI, err := exec.LookPath("nats")
+	if err != nil {
+		t.Skip("the nats CLI is not installed (scripts/setup installs it)")
+	}
+	cmds, err := doccmd.Quoted("../README.md", "nats --server nats://127.0.0.1:4222")
+	if err != nil || len(cmds) < 5 {
+		t.Fatalf("found %d nats commands in deploy/README.md (%v), want the site's", len(cmds), err)
+	}
+	nats := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, natsCLI, args...).CombinedOutput()
+		return string(out), err
+	}
+	var id string
+	waitFor(t, "the work of nas-a in the hub's state", time.Minute, send, func() bool {
+		out, err := nats("--server", "nats://"+siteAddr, "--js-domain", "hub", "kv", "ls", "snapjet_state")
+		if i := strings.Index(out, "work.nas-a."); err == nil && i >= 0 {
+			id = strings.Fields(out[i+len("work.nas-a."):])[0]
+		}
+		return id != ""
+	})
+	fill := strings.NewReplacer("127.0.0.1:4222", siteAddr, "<id>", id)
+	for _, c := range cmds {
+		args := doccmd.Words(fill.Replace(c))
+		want := "nas-a"
+		switch {
+		case strings.Contains(c, "<id>"):
+			want = id
+		case strings.Contains(c, "account info"):
+			want = "site-a"
+		}
+		out, err := nats(args[1:]...)
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("$ %s: %v, want an answer naming %q:\n%s", c, err, want, doccmd.Clip([]byte(out)))
+			continue
+		}
+		t.Logf("$ %s\n%s", strings.Join(args, " "), doccmd.Clip([]byte(out)))
 	}
 }
 
