@@ -17,7 +17,7 @@ func Quoted(file, prefix string) ([]string, error) {
 		return nil, err
 	}
 	var out []string
-	for _, m := range regexp.MustCompile("`(" + regexp.QuoteMeta(prefix) + " [^`]+)`").FindAllStringSubmatch(string(text), -1) {
+	for _, m := range regexp.MustCompile("`("+regexp.QuoteMeta(prefix)+" [^`]+)`").FindAllStringSubmatch(string(text), -1) {
 		out = append(out, m[1])
 	}
 	return out, nil
