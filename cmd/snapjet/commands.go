@@ -73,6 +73,12 @@ replication first: it resumes, or discards the partial and starts over.`,
 			if err != nil {
 				return err
 			}
+			// The targets are local: a small window costs no speed, and it
+			// is what bounds the embedded server's block caches.
+			if !cmd.Flags().Changed("window") {
+				opt.Window = replicateWindow
+			}
+			limitMemoryTo(replicateMemoryLimit)
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
