@@ -173,7 +173,7 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 // run completes the unfinished run of the source, if any, and drives it.
 // An interrupted run (records still under way) is all this run does. After
 // a finished run whose targets failed, the failed targets that answer now
-// get that snapshot again (a native partial resumes), and then a new
+// get that snapshot again (their history stays complete), and then a new
 // snapshot goes to every target: a target that keeps failing, or stays
 // away, never holds back the others' new snapshots.
 func (s *Sender) run(ctx context.Context, src string, srcInfo btrfs.Info, opt Options) (*Result, error) {
