@@ -1,0 +1,73 @@
+package tests
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A site away for longer than the window can hold (issue 8, item 3): the
+// site's link to the hub is cut while its target receives, with a window
+// of a third of the change. The target at the hub commits; the site's
+// target fails alone, once its stall timeout passes, with the reason; and
+// the next run, with the link back, brings the site up to date with an
+// incremental from its last common base, while the hub's target gets only
+// the next incremental: never a full resend.
+func TestSiteAwayPastTheWindow(t *testing.T) {
+	site := startLeafSite(t)
+	source := filepath.Join(newSourceFS(t, 1<<30), "data")
+	dataSet{seed: 51, bulk: 32 * mib}.newSource(t, source)
+	near, far := newTarget(t, 1<<30, "near"), newTarget(t, 1<<30, "far")
+	startReceiver(t, site.hubURL(), "near", near)
+	startReceiver(t, site.leafURL(), "far", far)
+	args := func(extra ...string) []string {
+		return append(append([]string{"send", "--server", site.hubURL(), "--to", "near,far"}, extra...), source)
+	}
+
+	if res := startSnapjet(t, "send-full", args()...).wait(transferTimeout); res.code != 0 {
+		t.Fatalf("first send exited %d: %s", res.code, res.stderr)
+	}
+	first, _ := site.status().newest()
+	mutate(t, source, 52, 24*mib)
+
+	send := startSnapjet(t, "send-cut", args("--window", "8388608", "--stall-timeout", "15s", "--rate-limit", "4MB/s")...)
+	waitForReplication(t, send, site.liveStatus, "the site's target receiving the change", func(_ context.Context, r replication) bool {
+		return r.SnapshotName != first.SnapshotName && r.Targets["far"].State == "receiving"
+	})
+	site.cutLink()
+	res := send.wait(transferTimeout)
+	if res.code != 1 || !strings.Contains(res.stdout+res.stderr, "far") {
+		t.Fatalf("send with the site away exited %d, want 1 naming far: %s%s", res.code, res.stdout, res.stderr)
+	}
+	doc := site.status()
+	second, _ := doc.newest()
+	if r, ts, _ := doc.outcome(second.SnapshotName, "near"); ts.State != "committed" || r.ParentUUID != first.SnapshotUUID {
+		t.Errorf("near: %+v with parent %q, want committed incrementally from %s", ts, r.ParentUUID, first.SnapshotUUID)
+	}
+	if _, ts, _ := doc.outcome(second.SnapshotName, "far"); ts.State != "failed" || !strings.Contains(ts.Error, "no progress") {
+		t.Errorf("far: %+v, want failed for its lack of progress", ts)
+	}
+	assertReplicated(t, second.Snapshot, near)
+	assertAbsent(t, filepath.Join(far, second.SnapshotName))
+
+	site.restoreLink()
+	waitUntil(t, nil, transferTimeout, "the site's link to the hub", site.linkUp)
+	if res := startSnapjet(t, "send-back", args()...).wait(transferTimeout); res.code != 0 {
+		t.Fatalf("send with the site back exited %d: %s", res.code, res.stderr)
+	}
+	doc = site.status()
+	r, ts, _ := doc.outcome(second.SnapshotName, "far")
+	if ts.State != "committed" || r.ParentUUID != first.SnapshotUUID {
+		t.Errorf("far after the site came back: %+v with parent %q, want committed incrementally from its base %s", ts, r.ParentUUID, first.SnapshotUUID)
+	}
+	t.Logf("figures: far caught up with a %d-byte stream (%d on the wire); the first, full stream was %d bytes", r.TotalBytes, r.WireBytes, first.TotalBytes)
+	third, _ := doc.newest()
+	for _, name := range []string{"near", "far"} {
+		if r, ts, _ := doc.outcome(third.SnapshotName, name); ts.State != "committed" || r.ParentUUID != second.SnapshotUUID {
+			t.Errorf("%s in the next snapshot: %+v with parent %q, want committed incrementally from %s", name, ts, r.ParentUUID, second.SnapshotUUID)
+		}
+	}
+	assertReplicated(t, second.Snapshot, far)
+	assertReplicated(t, third.Snapshot, near, far)
+}
