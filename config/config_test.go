@@ -178,8 +178,8 @@ func TestMaxChunkMatchesStreams(t *testing.T) {
 
 func TestValues(t *testing.T) {
 	for in, want := range map[string]int64{"1MiB": 1 << 20, "50MB": 50e6, "1.5GiB": 3 << 29, "4096": 4096, "10 KB": 10e3} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 	for in, want := range map[string]time.Duration{"7d": 7 * 24 * time.Hour, "2w": 14 * 24 * time.Hour, "36h": 36 * time.Hour, "1h30m": 90 * time.Minute} {

@@ -368,9 +368,9 @@ func (p *parser) size(n *yaml.Node, path string, lo, hi int64, fix string) int64
 	if !ok {
 		return 0
 	}
-	b, err := parseSize(v)
+	b, err := ParseSize(v)
 	if err != nil || b < lo || b > hi {
-		p.errorf(n.Line, path, fix, "%q is not a size between %s and %s", v, formatSize(lo), formatSize(hi))
+		p.errorf(n.Line, path, fix, "%q is not a size between %s and %s", v, FormatSize(lo), FormatSize(hi))
 		return 0
 	}
 	return b
@@ -383,7 +383,7 @@ func (p *parser) rate(n *yaml.Node, path string) int64 {
 		return 0
 	}
 	num, found := strings.CutSuffix(v, "/s")
-	b, err := parseSize(num)
+	b, err := ParseSize(num)
 	if !found || err != nil || b <= 0 {
 		p.errorf(n.Line, path, fix, "%q is not a rate", v)
 		return 0

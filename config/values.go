@@ -16,9 +16,9 @@ var sizeUnits = map[string]float64{
 	"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
 }
 
-// parseSize reads "1MiB", "50MB", "1.5GiB" or plain bytes. KB, MB, GB are
+// ParseSize reads "1MiB", "50MB", "1.5GiB" or plain bytes. KB, MB, GB are
 // powers of 1000 and KiB, MiB, GiB powers of 1024, as on the tin.
-func parseSize(s string) (int64, error) {
+func ParseSize(s string) (int64, error) {
 	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
 	if m == nil {
 		return 0, fmt.Errorf("size %q: write a number and a unit such as 1MiB or 50MB", s)
@@ -30,7 +30,8 @@ func parseSize(s string) (int64, error) {
 	return int64(f * sizeUnits[m[2]]), nil
 }
 
-func formatSize(b int64) string {
+// FormatSize writes b in the largest binary unit that divides it.
+func FormatSize(b int64) string {
 	for _, u := range []struct {
 		name string
 		n    int64
@@ -65,7 +66,7 @@ func ParseRate(s string) (int64, error) {
 	if s == "" || s == "0" {
 		return 0, nil
 	}
-	b, err := parseSize(strings.TrimSuffix(s, "/s"))
+	b, err := ParseSize(strings.TrimSuffix(s, "/s"))
 	if err != nil || b <= 0 {
 		return 0, fmt.Errorf("rate %q: write bytes per second such as 50MB/s or 800KiB/s", s)
 	}

@@ -26,7 +26,7 @@ import (
 )
 
 type sendFlags struct {
-	chunkSize int
+	chunkSize int64
 	window    int64
 	snapDir   string
 	wait      time.Duration
@@ -37,8 +37,9 @@ type sendFlags struct {
 }
 
 func (f *sendFlags) add(cmd *cobra.Command) {
-	cmd.Flags().IntVar(&f.chunkSize, "chunk-size", sender.DefaultChunkSize, "raw bytes of send stream per chunk")
-	cmd.Flags().Int64Var(&f.window, "window", sender.DefaultWindow, "bytes the replication stream may hold before the sender waits for receivers")
+	f.chunkSize, f.window = sender.DefaultChunkSize, sender.DefaultWindow
+	cmd.Flags().Var(sizeFlag{&f.chunkSize}, "chunk-size", "send stream per chunk, e.g. 1MiB or bytes")
+	cmd.Flags().Var(sizeFlag{&f.window}, "window", "what the replication stream may hold before the sender waits for receivers, e.g. 1GiB or bytes")
 	cmd.Flags().StringVar(&f.snapDir, "snapshot-dir", "", "where source snapshots are kept (default <dir of SOURCE>/.snapjet/<name>)")
 	cmd.Flags().DurationVar(&f.wait, "receiver-wait", 30*time.Second, "how long to wait for the targets' receivers to answer")
 	cmd.Flags().DurationVar(&f.outage, "outage-timeout", sender.DefaultOutageTimeout, "give up after the NATS server was unreachable this long")
@@ -52,7 +53,7 @@ func (f *sendFlags) options(source string, targets []string) (sender.Options, er
 	if err != nil {
 		return sender.Options{}, &exitError{2, fmt.Errorf("--rate-limit: %w", err)}
 	}
-	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: f.chunkSize, Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention, RateLimit: limit}, nil
+	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: int(f.chunkSize), Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention, RateLimit: limit}, nil
 }
 
 func replicateCmd(g *globals) *cobra.Command {
@@ -398,3 +399,28 @@ func human(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+// sizeFlag is a flag holding a byte count, written as the config file
+// writes sizes (1MiB, 50MB, 1.5GiB) or as plain bytes.
+type sizeFlag struct{ n *int64 }
+
+func (s sizeFlag) String() string {
+	if s.n == nil {
+		return ""
+	}
+	return config.FormatSize(*s.n)
+}
+
+func (s sizeFlag) Set(v string) error {
+	n, err := config.ParseSize(v)
+	if err != nil {
+		return err
+	}
+	if n <= 0 {
+		return fmt.Errorf("size %q: must be more than 0", v)
+	}
+	*s.n = n
+	return nil
+}
+
+func (sizeFlag) Type() string { return "size" }

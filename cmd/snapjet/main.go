@@ -67,6 +67,8 @@ func main() {
 	pf.StringVar(&g.cpuprofile, "cpuprofile", "", "write a pprof CPU profile to this file")
 	pf.StringVar(&g.memprofile, "memprofile", "", "write a pprof heap profile to this file, as of the highest heap in use")
 	g.conn.add(pf)
+	// A flag that does not parse is bad input, like any other: exit 2.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{2, err} })
 	root.AddCommand(replicateCmd(g), sendCmd(g), receiveCmd(g), serverCmd(g), statusCmd(g), daemonCmd(g))
 	root.AddCommand(opsCommands(g)...)
 
