@@ -370,20 +370,11 @@ func (p *jsProbe) lastSeq(ctx context.Context, rep replication) (uint64, error) 
 // message stored in rep's stream.
 func (p *jsProbe) endStored() func(context.Context, replication) bool {
 	return func(ctx context.Context, rep replication) bool {
-		s, err := p.js.Stream(ctx, streams.StreamName(rep.ID))
-		if err != nil {
-			return false
+		seq, attempt, ok := p.storedEnd(ctx, rep)
+		if ok {
+			p.t.Logf("JetStream: end marker of attempt %d stored at seq %d", attempt, seq)
 		}
-		last, err := s.GetLastMsgForSubject(ctx, streams.Subject(rep.ID))
-		if err != nil {
-			return false
-		}
-		h, err := streams.DecodeHeader(last.Header)
-		if err != nil || h.Kind != streams.KindEnd {
-			return false
-		}
-		p.t.Logf("JetStream: end marker of attempt %d stored at seq %d", h.Attempt, last.Sequence)
-		return true
+		return ok
 	}
 }
 

@@ -151,28 +151,39 @@ func (p *jsProbe) holdsTail(dir string) func(context.Context, replication) bool 
 		if !ok {
 			return false
 		}
-		s, err := p.js.Stream(ctx, streams.StreamName(rep.ID))
-		if err != nil {
+		last, _, ok := p.storedEnd(ctx, rep)
+		if !ok {
 			return false
 		}
-		last, err := s.GetLastMsgForSubject(ctx, streams.Subject(rep.ID))
-		if err != nil {
-			return false
-		}
-		if h, err := streams.DecodeHeader(last.Header); err != nil || h.Kind != streams.KindEnd {
-			return false
-		}
-		c, err := s.Consumer(ctx, streams.ConsumerName(name))
+		c, err := p.js.Consumer(ctx, streams.StreamName(rep.ID), streams.ConsumerName(name))
 		if err != nil {
 			return false
 		}
 		info := c.CachedInfo()
-		if info.Delivered.Stream < last.Sequence || info.AckFloor.Stream >= last.Sequence {
+		if info.Delivered.Stream < last || info.AckFloor.Stream >= last {
 			return false
 		}
-		p.t.Logf("JetStream: all %d messages stored and delivered to %s, acknowledged up to %d", last.Sequence, name, info.AckFloor.Stream)
+		p.t.Logf("JetStream: all %d messages stored and delivered to %s, acknowledged up to %d", last, name, info.AckFloor.Stream)
 		return true
 	}
+}
+
+// storedEnd reports whether the last message stored in rep's stream is an
+// end marker, with its sequence and attempt.
+func (p *jsProbe) storedEnd(ctx context.Context, rep replication) (seq uint64, attempt int, ok bool) {
+	s, err := p.js.Stream(ctx, streams.StreamName(rep.ID))
+	if err != nil {
+		return 0, 0, false
+	}
+	last, err := s.GetLastMsgForSubject(ctx, streams.Subject(rep.ID))
+	if err != nil {
+		return 0, 0, false
+	}
+	h, err := streams.DecodeHeader(last.Header)
+	if err != nil || h.Kind != streams.KindEnd {
+		return 0, 0, false
+	}
+	return last.Sequence, h.Attempt, true
 }
 
 // publishLog counts every chunk published for any replication from its

@@ -46,15 +46,30 @@ func TestReceiverAtSiteNode(t *testing.T) {
 	// Slow enough to follow it with the nats CLI while it runs.
 	send := launch(t, "send at the hub", nil, snapjetBin, "send", "--server", "nats://"+hubAddr, "--to", "nas-a", "--receiver-wait", "60s", "--rate-limit", "1MB/s", source)
 	followFromSite(t, siteAddr, send)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sendSucceeded(ctx, t, send, "to a receiver at the site node")
+	assertReceived(t, dst.Dir, payload)
+}
+
+// sendSucceeded waits, until ctx ends, for send to exit 0.
+func sendSucceeded(ctx context.Context, t *testing.T, send *proc, what string) {
+	t.Helper()
 	select {
 	case <-send.done:
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("send did not finish within 3 min:\n%s", send.out.String())
+	case <-ctx.Done():
+		t.Fatalf("send %s did not finish:\n%s", what, send.out.String())
 	}
 	if code := send.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("send to a receiver at the site node: exit %d\n%s", code, send.out.String())
+		t.Fatalf("send %s: exit %d\n%s", what, code, send.out.String())
 	}
-	matches, _ := filepath.Glob(filepath.Join(dst.Dir, "data.*", "file"))
+}
+
+// assertReceived checks that dir holds one received snapshot of the source
+// whose file is payload.
+func assertReceived(t *testing.T, dir string, payload []byte) {
+	t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(dir, "data.*", "file"))
 	if len(matches) != 1 {
 		t.Fatalf("the target holds %v, want one received snapshot of data", matches)
 	}
@@ -185,22 +200,8 @@ func TestClusterLeaderKilledMidTransfer(t *testing.T) {
 		t.Fatalf("no node is the stream leader %q", leader)
 	}
 
-	select {
-	case <-send.done:
-	case <-ctx.Done():
-		t.Fatalf("send did not finish after the leader was killed:\n%s", send.out.String())
-	}
-	if code := send.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("send exit %d after the leader was killed:\n%s", code, send.out.String())
-	}
-	matches, _ := filepath.Glob(filepath.Join(dst.Dir, "data.*", "file"))
-	if len(matches) != 1 {
-		t.Fatalf("the target holds %v, want one received snapshot of data", matches)
-	}
-	got, err := os.ReadFile(matches[0])
-	if err != nil || !bytes.Equal(got, payload) {
-		t.Errorf("the received file differs from the source (%v)", err)
-	}
+	sendSucceeded(ctx, t, send, "after the leader was killed")
+	assertReceived(t, dst.Dir, payload)
 	_, out := run(t, cmdTimeout, "status --json", cl.env, snapjetBin, "status", "--json")
 	var doc struct {
 		Replications []struct {
