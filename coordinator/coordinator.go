@@ -59,7 +59,7 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("start coordinator service: %w", err)
 	}
-	c := NewWith(store, NewStreamLog(js), log)
+	c := NewWith(store, NewStreamLog(js, log), log)
 	c.kv, c.svc = store.kv, svc
 	return c, nil
 }
@@ -139,7 +139,7 @@ func (c *Coordinator) createFrom(ctx context.Context, from *Replication, id stri
 		EstimatedBytes: from.EstimatedBytes, Targets: map[string]*Target{},
 	}
 	for _, name := range g.Targets {
-		r.Targets[name] = &Target{State: TPending, Attempts: attempts}
+		r.Targets[name] = &Target{State: TPending, Attempts: attempts, Site: from.Targets[name].Site}
 	}
 	if err := c.Create(ctx, r); err != nil {
 		return nil, err
@@ -208,7 +208,7 @@ func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication
 	}
 	// An existing consumer is left as it is: it may have been reset to
 	// start where a resumed receiver continues.
-	if err := c.stream.Open(ctx, id, r.Window, r.Active()); err != nil {
+	if err := c.stream.Open(ctx, id, r.Window, r.Dests(r.Active())); err != nil {
 		return nil, err
 	}
 	return c.update(ctx, id, func(r *Replication) error {
@@ -356,7 +356,7 @@ func (c *Coordinator) FailTarget(ctx context.Context, id string, attempt int, ta
 	if err != nil {
 		return err
 	}
-	c.dropConsumer(ctx, r.ID, target)
+	c.dropConsumer(ctx, r.ID, r.dest(target))
 	return nil
 }
 
@@ -378,20 +378,25 @@ func failActive(r *Replication, reason string) error {
 	return nil
 }
 
-// Finish deletes the stream of a replication that is done or failed.
+// Finish deletes the stream of a replication that is done or failed, and
+// its copies at the sites of its targets (when its record is still there).
 func (c *Coordinator) Finish(ctx context.Context, id string) error {
-	return c.stream.Delete(ctx, id)
+	var dests []Dest
+	if r, _, err := c.records.Get(ctx, id); err == nil {
+		dests = r.Dests(SortedNames(r.Targets))
+	}
+	return c.stream.Delete(ctx, id, dests)
 }
 
 // resetStream empties the stream for a new attempt and gives every active
 // target a fresh consumer; failed targets lose theirs so they hold nothing back.
 func (c *Coordinator) resetStream(ctx context.Context, r *Replication) error {
-	if err := c.stream.Reset(ctx, r.ID, r.Active()); err != nil {
+	if err := c.stream.Reset(ctx, r.ID, r.Dests(r.Active())); err != nil {
 		return fmt.Errorf("reset stream of %s: %w", r.ID, err)
 	}
 	for name, t := range r.Targets {
 		if t.State == TFailed {
-			if err := c.stream.DropConsumer(ctx, r.ID, name); err != nil {
+			if err := c.stream.DropConsumer(ctx, r.ID, r.dest(name)); err != nil {
 				return err
 			}
 		}

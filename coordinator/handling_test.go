@@ -107,7 +107,7 @@ func (w *world) snapshot() snapshot {
 	r.Updated = time.Time{}
 	s := snapshot{r: r, consumers: map[string]uint64{}}
 	for name := range r.Targets {
-		if from, ok := w.log.Consumer("r1", name); ok {
+		if from, _, ok := w.log.Consumer("r1", name); ok {
 			s.consumers[name] = from
 		}
 	}
@@ -153,7 +153,7 @@ func TestReportHandling(t *testing.T) {
 		},
 		{
 			name:   "a killed receive after the start was purged moves the target to a stream of its own",
-			before: func(w *world) { _ = w.log.PurgeTo(w.ctx, "r1", 3) },
+			before: func(w *world) { _ = w.log.PurgeTo(w.ctx, "r1", 3, nil) },
 			report: failed("b", "btrfs receive: killed"),
 			want:   want{action: streams.ActDiscard, state: coordinator.TMoved, attempts: 1, moved: true, error: "killed"},
 		},
@@ -182,7 +182,7 @@ func TestReportHandling(t *testing.T) {
 		},
 		{
 			name:   "a lost partial after the start was purged moves the target",
-			before: func(w *world) { _ = w.log.PurgeTo(w.ctx, "r1", 2) },
+			before: func(w *world) { _ = w.log.PurgeTo(w.ctx, "r1", 2, nil) },
 			report: streams.Report{Event: streams.EvRewind, Target: "b", Attempt: 1},
 			want:   want{action: streams.ActStale, state: coordinator.TMoved, attempts: 1, moved: true, error: "lost its partial"},
 		},
@@ -334,7 +334,7 @@ func TestRestartOfTheLastActiveTarget(t *testing.T) {
 	w := newWorld(t, "a", "b")
 	w.send(1, 4, true)
 	w.must(streams.Report{Event: streams.EvCommitted, Target: "a", Attempt: 1, Path: "/t/src.1"})
-	_ = w.log.PurgeTo(w.ctx, "r1", 3)
+	_ = w.log.PurgeTo(w.ctx, "r1", 3, nil)
 	v, err := w.report(failed("b", "btrfs receive: killed"))
 	if err != nil || v.Action != streams.ActDiscard || v.Attempt != 2 {
 		t.Fatalf("verdict %+v (%v), want discard, attempt 2", v, err)
@@ -347,10 +347,10 @@ func TestRestartOfTheLastActiveTarget(t *testing.T) {
 	if first, last, _ := w.log.Stored("r1"); first != last+1 {
 		t.Errorf("the stream holds %d-%d of the discarded attempt", first, last)
 	}
-	if from, ok := w.log.Consumer("r1", "b"); !ok || from != 6 {
+	if from, _, ok := w.log.Consumer("r1", "b"); !ok || from != 6 {
 		t.Errorf("b's consumer delivers from %d (%v), want the next attempt's first sequence 6", from, ok)
 	}
-	if _, ok := w.log.Consumer("r1", "a"); ok {
+	if _, _, ok := w.log.Consumer("r1", "a"); ok {
 		t.Error("the committed target has a consumer again")
 	}
 }
@@ -432,7 +432,7 @@ func TestPurge(t *testing.T) {
 func TestRunAndRetry(t *testing.T) {
 	w := newWorld(t, "a", "b", "c")
 	for _, name := range []string{"a", "b", "c"} {
-		if from, ok := w.log.Consumer("r1", name); !ok || from != 1 {
+		if from, _, ok := w.log.Consumer("r1", name); !ok || from != 1 {
 			t.Fatalf("BeginAttempt gave %s a consumer from %d (%v), want one from the start", name, from, ok)
 		}
 	}
@@ -440,7 +440,7 @@ func TestRunAndRetry(t *testing.T) {
 	if err := w.c.FailTarget(w.ctx, "r1", 1, "b", "no progress for 10m"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := w.log.Consumer("r1", "b"); ok {
+	if _, _, ok := w.log.Consumer("r1", "b"); ok {
 		t.Error("the failed target keeps its consumer")
 	}
 	for _, name := range []string{"a", "c"} {
@@ -469,7 +469,7 @@ func TestRunAndRetry(t *testing.T) {
 		t.Fatalf("BeginAttempt of the retry: %v", err)
 	}
 	for name, want := range map[string]bool{"a": false, "b": true, "c": false} {
-		if _, ok := w.log.Consumer("r1", name); ok != want {
+		if _, _, ok := w.log.Consumer("r1", name); ok != want {
 			t.Errorf("after the retry %s has a consumer: %v, want %v", name, ok, want)
 		}
 	}

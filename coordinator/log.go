@@ -1,38 +1,60 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/streams"
 )
 
+// Dest is a target and where its copy of a replication's stream is: Site
+// is "" for the stream itself (on the sender's JetStream, the hub), or the
+// JetStream domain of the site node that keeps a mirror of it for its
+// targets, so that each byte crosses the site's link once however many
+// targets the site has.
+type Dest struct{ Target, Site string }
+
 // Log is the per-replication stream as the coordinator uses it: an ordered
 // log of the messages of one replication (its chunks and end marker, at
-// stream sequences from 1 on) with one consumer per target. The contract,
-// which log_test.go checks against every implementation (the JetStream
-// adapter and the in-memory one of coordtest):
+// stream sequences from 1 on) with one consumer per target, on the stream
+// itself or on its site's copy, which keeps the stream's sequences. The
+// contract, which log_test.go checks against every implementation (the
+// JetStream adapter and the in-memory one of coordtest):
 //   - Open creates the stream of id if it is missing, bounded by twice
-//     window, and a consumer delivering from the first stored message for
-//     each of targets that has none; an existing consumer is left as it is
-//     (it may have been reset to where a resumed receiver continues).
+//     window, the copy at each site of dests, and a consumer delivering from
+//     the first stored message for each of dests that has none; an existing
+//     consumer is left as it is (it may have been reset to where a resumed
+//     receiver continues). A site that cannot be reached now is logged and
+//     left: its targets ask for a replay (ResetConsumer) once they can.
 //   - First and Last return the header of the first and the last stored
 //     message; nil when there is none (a missing or empty stream, or a
 //     message that is not a snapjet message).
-//   - AckFloors returns each target's ack floor: the highest sequence up to
-//     which its consumer acked everything. A target without a consumer is
-//     absent. A purge may raise a floor to just below the first message.
-//   - PurgeTo drops every message below sequence keep.
-//   - Reset empties the stream for a new attempt and gives each of targets
-//     a fresh consumer from the start; other consumers stay.
-//   - ResetConsumer replaces target's consumer by one that delivers from
-//     sequence fromSeq, or from the first stored message when fromSeq is 0.
-//   - DropConsumer deletes target's consumer, which then holds nothing back.
-//   - Delete deletes the stream of id; List returns the id of every stream.
+//   - AckFloors returns the ack floor of each of dests: the highest
+//     sequence up to which its consumer acked everything. A dest without a
+//     consumer is absent, and so is a dest whose site cannot be read now:
+//     a site away holds the floor without failing the others. A purge may
+//     raise a floor to just below the first message.
+//   - PurgeTo drops every message below sequence keep, from the stream and
+//     from the copies at the sites of dests (a copy that cannot be reached
+//     now keeps its messages until the next purge).
+//   - Reset empties the stream and the copies at the sites of dests for a
+//     new attempt and gives each of dests a fresh consumer from the start;
+//     other consumers stay.
+//   - ResetConsumer replaces dest's consumer by one that delivers from
+//     sequence fromSeq, or from the first stored message when fromSeq is 0,
+//     creating its site's copy first if it is missing.
+//   - DropConsumer deletes dest's consumer, which then holds nothing back.
+//   - Delete deletes the stream of id and the copies at the sites of dests;
+//     List returns the id of every stream.
 //
 // A missing stream is "nothing there", not an error: reads return nothing
 // and removals (PurgeTo, Reset, DropConsumer, Delete) do nothing; only
@@ -40,54 +62,173 @@ import (
 // cannot be read now is an error: temporary, and never evidence that
 // something is not stored.
 type Log interface {
-	Open(ctx context.Context, id string, window int64, targets []string) error
+	Open(ctx context.Context, id string, window int64, dests []Dest) error
 	First(ctx context.Context, id string) (*streams.Message, error)
 	Last(ctx context.Context, id string) (*streams.Message, error)
-	AckFloors(ctx context.Context, id string) (map[string]uint64, error)
-	PurgeTo(ctx context.Context, id string, keep uint64) error
-	Reset(ctx context.Context, id string, targets []string) error
-	ResetConsumer(ctx context.Context, id, target string, fromSeq uint64) error
-	DropConsumer(ctx context.Context, id, target string) error
-	Delete(ctx context.Context, id string) error
+	AckFloors(ctx context.Context, id string, dests []Dest) (map[string]uint64, error)
+	PurgeTo(ctx context.Context, id string, keep uint64, dests []Dest) error
+	Reset(ctx context.Context, id string, dests []Dest) error
+	ResetConsumer(ctx context.Context, id string, dest Dest, fromSeq uint64) error
+	DropConsumer(ctx context.Context, id string, dest Dest) error
+	Delete(ctx context.Context, id string, dests []Dest) error
 	List(ctx context.Context) ([]string, error)
 }
 
+// sites lists the distinct sites of dests, "" (the stream itself) excluded.
+func sites(dests []Dest) []string {
+	var out []string
+	for _, d := range dests {
+		if d.Site != "" && !slices.Contains(out, d.Site) {
+			out = append(out, d.Site)
+		}
+	}
+	return out
+}
+
 // StreamLog keeps each replication in a JetStream stream of its own, laid
-// out by package streams: the Log adapter for JetStream.
+// out by package streams, and a mirror of it in the JetStream domain of
+// each site that has targets: the Log adapter for JetStream.
 type StreamLog struct {
-	js jetstream.JetStream
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	mu     sync.Mutex
+	domain string                         // of js, once known
+	at     map[string]jetstream.JetStream // each site's JetStream, through js's connection
 }
 
 var _ Log = (*StreamLog)(nil)
 
 // NewStreamLog returns the Log on js.
-func NewStreamLog(js jetstream.JetStream) *StreamLog { return &StreamLog{js: js} }
+func NewStreamLog(js jetstream.JetStream, log *slog.Logger) *StreamLog {
+	return &StreamLog{js: js, log: log, at: map[string]jetstream.JetStream{}}
+}
 
-// stream binds the stream of id; nil without error when it is missing.
-func (l *StreamLog) stream(ctx context.Context, id string) (jetstream.Stream, error) {
-	s, err := l.js.Stream(ctx, streams.StreamName(id))
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
+// site returns the JetStream of site, "" for js's own.
+func (l *StreamLog) site(site string) (jetstream.JetStream, error) {
+	if site == "" {
+		return l.js, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if js := l.at[site]; js != nil {
+		return js, nil
+	}
+	js, err := jetstream.NewWithDomain(l.js.Conn(), site)
+	if err != nil {
+		return nil, fmt.Errorf("JetStream of site %s: %w", site, err)
+	}
+	l.at[site] = js
+	return js, nil
+}
+
+// hubDomain is the JetStream domain of the stream itself, which the site
+// copies name as their origin.
+func (l *StreamLog) hubDomain(ctx context.Context) (string, error) {
+	l.mu.Lock()
+	d := l.domain
+	l.mu.Unlock()
+	if d != "" {
+		return d, nil
+	}
+	info, err := l.js.AccountInfo(ctx)
+	if err != nil {
+		return "", fmt.Errorf("JetStream domain of the hub: %w", err)
+	}
+	if info.Domain == "" {
+		return "", fmt.Errorf("%w: the hub's JetStream has no domain, so a site cannot mirror from it; set `jetstream { domain: hub }` or `snapjet server --domain hub`", ErrNoHubDomain)
+	}
+	l.mu.Lock()
+	l.domain = info.Domain
+	l.mu.Unlock()
+	return info.Domain, nil
+}
+
+// ErrNoHubDomain: a target sits at a site, but the sender's JetStream has
+// no domain for the site's copy to name as its origin.
+var ErrNoHubDomain = errors.New("no JetStream domain")
+
+// copyAt binds the copy of id at site (the stream itself for ""), creating
+// the site's mirror when create is set; nil without error when it is
+// missing and not created.
+func (l *StreamLog) copyAt(ctx context.Context, id, site string, window int64, create bool) (jetstream.Stream, error) {
+	js, err := l.site(site)
+	if err != nil {
+		return nil, err
+	}
+	s, err := js.Stream(ctx, streams.StreamName(id))
+	if err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) {
+		if err != nil {
+			return nil, fmt.Errorf("read the stream of %s%s: %w", id, atSite(site), err)
+		}
+		return s, nil
+	}
+	if !create || site == "" {
 		return nil, nil
 	}
+	hub, err := l.hubDomain(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read the stream of %s: %w", id, err)
+		return nil, err
 	}
+	if window <= 0 {
+		origin, err := l.js.Stream(ctx, streams.StreamName(id))
+		if err != nil {
+			return nil, fmt.Errorf("read the stream of %s: %w", id, err)
+		}
+		window = origin.CachedInfo().Config.MaxBytes / 2
+	}
+	s, err = streams.EnsureMirror(ctx, js, id, hub, window)
+	if err != nil {
+		return nil, fmt.Errorf("copy of %s at site %s: %w", id, site, err)
+	}
+	l.log.Info("site copy created", "replication", id, "site", site, "origin_domain", hub)
 	return s, nil
 }
 
+func atSite(site string) string {
+	if site == "" {
+		return ""
+	}
+	return " at site " + site
+}
+
+// stream binds the stream of id; nil without error when it is missing.
+func (l *StreamLog) stream(ctx context.Context, id string) (jetstream.Stream, error) {
+	return l.copyAt(ctx, id, "", 0, false)
+}
+
 // Open implements Log.
-func (l *StreamLog) Open(ctx context.Context, id string, window int64, targets []string) error {
+func (l *StreamLog) Open(ctx context.Context, id string, window int64, dests []Dest) error {
 	s, err := streams.EnsureStream(ctx, l.js, id, window)
 	if err != nil {
 		return err
 	}
-	for _, name := range targets {
-		_, err := s.Consumer(ctx, streams.ConsumerName(name))
+	placed := map[string]jetstream.Stream{"": s}
+	for _, site := range sites(dests) {
+		c, err := l.copyAt(ctx, id, site, window, true)
+		if err != nil {
+			// One site that cannot be reached must not hold up the others:
+			// its targets ask for a replay once they can reach the hub.
+			l.log.Warn("no copy at the site yet; its targets get one when they ask", "replication", id, "site", site, "error", err)
+			continue
+		}
+		placed[site] = c
+	}
+	for _, d := range dests {
+		c := placed[d.Site]
+		if c == nil {
+			continue
+		}
+		_, err := c.Consumer(ctx, streams.ConsumerName(d.Target))
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			_, err = s.CreateConsumer(ctx, streams.ConsumerConfig(name))
+			_, err = c.CreateConsumer(ctx, streams.ConsumerConfig(d.Target))
 		}
 		if err != nil {
-			return fmt.Errorf("consumer for target %s: %w", name, err)
+			if d.Site != "" {
+				l.log.Warn("no consumer at the site yet; the target gets one when it asks", "replication", id, "target", d.Target, "site", d.Site, "error", err)
+				continue
+			}
+			return fmt.Errorf("consumer for target %s: %w", d.Target, err)
 		}
 	}
 	return nil
@@ -142,79 +283,132 @@ func header(m *jetstream.RawStreamMsg) *streams.Message {
 }
 
 // AckFloors implements Log.
-func (l *StreamLog) AckFloors(ctx context.Context, id string) (map[string]uint64, error) {
+func (l *StreamLog) AckFloors(ctx context.Context, id string, dests []Dest) (map[string]uint64, error) {
 	floors := map[string]uint64{}
-	s, err := l.stream(ctx, id)
+	for _, site := range append([]string{""}, sites(dests)...) {
+		at, err := l.floorsAt(ctx, id, site, dests)
+		if err != nil && site != "" {
+			// A site away holds the floor where it is (its dests are
+			// absent) and costs the others nothing; the sender says which
+			// target it waits for.
+			l.log.Debug("site copy unreadable; its targets hold the window", "replication", id, "site", site, "error", err)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(floors, at)
+	}
+	return floors, nil
+}
+
+// floorsAt reads the ack floors of the dests at site.
+func (l *StreamLog) floorsAt(ctx context.Context, id, site string, dests []Dest) (map[string]uint64, error) {
+	floors := map[string]uint64{}
+	s, err := l.copyAt(ctx, id, site, 0, false)
 	if s == nil || err != nil {
 		return floors, err
 	}
 	lister := s.ListConsumers(ctx)
 	for ci := range lister.Info() {
-		if t := streams.TargetOf(ci.Name); t != "" {
+		t := streams.TargetOf(ci.Name)
+		if slices.Contains(dests, Dest{Target: t, Site: site}) {
 			floors[t] = ci.AckFloor.Stream
 		}
 	}
 	if err := lister.Err(); err != nil {
-		return nil, fmt.Errorf("consumers of %s: %w", id, err)
+		return nil, fmt.Errorf("consumers of %s%s: %w", id, atSite(site), err)
 	}
 	return floors, nil
 }
 
-// PurgeTo implements Log.
-func (l *StreamLog) PurgeTo(ctx context.Context, id string, keep uint64) error {
-	s, err := l.stream(ctx, id)
-	if s == nil || err != nil {
-		return err
-	}
-	if err := s.Purge(ctx, jetstream.WithPurgeSequence(keep)); err != nil {
-		return fmt.Errorf("drop acked chunks of %s: %w", id, err)
+// PurgeTo implements Log. A site copy that cannot be purged now keeps what
+// its targets acked until the next purge: it never holds back the stream.
+func (l *StreamLog) PurgeTo(ctx context.Context, id string, keep uint64, dests []Dest) error {
+	for _, site := range append([]string{""}, sites(dests)...) {
+		s, err := l.copyAt(ctx, id, site, 0, false)
+		if err == nil && s != nil {
+			err = s.Purge(ctx, jetstream.WithPurgeSequence(keep))
+		}
+		if err != nil && site != "" {
+			l.log.Debug("site copy not purged now", "replication", id, "site", site, "error", err)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("drop acked chunks of %s: %w", id, err)
+		}
 	}
 	return nil
 }
 
 // Reset implements Log.
-func (l *StreamLog) Reset(ctx context.Context, id string, targets []string) error {
-	s, err := l.stream(ctx, id)
-	if s == nil || err != nil {
-		return err
-	}
-	if err := s.Purge(ctx); err != nil {
-		return fmt.Errorf("purge stream of %s: %w", id, err)
-	}
-	for _, name := range targets {
-		if err := streams.ResetConsumer(ctx, s, name, 0); err != nil {
+func (l *StreamLog) Reset(ctx context.Context, id string, dests []Dest) error {
+	for _, site := range append([]string{""}, sites(dests)...) {
+		s, err := l.copyAt(ctx, id, site, 0, false)
+		if err != nil {
 			return err
+		}
+		if s == nil {
+			continue
+		}
+		if err := s.Purge(ctx); err != nil {
+			return fmt.Errorf("purge stream of %s%s: %w", id, atSite(site), err)
+		}
+		for _, d := range dests {
+			if d.Site != site {
+				continue
+			}
+			if err := streams.ResetConsumer(ctx, s, d.Target, 0); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
 // ResetConsumer implements Log.
-func (l *StreamLog) ResetConsumer(ctx context.Context, id, target string, fromSeq uint64) error {
-	s, err := l.stream(ctx, id)
+func (l *StreamLog) ResetConsumer(ctx context.Context, id string, d Dest, fromSeq uint64) error {
+	if d.Site != "" {
+		// The copy must come from a stream that is there.
+		if s, err := l.stream(ctx, id); s == nil || err != nil {
+			return cmp.Or(err, fmt.Errorf("reset consumer of %s: %w", d.Target, jetstream.ErrStreamNotFound))
+		}
+	}
+	s, err := l.copyAt(ctx, id, d.Site, 0, true)
 	if err != nil {
 		return err
 	}
 	if s == nil {
-		return fmt.Errorf("reset consumer of %s: %w", target, jetstream.ErrStreamNotFound)
+		return fmt.Errorf("reset consumer of %s: %w", d.Target, jetstream.ErrStreamNotFound)
 	}
-	return streams.ResetConsumer(ctx, s, target, fromSeq)
+	return streams.ResetConsumer(ctx, s, d.Target, fromSeq)
 }
 
 // DropConsumer implements Log.
-func (l *StreamLog) DropConsumer(ctx context.Context, id, target string) error {
-	s, err := l.stream(ctx, id)
+func (l *StreamLog) DropConsumer(ctx context.Context, id string, d Dest) error {
+	s, err := l.copyAt(ctx, id, d.Site, 0, false)
 	if s == nil || err != nil {
 		return err
 	}
-	if err := s.DeleteConsumer(ctx, streams.ConsumerName(target)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fmt.Errorf("drop consumer of %s: %w", target, err)
+	err = s.DeleteConsumer(ctx, streams.ConsumerName(d.Target))
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("drop consumer of %s%s: %w", d.Target, atSite(d.Site), err)
 	}
 	return nil
 }
 
-// Delete implements Log.
-func (l *StreamLog) Delete(ctx context.Context, id string) error {
+// Delete implements Log. A site copy that cannot be deleted now is logged
+// and left: it holds at most a window and no consumer asks for it.
+func (l *StreamLog) Delete(ctx context.Context, id string, dests []Dest) error {
+	for _, site := range sites(dests) {
+		js, err := l.site(site)
+		if err == nil {
+			err = js.DeleteStream(ctx, streams.StreamName(id))
+		}
+		if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			l.log.Warn("site copy left behind", "replication", id, "site", site, "error", err)
+		}
+	}
 	err := l.js.DeleteStream(ctx, streams.StreamName(id))
 	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("delete stream of %s: %w", id, err)

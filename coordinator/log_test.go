@@ -2,6 +2,7 @@ package coordinator_test
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func TestLogConformance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return logUnderTest{Log: coordinator.NewStreamLog(js),
+			return logUnderTest{Log: coordinator.NewStreamLog(js, slog.New(slog.DiscardHandler)),
 				append: func(t *testing.T, id string, m streams.Message) {
 					msg := streams.EncodeEnd(id, m.Attempt, m.Chunks, m.TotalBytes, m.Digest)
 					if m.Kind == streams.KindChunk {
@@ -85,9 +86,17 @@ func jsAck(t *testing.T, js jetstream.JetStream, id, target string, seq uint64) 
 func logContract(t *testing.T, l logUnderTest) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
+	dests := func(names ...string) []coordinator.Dest {
+		var out []coordinator.Dest
+		for _, n := range names {
+			out = append(out, coordinator.Dest{Target: n})
+		}
+		return out
+	}
+	all := dests("a", "b", "c")
 	floors := func(when string, want map[string]uint64) {
 		t.Helper()
-		got, err := l.AckFloors(ctx, "r1")
+		got, err := l.AckFloors(ctx, "r1", all)
 		if err != nil || !maps.Equal(got, want) {
 			t.Fatalf("ack floors %s: %v (%v), want %v", when, got, err, want)
 		}
@@ -109,23 +118,23 @@ func logContract(t *testing.T, l logUnderTest) {
 	head("a missing stream", nil, nil)
 	floors("of a missing stream", map[string]uint64{})
 	for what, err := range map[string]error{
-		"PurgeTo":      l.PurgeTo(ctx, "r1", 5),
-		"Reset":        l.Reset(ctx, "r1", []string{"a"}),
-		"DropConsumer": l.DropConsumer(ctx, "r1", "a"),
-		"Delete":       l.Delete(ctx, "r1"),
+		"PurgeTo":      l.PurgeTo(ctx, "r1", 5, all),
+		"Reset":        l.Reset(ctx, "r1", dests("a")),
+		"DropConsumer": l.DropConsumer(ctx, "r1", dests("a")[0]),
+		"Delete":       l.Delete(ctx, "r1", all),
 	} {
 		if err != nil {
 			t.Errorf("%s of a missing stream: %v", what, err)
 		}
 	}
-	if err := l.ResetConsumer(ctx, "r1", "a", 0); err == nil {
+	if err := l.ResetConsumer(ctx, "r1", dests("a")[0], 0); err == nil {
 		t.Error("ResetConsumer of a missing stream succeeded")
 	}
 	if ids, err := l.List(ctx); err != nil || len(ids) != 0 {
 		t.Fatalf("List without streams: %v (%v)", ids, err)
 	}
 
-	if err := l.Open(ctx, "r1", 1<<20, []string{"a", "b"}); err != nil {
+	if err := l.Open(ctx, "r1", 1<<20, dests("a", "b")); err != nil {
 		t.Fatal(err)
 	}
 	if ids, err := l.List(ctx); err != nil || len(ids) != 1 || ids[0] != "r1" {
@@ -148,33 +157,33 @@ func logContract(t *testing.T, l logUnderTest) {
 	l.ack(t, "r1", "b", 2)
 	floors("after acks", map[string]uint64{"a": 4, "b": 2})
 	// Open again leaves existing consumers as they are.
-	if err := l.Open(ctx, "r1", 1<<20, []string{"a", "b", "c"}); err != nil {
+	if err := l.Open(ctx, "r1", 1<<20, all); err != nil {
 		t.Fatal(err)
 	}
 	floors("after a second Open", map[string]uint64{"a": 4, "b": 2, "c": 0})
 
-	if err := l.PurgeTo(ctx, "r1", 3); err != nil {
+	if err := l.PurgeTo(ctx, "r1", 3, all); err != nil {
 		t.Fatal(err)
 	}
 	head("after PurgeTo 3", chunk(2), end)
 	floors("after PurgeTo 3", map[string]uint64{"a": 4, "b": 2, "c": 2})
 
-	if err := l.ResetConsumer(ctx, "r1", "b", 4); err != nil {
+	if err := l.ResetConsumer(ctx, "r1", dests("b")[0], 4); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ResetConsumer(ctx, "r1", "a", 0); err != nil {
+	if err := l.ResetConsumer(ctx, "r1", dests("a")[0], 0); err != nil {
 		t.Fatal(err)
 	}
 	floors("after resets to 4 and to the start", map[string]uint64{"a": 2, "b": 3, "c": 2})
 
 	for range 2 { // dropping twice is no error
-		if err := l.DropConsumer(ctx, "r1", "c"); err != nil {
+		if err := l.DropConsumer(ctx, "r1", dests("c")[0]); err != nil {
 			t.Fatal(err)
 		}
 	}
 	floors("after DropConsumer", map[string]uint64{"a": 2, "b": 3})
 
-	if err := l.Reset(ctx, "r1", []string{"a"}); err != nil {
+	if err := l.Reset(ctx, "r1", dests("a")); err != nil {
 		t.Fatal(err)
 	}
 	head("after Reset", nil, nil)
@@ -184,7 +193,7 @@ func logContract(t *testing.T, l logUnderTest) {
 	l.append(t, "r1", *next) // the next attempt's first chunk: sequence 6
 	head("the next attempt", next, next)
 
-	if err := l.Delete(ctx, "r1"); err != nil {
+	if err := l.Delete(ctx, "r1", all); err != nil {
 		t.Fatal(err)
 	}
 	head("after Delete", nil, nil)

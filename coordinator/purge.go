@@ -3,7 +3,7 @@ package coordinator
 import "context"
 
 // Purge drops from the stream of record id, which holds sequences first to
-// last, what every active target has acked, and reports whether it dropped
+// last, and from its site copies, what every active target has acked, and reports whether it dropped
 // anything, the ack floor and the target that holds it (the slowest). The
 // sender calls it when the window is full; the decision is the
 // coordinator's, because only it knows which targets are still active.
@@ -12,7 +12,8 @@ func (c *Coordinator) Purge(ctx context.Context, id string, first, last uint64) 
 	if err != nil {
 		return false, 0, "", err
 	}
-	floors, err := c.stream.AckFloors(ctx, id)
+	active := r.Dests(r.Active())
+	floors, err := c.stream.AckFloors(ctx, id, active)
 	if err != nil {
 		return false, 0, "", err
 	}
@@ -21,7 +22,7 @@ func (c *Coordinator) Purge(ctx context.Context, id string, first, last uint64) 
 	if !ok {
 		return false, floor, slowest, nil
 	}
-	if err := c.stream.PurgeTo(ctx, id, keep); err != nil {
+	if err := c.stream.PurgeTo(ctx, id, keep, active); err != nil {
 		return false, floor, slowest, err
 	}
 	return true, floor, slowest, nil

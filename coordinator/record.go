@@ -47,8 +47,12 @@ type Target struct {
 	State TargetState `json:"state"`
 	// Attempts counts this target's attempts in the current run (replays
 	// of the stream included); past the coordinator's budget it fails alone.
-	Attempts          int    `json:"attempts"`
-	MovedTo           string `json:"moved_to,omitempty"`
+	Attempts int    `json:"attempts"`
+	MovedTo  string `json:"moved_to,omitempty"`
+	// Site is the JetStream domain of the site node the target's receiver
+	// is at, when it is not the sender's: the target consumes the site's
+	// copy of the stream. Empty for a target that consumes the stream.
+	Site              string `json:"site,omitempty"`
 	BytesApplied      int64  `json:"bytes_applied"`
 	ChunksApplied     int64  `json:"chunks_applied"`
 	RedeliveredChunks int64  `json:"redelivered_chunks"`
@@ -91,6 +95,22 @@ func (r *Replication) Active() []string {
 	}
 	return out
 }
+
+// Dests places names: each with the site its receiver reported.
+func (r *Replication) Dests(names []string) []Dest {
+	out := make([]Dest, 0, len(names))
+	for _, n := range names {
+		d := Dest{Target: n}
+		if t := r.Targets[n]; t != nil {
+			d.Site = t.Site
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// dest places one target.
+func (r *Replication) dest(name string) Dest { return r.Dests([]string{name})[0] }
 
 // settle derives the replication's end state once every target is terminal.
 // Moved targets are settled in their own record.

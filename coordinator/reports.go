@@ -222,13 +222,13 @@ func (c *Coordinator) handle(ctx context.Context, id, target string, data []byte
 	}
 	switch eff {
 	case resetConsumer:
-		if err := c.stream.ResetConsumer(ctx, id, rep.Target, rep.FromSeq); err != nil {
+		if err := c.stream.ResetConsumer(ctx, id, r.dest(rep.Target), rep.FromSeq); err != nil {
 			return v, fmt.Errorf("replay to %s: %w", rep.Target, err)
 		}
 	case dropConsumer:
-		c.dropConsumer(ctx, id, rep.Target)
+		c.dropConsumer(ctx, id, r.dest(rep.Target))
 	case split, splitFull:
-		c.dropConsumer(ctx, id, rep.Target)
+		c.dropConsumer(ctx, id, r.dest(rep.Target))
 		log.Warn("target moves to a stream of its own; the others carry on", "to", r.Targets[rep.Target].MovedTo, "reason", reason, "full", eff == splitFull)
 		if _, err := c.Split(ctx, r, rep.Target, eff == splitFull); err != nil {
 			return v, err
@@ -255,10 +255,10 @@ func mayTrouble(rep streams.Report) bool {
 	return false
 }
 
-// dropConsumer deletes target's consumer so that it holds nothing back.
-func (c *Coordinator) dropConsumer(ctx context.Context, id, target string) {
-	if err := c.stream.DropConsumer(ctx, id, target); err != nil {
-		c.log.Warn("drop consumer", "replication", id, "target", target, "error", err)
+// dropConsumer deletes d's consumer so that it holds nothing back.
+func (c *Coordinator) dropConsumer(ctx context.Context, id string, d Dest) {
+	if err := c.stream.DropConsumer(ctx, id, d); err != nil {
+		c.log.Warn("drop consumer", "replication", id, "target", d.Target, "site", d.Site, "error", err)
 	}
 }
 

@@ -27,6 +27,9 @@ type Work struct {
 	SnapshotUUID string      `json:"snapshot_uuid"`
 	ChunkSize    int         `json:"chunk_size"`
 	Window       int64       `json:"window"`
+	// Site is the JetStream domain whose copy of the stream the target
+	// consumes; empty for the stream itself, in the state's domain.
+	Site string `json:"site,omitempty"`
 }
 
 // Wanted reports whether w asks its target to receive now.
@@ -43,7 +46,8 @@ func (w *Work) Over(attempt int) bool {
 // workOf is target's view of r.
 func workOf(r *Replication, target string) *Work {
 	return &Work{ID: r.ID, Target: target, Source: r.Source, State: r.State, Attempt: r.Attempt, TargetState: r.Targets[target].State,
-		SnapshotName: r.SnapshotName, SnapshotUUID: r.SnapshotUUID, ChunkSize: r.ChunkSize, Window: r.Window}
+		SnapshotName: r.SnapshotName, SnapshotUUID: r.SnapshotUUID, ChunkSize: r.ChunkSize, Window: r.Window,
+		Site: r.Targets[target].Site}
 }
 
 func workKey(target, id string) string { return "work." + target + "." + id }

@@ -94,15 +94,11 @@ func (j *job) attempt(ctx context.Context) error {
 	if done, err := j.alreadyCommitted(ctx); done || err != nil {
 		return err
 	}
-	st, err := rc.js.Stream(ctx, streams.StreamName(r.ID))
+	st, cons, err := j.bind(ctx)
 	if err != nil {
-		return fmt.Errorf("stream of %s: %w", r.ID, err)
+		return err
 	}
 	j.stream = st
-	cons, err := st.Consumer(ctx, streams.ConsumerName(rc.target))
-	if err != nil {
-		return fmt.Errorf("consumer of %s: %w", rc.target, err)
-	}
 	ci, err := cons.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("consumer of %s: %w", rc.target, err)
@@ -166,6 +162,50 @@ func (j *job) attempt(ctx context.Context) error {
 		j.app = a
 	}
 	return j.receive(ctx, cons)
+}
+
+// bind finds the stream (or the site's copy of it) and this target's
+// consumer. A site's copy is made when the site can be reached: when the
+// coordinator could not make it (or this target's consumer on it) at the
+// start, the target asks for them now, delivering from the first stored
+// chunk: the stream keeps everything this target has not acked.
+func (j *job) bind(ctx context.Context) (jetstream.Stream, jetstream.Consumer, error) {
+	rc, r := j.rc, j.r
+	js, err := rc.jsAt(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	for asked := false; ; asked = true {
+		st, err := js.Stream(ctx, streams.StreamName(r.ID))
+		var cons jetstream.Consumer
+		if err == nil {
+			cons, err = st.Consumer(ctx, streams.ConsumerName(rc.target))
+		}
+		missing := errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound)
+		if err == nil || !missing || r.Site == "" || asked {
+			if err != nil {
+				return nil, nil, fmt.Errorf("consumer of %s on the stream of %s%s: %w", rc.target, r.ID, siteOf(r), err)
+			}
+			return st, cons, nil
+		}
+		j.log.Info("no copy of the stream at this site yet; asking the coordinator for one", "site", r.Site)
+		rep := j.counters(streams.EvRewind)
+		rep.FromSeq = 1
+		v, err := rc.report(ctx, r.ID, rep)
+		if err != nil {
+			return nil, nil, err
+		}
+		if v.Action == streams.ActStale {
+			return nil, nil, errAttemptEnded
+		}
+	}
+}
+
+func siteOf(w *coordinator.Work) string {
+	if w.Site == "" {
+		return ""
+	}
+	return " at site " + w.Site
 }
 
 // resume continues a native receive from its checkpoint. It reports false

@@ -49,6 +49,8 @@ type Receiver struct {
 	mu       sync.Mutex
 	jobs     map[string]*running // by replication id
 	fellBack map[string]bool     // replications the native receive could not apply
+	domain   *string             // the site's JetStream domain, once known ("" at the hub)
+	sites    map[string]jetstream.JetStream
 }
 
 // Option configures a Receiver.
@@ -123,7 +125,8 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir
 		return nil, err
 	}
 	rc := &Receiver{nc: nc, js: js, store: store, target: target, dir: abs, codec: codec, applier: Native,
-		log: log.With("target", target), jobs: map[string]*running{}, fellBack: map[string]bool{}}
+		log: log.With("target", target), jobs: map[string]*running{}, fellBack: map[string]bool{},
+		sites: map[string]jetstream.JetStream{}}
 	for _, o := range opts {
 		if err := o(rc); err != nil {
 			return nil, err
@@ -168,7 +171,9 @@ func (rc *Receiver) Run(ctx context.Context) error {
 	}
 	defer svc.Stop()
 	err = svc.AddEndpoint("inventory-"+rc.target, micro.HandlerFunc(func(req micro.Request) {
-		inv, err := rc.Inventory()
+		ictx, cancel := context.WithTimeout(ctx, inventoryTimeout)
+		inv, err := rc.Inventory(ictx)
+		cancel()
 		if err != nil {
 			_ = req.Error("500", err.Error(), nil)
 			return
@@ -294,11 +299,21 @@ func (rc *Receiver) runJob(ctx context.Context, r *coordinator.Work) {
 	})
 }
 
+// inventoryTimeout bounds the JetStream requests that tell a receiver's
+// site: the sender waits for the answer.
+const inventoryTimeout = 10 * time.Second
+
 // Inventory lists the committed snapshots the target holds: read-only
 // subvolumes with a received UUID. Anything else at a snapshot's name (a
-// writable leftover of an interrupted receive) is not a base.
-func (rc *Receiver) Inventory() (streams.Inventory, error) {
+// writable leftover of an interrupted receive) is not a base. It names the
+// site the receiver is at, so that the coordinator gives the site a copy.
+func (rc *Receiver) Inventory(ctx context.Context) (streams.Inventory, error) {
 	inv := streams.Inventory{Target: rc.target, Dir: rc.dir, Snapshots: []streams.Held{}}
+	site, err := rc.site(ctx)
+	if err != nil {
+		return inv, err
+	}
+	inv.Site = site
 	subs, err := btrfs.List(rc.dir)
 	if err != nil {
 		return inv, err
@@ -309,6 +324,62 @@ func (rc *Receiver) Inventory() (streams.Inventory, error) {
 		}
 	}
 	return inv, nil
+}
+
+// site is the JetStream domain of the server this receiver is connected to
+// when the state is in another one (a site node whose clients reach the
+// hub with --js-domain): the site whose copy of each stream the target
+// consumes. It is "" when the receiver uses the state's JetStream for
+// everything (at the hub, or at a leaf node without JetStream).
+func (rc *Receiver) site(ctx context.Context) (string, error) {
+	rc.mu.Lock()
+	known := rc.domain
+	rc.mu.Unlock()
+	if known != nil {
+		return *known, nil
+	}
+	local, err := jetstream.New(rc.nc)
+	if err != nil {
+		return "", err
+	}
+	here, err := local.AccountInfo(ctx)
+	if err != nil {
+		return "", fmt.Errorf("JetStream of the server this receiver is connected to: %w", err)
+	}
+	state, err := rc.js.AccountInfo(ctx)
+	if err != nil {
+		return "", fmt.Errorf("JetStream of the state: %w", err)
+	}
+	site := ""
+	if here.Domain != state.Domain {
+		site = here.Domain
+	}
+	rc.mu.Lock()
+	rc.domain = &site
+	rc.mu.Unlock()
+	if site != "" {
+		rc.log.Info("receiving from the site's copies", "site", site, "hub", state.Domain)
+	}
+	return site, nil
+}
+
+// jsAt is the JetStream holding the copy of a stream that w names: the
+// state's for the stream itself, else the site's, by its domain.
+func (rc *Receiver) jsAt(w *coordinator.Work) (jetstream.JetStream, error) {
+	if w.Site == "" {
+		return rc.js, nil
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if js := rc.sites[w.Site]; js != nil {
+		return js, nil
+	}
+	js, err := jetstream.NewWithDomain(rc.nc, w.Site)
+	if err != nil {
+		return nil, err
+	}
+	rc.sites[w.Site] = js
+	return js, nil
 }
 
 // ErrNotOurs refuses a delete request for anything but a committed snapshot

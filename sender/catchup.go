@@ -75,7 +75,7 @@ func (s *Sender) catchUp(ctx context.Context, src string, srcInfo btrfs.Info, op
 		name := filepath.Base(snap.Path)
 		s.Log.Info("catching up: sending an intermediate snapshot the targets' retention keeps", "snapshot", name, "targets", targets)
 		base := coordinator.SplitID(replicationID(name, srcInfo.UUID.String()), "catchup")
-		recs, err := s.createRecords(ctx, src, srcInfo, snap, base, groupByParent(snaps[:i], sub), nil, chunk, window)
+		recs, err := s.createRecords(ctx, src, srcInfo, snap, base, groupByParent(snaps[:i], sub), sub, nil, chunk, window)
 		if errors.Is(err, coordinator.ErrExists) {
 			// An earlier catch-up of this snapshot failed: the next
 			// unfinished-run check retries that one; this run goes on.

@@ -253,7 +253,7 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 	if err != nil {
 		return nil, err
 	}
-	recs, err := s.createRecords(ctx, src, srcInfo, snap, replicationID(filepath.Base(snap.Path), srcInfo.UUID.String()), groups, unreachable, chunk, window)
+	recs, err := s.createRecords(ctx, src, srcInfo, snap, replicationID(filepath.Base(snap.Path), srcInfo.UUID.String()), groups, inv, unreachable, chunk, window)
 	if err != nil {
 		return nil, err
 	}
@@ -264,10 +264,10 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 }
 
 // createRecords stores one record of snap per group of targets, the first
-// with id base and the others split off it; targets in unreachable are
-// recorded failed in the first.
+// with id base and the others split off it, each target at the site its
+// inventory names; targets in unreachable are recorded failed in the first.
 func (s *Sender) createRecords(ctx context.Context, src string, srcInfo, snap btrfs.Info, base string, groups []coordinator.Group,
-	unreachable map[string]error, chunk int, window int64) ([]*coordinator.Replication, error) {
+	inv map[string]streams.Inventory, unreachable map[string]error, chunk int, window int64) ([]*coordinator.Replication, error) {
 	var recs []*coordinator.Replication
 	for i, g := range groups {
 		r := &coordinator.Replication{
@@ -290,7 +290,7 @@ func (s *Sender) createRecords(ctx context.Context, src string, srcInfo, snap bt
 			r.EstimatedBytes = apparentSize(snap.Path)
 		}
 		for _, t := range g.Targets {
-			r.Targets[t] = &coordinator.Target{State: coordinator.TPending}
+			r.Targets[t] = &coordinator.Target{State: coordinator.TPending, Site: inv[t].Site}
 		}
 		if i == 0 {
 			for t, err := range unreachable {

@@ -114,4 +114,7 @@ type Inventory struct {
 	Target    string `json:"target"`
 	Dir       string `json:"dir"`
 	Snapshots []Held `json:"snapshots"`
+	// Site is the JetStream domain of the site node the receiver is at,
+	// when it is not the sender's: its targets consume a copy kept there.
+	Site string `json:"site,omitempty"`
 }

@@ -99,6 +99,35 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, repl string, wind
 	return s, nil
 }
 
+// EnsureMirror creates, in the JetStream of js (a site node's), the copy of
+// a replication's stream that the site's targets consume: a mirror of the
+// stream in JetStream domain origin, which keeps the stream's sequences, so
+// ack floors at the site and at the hub compare, and which resumes after a
+// cut link where it stopped, so each byte crosses the link about once. The
+// hub purges only what the site's targets acked, so the copy holds about
+// what the stream holds; its limit is a backstop at which it stops copying
+// (DiscardNew), never drops.
+func EnsureMirror(ctx context.Context, js jetstream.JetStream, repl, origin string, window int64) (jetstream.Stream, error) {
+	cfg := jetstream.StreamConfig{
+		Name:        StreamName(repl),
+		Description: "snapjet site copy of replication " + repl,
+		Mirror:      &jetstream.StreamSource{Name: StreamName(repl), Domain: origin},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    4 * window,
+		Storage:     jetstream.FileStorage,
+		AllowDirect: true,
+	}
+	s, err := js.CreateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		s, err = js.Stream(ctx, cfg.Name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create site copy %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
 // ConsumerConfig is the durable consumer of target. AckAll lets one ack
 // confirm everything up to a chunk, which is how receivers ack.
 func ConsumerConfig(target string) jetstream.ConsumerConfig {

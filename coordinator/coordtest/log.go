@@ -26,9 +26,13 @@ type stream struct {
 	consumers map[string]*consumer
 }
 
-// consumer is a target's consumer: where it was set to deliver from, and
-// how far it acked.
-type consumer struct{ from, floor uint64 }
+// consumer is a target's consumer: where it was set to deliver from, how
+// far it acked, and the site whose copy of the stream it is on (copies keep
+// the stream's sequences, so one list of messages serves them all).
+type consumer struct {
+	from, floor uint64
+	site        string
+}
 
 func (s *stream) first() uint64 { return s.last - uint64(len(s.msgs)) + 1 }
 
@@ -46,13 +50,13 @@ func (s *stream) purgeTo(keep uint64) {
 	}
 }
 
-// reset gives target a consumer that delivers from fromSeq, or from the
-// first stored message; it has acked what lies before.
-func (s *stream) reset(target string, fromSeq uint64) {
+// reset gives d a consumer that delivers from fromSeq, or from the first
+// stored message; it has acked what lies before.
+func (s *stream) reset(d coordinator.Dest, fromSeq uint64) {
 	if fromSeq == 0 {
 		fromSeq = s.first()
 	}
-	s.consumers[target] = &consumer{from: fromSeq, floor: fromSeq - 1}
+	s.consumers[d.Target] = &consumer{from: fromSeq, floor: fromSeq - 1, site: d.Site}
 }
 
 var _ coordinator.Log = (*Log)(nil)
@@ -105,18 +109,18 @@ func (l *Log) Stored(id string) (first, last uint64, ok bool) {
 }
 
 // Consumer returns the sequence target's consumer was last set to deliver
-// from, and whether it has one.
-func (l *Log) Consumer(id, target string) (from uint64, ok bool) {
+// from, the site it is at, and whether it has one.
+func (l *Log) Consumer(id, target string) (from uint64, site string, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if s := l.streams[id]; s != nil && s.consumers[target] != nil {
-		return s.consumers[target].from, true
+		return s.consumers[target].from, s.consumers[target].site, true
 	}
-	return 0, false
+	return 0, "", false
 }
 
 // Open implements coordinator.Log.
-func (l *Log) Open(_ context.Context, id string, _ int64, targets []string) error {
+func (l *Log) Open(_ context.Context, id string, _ int64, dests []coordinator.Dest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
@@ -127,9 +131,9 @@ func (l *Log) Open(_ context.Context, id string, _ int64, targets []string) erro
 		s = &stream{consumers: map[string]*consumer{}}
 		l.streams[id] = s
 	}
-	for _, t := range targets {
-		if s.consumers[t] == nil {
-			s.reset(t, 0)
+	for _, d := range dests {
+		if s.consumers[d.Target] == nil {
+			s.reset(d, 0)
 		}
 	}
 	return nil
@@ -166,7 +170,7 @@ func (l *Log) message(id string, i int) (*streams.Message, error) {
 }
 
 // AckFloors implements coordinator.Log.
-func (l *Log) AckFloors(_ context.Context, id string) (map[string]uint64, error) {
+func (l *Log) AckFloors(_ context.Context, id string, dests []coordinator.Dest) (map[string]uint64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s, err := l.at(id)
@@ -175,15 +179,17 @@ func (l *Log) AckFloors(_ context.Context, id string) (map[string]uint64, error)
 	}
 	floors := map[string]uint64{}
 	if s != nil {
-		for t, c := range s.consumers {
-			floors[t] = c.floor
+		for _, d := range dests {
+			if c := s.consumers[d.Target]; c != nil && c.site == d.Site {
+				floors[d.Target] = c.floor
+			}
 		}
 	}
 	return floors, nil
 }
 
 // PurgeTo implements coordinator.Log.
-func (l *Log) PurgeTo(_ context.Context, id string, keep uint64) error {
+func (l *Log) PurgeTo(_ context.Context, id string, keep uint64, _ []coordinator.Dest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s, err := l.at(id)
@@ -194,7 +200,7 @@ func (l *Log) PurgeTo(_ context.Context, id string, keep uint64) error {
 }
 
 // Reset implements coordinator.Log.
-func (l *Log) Reset(_ context.Context, id string, targets []string) error {
+func (l *Log) Reset(_ context.Context, id string, dests []coordinator.Dest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s, err := l.at(id)
@@ -202,14 +208,14 @@ func (l *Log) Reset(_ context.Context, id string, targets []string) error {
 		return err
 	}
 	s.purgeTo(s.last + 1)
-	for _, t := range targets {
-		s.reset(t, 0)
+	for _, d := range dests {
+		s.reset(d, 0)
 	}
 	return nil
 }
 
 // ResetConsumer implements coordinator.Log.
-func (l *Log) ResetConsumer(_ context.Context, id, target string, fromSeq uint64) error {
+func (l *Log) ResetConsumer(_ context.Context, id string, d coordinator.Dest, fromSeq uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s, err := l.at(id)
@@ -217,25 +223,25 @@ func (l *Log) ResetConsumer(_ context.Context, id, target string, fromSeq uint64
 		return err
 	}
 	if s == nil {
-		return fmt.Errorf("reset consumer of %s: no stream of %s", target, id)
+		return fmt.Errorf("reset consumer of %s: no stream of %s", d.Target, id)
 	}
-	s.reset(target, fromSeq)
+	s.reset(d, fromSeq)
 	return nil
 }
 
 // DropConsumer implements coordinator.Log.
-func (l *Log) DropConsumer(_ context.Context, id, target string) error {
+func (l *Log) DropConsumer(_ context.Context, id string, d coordinator.Dest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s, err := l.at(id)
-	if s != nil {
-		delete(s.consumers, target)
+	if s != nil && s.consumers[d.Target] != nil && s.consumers[d.Target].site == d.Site {
+		delete(s.consumers, d.Target)
 	}
 	return err
 }
 
 // Delete implements coordinator.Log.
-func (l *Log) Delete(_ context.Context, id string) error {
+func (l *Log) Delete(_ context.Context, id string, _ []coordinator.Dest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {

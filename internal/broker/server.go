@@ -118,6 +118,10 @@ func (c ServerConfig) options() (*server.Options, error) {
 			return nil, err
 		}
 		opts.LeafNode.Host, opts.LeafNode.Port = lhost, lport
+		// Sites dial the address they were given (a WAN name, a NAT's
+		// port): the hub's own listen address is no use to them, and a
+		// site that switched to it after a cut would bypass that route.
+		opts.LeafNode.NoAdvertise = true
 		if listenTLS != nil {
 			opts.LeafNode.TLSConfig, opts.LeafNode.TLSTimeout = listenTLS.Clone(), tlsTimeout
 		}
