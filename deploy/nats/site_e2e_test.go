@@ -21,8 +21,9 @@ import (
 
 // TestReceiverAtSiteNode replicates a real btrfs subvolume from a sender at
 // the hub to a receiver at a site node (separate snapjet server processes)
-// with the receiver using the hub's JetStream through --js-domain hub: what
-// a site can do until replications are copied into the site's JetStream.
+// with the receiver finding its work at the hub through --js-domain hub and
+// consuming the copy of the stream in the site's JetStream, and runs the
+// nats commands deploy/README.md gives for following it from the site.
 func TestReceiverAtSiteNode(t *testing.T) {
 	binaries(t)
 	src, dst := loopfs.New(t, 256<<20), loopfs.New(t, 256<<20)
@@ -115,6 +116,9 @@ func followFromSite(t *testing.T, siteAddr string, send *proc) {
 			want = id
 		case strings.Contains(c, "account info"):
 			want = "site-a"
+		}
+		if strings.Contains(c, "site-a stream info") {
+			want = "Mirror Information" // the site's copy, not a stream of its own
 		}
 		out, err := nats(args[1:]...)
 		if err != nil || !strings.Contains(out, want) {
