@@ -478,3 +478,51 @@ func TestRunAndRetry(t *testing.T) {
 		t.Errorf("a report of attempt 1 in attempt 2: %+v (%v), want stale", v, err)
 	}
 }
+
+// TestTargetsAtASite: a target whose receiver is at a site consumes the
+// site's copy of the stream. Its consumer is made there, its ack floor
+// read from there holds the purge like any other, a replay resets it
+// there, and a record it moves to keeps its site.
+func TestTargetsAtASite(t *testing.T) {
+	w := &world{t: t, ctx: t.Context(), recs: coordtest.NewRecords(), log: coordtest.NewLog()}
+	w.c = coordinator.NewWith(w.recs, w.log, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r := &coordinator.Replication{ID: "r1", SnapshotUUID: testUUID, ChunkSize: 1000, Window: 1 << 20, Targets: map[string]*coordinator.Target{
+		"a": {State: coordinator.TPending},
+		"b": {State: coordinator.TPending, Site: "site-x"},
+		"c": {State: coordinator.TPending, Site: "site-x"},
+	}}
+	if err := w.c.Create(w.ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.c.BeginAttempt(w.ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"a": "", "b": "site-x", "c": "site-x"} {
+		if _, site, ok := w.log.Consumer("r1", name); !ok || site != want {
+			t.Errorf("consumer of %s at %q (%v), want at %q", name, site, ok, want)
+		}
+	}
+	w.send(1, 10, false)
+	w.log.Ack("r1", "a", 8)
+	w.log.Ack("r1", "b", 5)
+	w.log.Ack("r1", "c", 9)
+	purged, floor, slowest, err := w.c.Purge(w.ctx, "r1", 1, 10)
+	if err != nil || !purged || floor != 5 || slowest != "b" {
+		t.Fatalf("Purge: %v floor %d held by %q (%v), want the site's b to hold it at 5", purged, floor, slowest, err)
+	}
+
+	// A receiver at the site that found no copy there asks for one.
+	v, err := w.report(streams.Report{Event: streams.EvRewind, Target: "b", Attempt: 1, FromSeq: 1})
+	if err != nil || v.Action != streams.ActOK {
+		t.Fatalf("rewind of b: %+v (%v)", v, err)
+	}
+	if from, site, ok := w.log.Consumer("r1", "b"); !ok || site != "site-x" || from != 1 {
+		t.Errorf("after the rewind, b's consumer delivers from %d at %q (%v), want from 1 at site-x", from, site, ok)
+	}
+
+	w.must(streams.Report{Event: streams.EvFailed, Target: "c", Attempt: 1, Reason: "corrupt chunk", StreamBad: true})
+	moved := w.get("r1_c")
+	if tc := moved.Targets["c"]; tc == nil || tc.Site != "site-x" {
+		t.Errorf("c moved to r1_c as %+v, want it still at site-x", tc)
+	}
+}

@@ -44,7 +44,7 @@ func TestWorkViews(t *testing.T) {
 	}
 	r := &coordinator.Replication{ID: "r1", Source: "/srv/data", SnapshotName: "data.1", SnapshotUUID: "u1", State: coordinator.Sending, Attempt: 1,
 		ChunkSize: 1 << 20, Window: 64 << 20, Targets: map[string]*coordinator.Target{
-			"a": {State: coordinator.TPending, Attempts: 1}, "b": {State: coordinator.TPending, Attempts: 1}}}
+			"a": {State: coordinator.TPending, Attempts: 1, Site: "site-x"}, "b": {State: coordinator.TPending, Attempts: 1}}}
 	rev, err := s.Create(ctx, r)
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +54,7 @@ func TestWorkViews(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := coordinator.Work{ID: "r1", Target: "a", Source: "/srv/data", State: coordinator.Sending, Attempt: 1, TargetState: coordinator.TPending,
-		SnapshotName: "data.1", SnapshotUUID: "u1", ChunkSize: 1 << 20, Window: 64 << 20}
+		SnapshotName: "data.1", SnapshotUUID: "u1", ChunkSize: 1 << 20, Window: 64 << 20, Site: "site-x"}
 	if *w != want || !w.Wanted() {
 		t.Fatalf("work of a = %+v, want %+v, wanted", *w, want)
 	}

@@ -342,16 +342,18 @@ func (rc *Receiver) site(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	here, err := local.AccountInfo(ctx)
-	if err != nil {
-		return "", fmt.Errorf("JetStream of the server this receiver is connected to: %w", err)
-	}
 	state, err := rc.js.AccountInfo(ctx)
 	if err != nil {
 		return "", fmt.Errorf("JetStream of the state: %w", err)
 	}
 	site := ""
-	if here.Domain != state.Domain {
+	here, err := local.AccountInfo(ctx)
+	switch {
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount), errors.Is(err, nats.ErrNoResponders):
+		// No JetStream here: the state's is the only one.
+	case err != nil:
+		return "", fmt.Errorf("JetStream of the server this receiver is connected to: %w", err)
+	case here.Domain != state.Domain:
 		site = here.Domain
 	}
 	rc.mu.Lock()
