@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -150,20 +149,41 @@ var ErrNoHubDomain = errors.New("no JetStream domain")
 
 // copyAt binds the copy of id at site (the stream itself for ""), creating
 // the site's mirror when create is set; nil without error when it is
-// missing and not created.
+// missing and not created. A copy is of one incarnation of the stream: a
+// copy left at a site that was away when the stream was deleted would, for
+// a stream made again under the same id, hold other messages at the same
+// sequences. Such a stale copy counts as missing, and create replaces it.
 func (l *StreamLog) copyAt(ctx context.Context, id, site string, window int64, create bool) (jetstream.Stream, error) {
+	name := streams.StreamName(id)
+	origin, err := l.js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil // nothing to hold, nothing to copy
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the stream of %s: %w", id, err)
+	}
+	if site == "" {
+		return origin, nil
+	}
 	js, err := l.site(site)
 	if err != nil {
 		return nil, err
 	}
-	s, err := js.Stream(ctx, streams.StreamName(id))
-	if err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) {
-		if err != nil {
-			return nil, fmt.Errorf("read the stream of %s%s: %w", id, atSite(site), err)
-		}
+	stamp := streams.OriginStamp(origin.CachedInfo())
+	s, err := js.Stream(ctx, name)
+	switch {
+	case err == nil && s.CachedInfo().Config.Metadata[streams.OriginKey] == stamp:
 		return s, nil
-	}
-	if !create || site == "" {
+	case err == nil && !create:
+		return nil, nil
+	case err == nil:
+		l.log.Warn("replacing a stale site copy, left from an earlier stream of this replication", "replication", id, "site", site)
+		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("delete the stale copy of %s at site %s: %w", id, site, err)
+		}
+	case !errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, fmt.Errorf("read the copy of %s at site %s: %w", id, site, err)
+	case !create:
 		return nil, nil
 	}
 	hub, err := l.hubDomain(ctx)
@@ -171,13 +191,9 @@ func (l *StreamLog) copyAt(ctx context.Context, id, site string, window int64, c
 		return nil, err
 	}
 	if window <= 0 {
-		origin, err := l.js.Stream(ctx, streams.StreamName(id))
-		if err != nil {
-			return nil, fmt.Errorf("read the stream of %s: %w", id, err)
-		}
 		window = origin.CachedInfo().Config.MaxBytes / 2
 	}
-	s, err = streams.EnsureMirror(ctx, js, id, hub, window)
+	s, err = streams.EnsureMirror(ctx, js, id, hub, stamp, window)
 	if err != nil {
 		return nil, fmt.Errorf("copy of %s at site %s: %w", id, site, err)
 	}
@@ -368,12 +384,6 @@ func (l *StreamLog) Reset(ctx context.Context, id string, dests []Dest) error {
 
 // ResetConsumer implements Log.
 func (l *StreamLog) ResetConsumer(ctx context.Context, id string, d Dest, fromSeq uint64) error {
-	if d.Site != "" {
-		// The copy must come from a stream that is there.
-		if s, err := l.stream(ctx, id); s == nil || err != nil {
-			return cmp.Or(err, fmt.Errorf("reset consumer of %s: %w", d.Target, jetstream.ErrStreamNotFound))
-		}
-	}
 	s, err := l.copyAt(ctx, id, d.Site, 0, true)
 	if err != nil {
 		return err

@@ -177,6 +177,9 @@ func (j *job) bind(ctx context.Context) (jetstream.Stream, jetstream.Consumer, e
 	}
 	for asked := false; ; asked = true {
 		st, err := js.Stream(ctx, streams.StreamName(r.ID))
+		if err == nil && r.Site != "" {
+			err = rc.current(ctx, st)
+		}
 		var cons jetstream.Consumer
 		if err == nil {
 			cons, err = st.Consumer(ctx, streams.ConsumerName(rc.target))
@@ -199,6 +202,20 @@ func (j *job) bind(ctx context.Context) (jetstream.Stream, jetstream.Consumer, e
 			return nil, nil, errAttemptEnded
 		}
 	}
+}
+
+// current checks that a site's copy is of the stream as it is now at the
+// hub: a copy left behind when an earlier stream of the same replication
+// ended holds other messages at the same sequences, and counts as missing.
+func (rc *Receiver) current(ctx context.Context, copy jetstream.Stream) error {
+	origin, err := rc.js.Stream(ctx, copy.CachedInfo().Config.Name)
+	if err != nil {
+		return err
+	}
+	if copy.CachedInfo().Config.Metadata[streams.OriginKey] != streams.OriginStamp(origin.CachedInfo()) {
+		return fmt.Errorf("the site's copy is of an earlier stream: %w", jetstream.ErrStreamNotFound)
+	}
+	return nil
 }
 
 func siteOf(w *coordinator.Work) string {

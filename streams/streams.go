@@ -107,10 +107,15 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, repl string, wind
 // hub purges only what the site's targets acked, so the copy holds about
 // what the stream holds; its limit is a backstop at which it stops copying
 // (DiscardNew), never drops.
-func EnsureMirror(ctx context.Context, js jetstream.JetStream, repl, origin string, window int64) (jetstream.Stream, error) {
+//
+// stamp is OriginStamp of the stream copied, kept in the copy's metadata
+// under OriginKey, so a copy of an earlier stream of the same name is told
+// apart.
+func EnsureMirror(ctx context.Context, js jetstream.JetStream, repl, origin, stamp string, window int64) (jetstream.Stream, error) {
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName(repl),
 		Description: "snapjet site copy of replication " + repl,
+		Metadata:    map[string]string{OriginKey: stamp},
 		Mirror:      &jetstream.StreamSource{Name: StreamName(repl), Domain: origin},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
@@ -126,6 +131,15 @@ func EnsureMirror(ctx context.Context, js jetstream.JetStream, repl, origin stri
 		return nil, fmt.Errorf("create site copy %s: %w", cfg.Name, err)
 	}
 	return s, nil
+}
+
+// OriginKey is the metadata key of a site copy that names the incarnation
+// of the stream it copies (OriginStamp).
+const OriginKey = "snapjet_origin"
+
+// OriginStamp identifies one incarnation of a stream: its creation time.
+func OriginStamp(info *jetstream.StreamInfo) string {
+	return info.Created.UTC().Format(time.RFC3339Nano)
 }
 
 // ConsumerConfig is the durable consumer of target. AckAll lets one ack

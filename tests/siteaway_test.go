@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A site away for longer than the window can hold (issue 8, item 3): the
@@ -14,13 +15,39 @@ import (
 // the next run, with the link back, brings the site up to date with an
 // incremental from its last common base, while the hub's target gets only
 // the next incremental: never a full resend.
+//
+// It runs on both kinds of site: a leaf node without JetStream, whose
+// target consumes the hub's stream across the link, and a site node with
+// its own JetStream, whose target consumes the site's copy: there the copy
+// left at the site when the failed replication ended is of a stream that
+// no longer exists, and the retry must replace it, not read from it.
 func TestSiteAwayPastTheWindow(t *testing.T) {
-	site := startLeafSite(t)
+	t.Run("leaf-node", func(t *testing.T) {
+		site := startLeafSite(t)
+		siteAway(t, site, func(target, dir string) { startReceiver(t, site.leafURL(), target, dir) })
+	})
+	t.Run("site-node", func(t *testing.T) {
+		s := startSites(t)
+		siteAway(t, s.wan("site-a"), func(target, dir string) { s.receiver("site-a", target, dir) })
+	})
+}
+
+// wanSite is a hub and one site whose link to it a test can cut.
+type wanSite interface {
+	hubURL() string
+	liveStatus(ctx context.Context) (statusDoc, error)
+	status() statusDoc
+	cutLink()
+	restoreLink() time.Time
+	linkUp(ctx context.Context) bool
+}
+
+func siteAway(t *testing.T, site wanSite, startFar func(target, dir string)) {
 	source := filepath.Join(newSourceFS(t, 1<<30), "data")
 	dataSet{seed: 51, bulk: 32 * mib}.newSource(t, source)
 	near, far := newTarget(t, 1<<30, "near"), newTarget(t, 1<<30, "far")
 	startReceiver(t, site.hubURL(), "near", near)
-	startReceiver(t, site.leafURL(), "far", far)
+	startFar("far", far)
 	args := func(extra ...string) []string {
 		return append(append([]string{"send", "--server", site.hubURL(), "--to", "near,far"}, extra...), source)
 	}

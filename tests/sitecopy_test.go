@@ -164,20 +164,18 @@ func oneCopyPerSite(t *testing.T, c siteCase) {
 		waitForReplication(t, send, s.liveStatus, "site-a's targets a third through", func(_ context.Context, r replication) bool {
 			return r.TotalBytes == 0 && r.Targets["a1"].BytesApplied > 14*mib
 		})
-		link := s.link["site-a"]
-		link.SetDown(true)
-		n := link.Cut()
-		t.Logf("site-a's link cut (%d connections) after %d bytes down; down for %v", n, link.Down(), cut)
-		waitUntil(t, nil, 10*time.Second, "site-a to lose the hub", func(ctx context.Context) bool { return !s.linkUp(ctx, "site-a") })
+		s.wan("site-a").cutLink()
 		timer := time.NewTimer(cut)
 		select {
 		case <-timer.C:
 		case <-send.done:
 			t.Fatalf("send ended while site-a was away:\n%s", send.stderr.String())
 		}
-		link.SetDown(false)
 	}
 	back := time.Now()
+	if cut > 0 {
+		back = s.wan("site-a").restoreLink()
+	}
 	res := send.wait(transferTimeout)
 	if res.code != 0 {
 		t.Fatalf("send exited %d:\n%s%s", res.code, res.stdout, res.stderr)
@@ -226,4 +224,34 @@ func oneCopyPerSite(t *testing.T, c siteCase) {
 func (s *sites) status() statusDoc {
 	s.t.Helper()
 	return mustStatus(s.t, "--server", s.hubURL())
+}
+
+// siteLink is one site of sites as a wanSite.
+type siteLink struct {
+	*sites
+	site string
+}
+
+func (s *sites) wan(site string) siteLink { return siteLink{s, site} }
+
+func (l siteLink) linkUp(ctx context.Context) bool { return l.sites.linkUp(ctx, l.site) }
+
+// cutLink cuts the site's link to the hub and keeps refusing new
+// connections; it returns once a client of the site no longer reaches the
+// hub's JetStream.
+func (l siteLink) cutLink() {
+	l.t.Helper()
+	link := l.link[l.site]
+	link.SetDown(true)
+	if n := link.Cut(); n == 0 {
+		l.t.Fatalf("%s had no connection to the hub to cut", l.site)
+	}
+	l.t.Logf("WAN of %s down after %d bytes to the site", l.site, link.Down())
+	waitUntil(l.t, nil, 10*time.Second, l.site+" to lose the hub", func(ctx context.Context) bool { return !l.linkUp(ctx) })
+}
+
+func (l siteLink) restoreLink() time.Time {
+	l.link[l.site].SetDown(false)
+	l.t.Logf("WAN of %s up again", l.site)
+	return time.Now()
 }
