@@ -207,12 +207,12 @@ func (j *job) bind(ctx context.Context) (jetstream.Stream, jetstream.Consumer, e
 // current checks that a site's copy is of the stream as it is now at the
 // hub: a copy left behind when an earlier stream of the same replication
 // ended holds other messages at the same sequences, and counts as missing.
-func (rc *Receiver) current(ctx context.Context, copy jetstream.Stream) error {
-	origin, err := rc.js.Stream(ctx, copy.CachedInfo().Config.Name)
+func (rc *Receiver) current(ctx context.Context, local jetstream.Stream) error {
+	origin, err := rc.js.Stream(ctx, local.CachedInfo().Config.Name)
 	if err != nil {
 		return err
 	}
-	if copy.CachedInfo().Config.Metadata[streams.OriginKey] != streams.OriginStamp(origin.CachedInfo()) {
+	if local.CachedInfo().Config.Metadata[streams.OriginKey] != streams.OriginStamp(origin.CachedInfo()) {
 		return fmt.Errorf("the site's copy is of an earlier stream: %w", jetstream.ErrStreamNotFound)
 	}
 	return nil
