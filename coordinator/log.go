@@ -193,7 +193,7 @@ func (l *StreamLog) copyAt(ctx context.Context, id, site string, window int64, c
 	if window <= 0 {
 		window = origin.CachedInfo().Config.MaxBytes / 2
 	}
-	s, err = streams.EnsureMirror(ctx, js, id, hub, stamp, window)
+	s, err = streams.EnsureMirror(ctx, js, origin, id, hub, site, stamp, window)
 	if err != nil {
 		return nil, fmt.Errorf("copy of %s at site %s: %w", id, site, err)
 	}

@@ -99,24 +99,63 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, repl string, wind
 	return s, nil
 }
 
+// SiteConsumerName is the durable consumer on a replication's stream that
+// feeds the copy at site.
+func SiteConsumerName(site string) string { return "site_" + site }
+
+// SiteSubject is where the consumer of site delivers: a subject only that
+// site's link to the hub needs to receive, so NATS permissions can keep
+// every other site off it.
+func SiteSubject(site, repl string) string { return "snapjet.site." + site + "." + repl }
+
+// siteConsumerPending bounds the chunks in flight to a site copy. The copy
+// acknowledges by answering flow control, and after a cut link the feed
+// goes on from the last acknowledgement: so at most this many chunks (and
+// never more than a window) cross the link twice per cut. The feed also
+// waits a round trip for the answer every this many chunks: 16 MiB per
+// round trip is 200 MB/s at 80 ms.
+const siteConsumerPending = 16
+
 // EnsureMirror creates, in the JetStream of js (a site node's), the copy of
-// a replication's stream that the site's targets consume: a mirror of the
-// stream in JetStream domain origin, which keeps the stream's sequences, so
-// ack floors at the site and at the hub compare, and which resumes after a
-// cut link where it stopped, so each byte crosses the link about once. The
-// hub purges only what the site's targets acked, so the copy holds about
-// what the stream holds; its limit is a backstop at which it stops copying
+// the replication stream origin (in JetStream domain hub) that the site's
+// targets consume: a mirror, which keeps the stream's sequences, so ack
+// floors at the site and at the hub compare, and which resumes after a cut
+// link where it stopped, so each byte crosses the link about once. It is
+// fed by a durable consumer that the hub side creates on origin
+// (SiteConsumerName, delivering on SiteSubject): the site needs no right to
+// create consumers on the hub's streams, only to reset its own. The hub
+// purges only what the site's targets acked, so the copy holds about what
+// the stream holds; its limit is a backstop at which it stops copying
 // (DiscardNew), never drops.
 //
-// stamp is OriginStamp of the stream copied, kept in the copy's metadata
-// under OriginKey, so a copy of an earlier stream of the same name is told
-// apart.
-func EnsureMirror(ctx context.Context, js jetstream.JetStream, repl, origin, stamp string, window int64) (jetstream.Stream, error) {
+// stamp is OriginStamp of origin, kept in the copy's metadata under
+// OriginKey, so a copy of an earlier stream of the same name is told apart.
+func EnsureMirror(ctx context.Context, js jetstream.JetStream, origin jetstream.Stream, repl, hub, site, stamp string, window int64) (jetstream.Stream, error) {
+	feed := jetstream.ConsumerConfig{
+		Durable:        SiteConsumerName(site),
+		Description:    "snapjet copy of replication " + repl + " at site " + site,
+		DeliverSubject: SiteSubject(site, repl),
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckFlowControlPolicy,
+		FlowControl:    true,
+		IdleHeartbeat:  time.Second,
+		MaxAckPending:  siteConsumerPending,
+	}
+	// A new copy starts from the stream's first message: a feed left from
+	// an earlier copy would go on from where that one stopped.
+	if err := origin.DeleteConsumer(ctx, feed.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("consumer feeding site %s: %w", site, err)
+	}
+	if _, err := origin.CreateOrUpdatePushConsumer(ctx, feed); err != nil {
+		return nil, fmt.Errorf("consumer feeding site %s: %w", site, err)
+	}
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName(repl),
 		Description: "snapjet site copy of replication " + repl,
 		Metadata:    map[string]string{OriginKey: stamp},
-		Mirror:      &jetstream.StreamSource{Name: StreamName(repl), Domain: origin},
+		Mirror: &jetstream.StreamSource{Name: StreamName(repl),
+			External: &jetstream.ExternalStream{APIPrefix: "$JS." + hub + ".API"},
+			Consumer: &jetstream.StreamConsumerSource{Name: feed.Durable, DeliverSubject: feed.DeliverSubject}},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxBytes:    4 * window,
