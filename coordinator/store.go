@@ -84,6 +84,9 @@ func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	return newStore(kv, js), nil
 }
 
+// ErrNoState: the state bucket is missing and cannot be made here.
+var ErrNoState = errors.New("no snapjet state")
+
 // BindStore binds the state bucket for a reader. It creates the bucket
 // when no sender has yet, but never changes its configuration: a reader's
 // credentials need not allow that.
@@ -93,6 +96,10 @@ func BindStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 		kv, err = js.CreateKeyValue(ctx, stateBucket)
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			kv, err = js.KeyValue(ctx, streams.StateBucket)
+		}
+		if err != nil {
+			// A site's permissions do not let it make the shared state.
+			return nil, fmt.Errorf("%w: state bucket %s does not exist yet, and this user cannot create it (%v): run `snapjet send` against the hub once first", ErrNoState, streams.StateBucket, err)
 		}
 	}
 	if err != nil {

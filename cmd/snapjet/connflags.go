@@ -17,20 +17,21 @@ import (
 // only the environment and a file, since argv is visible to every user
 // through ps.
 type connFlags struct {
-	creds, nkey, tlsCA, tlsCert, tlsKey, passwordFile, jsDomain string
-	replicas                                                    int
-	replicasSet                                                 bool
+	creds, nkey, tlsCA, tlsCert, tlsKey, passwordFile, jsDomain, inboxPrefix string
+	replicas                                                                 int
+	replicasSet                                                              bool
 }
 
 // connEnv maps flags to their environment variables.
 var connEnv = map[string]string{
-	"server":    "SNAPJET_SERVER",
-	"creds":     "SNAPJET_CREDS",
-	"nkey":      "SNAPJET_NKEY",
-	"tls-ca":    "SNAPJET_TLS_CA",
-	"tls-cert":  "SNAPJET_TLS_CERT",
-	"tls-key":   "SNAPJET_TLS_KEY",
-	"js-domain": "SNAPJET_JS_DOMAIN",
+	"server":       "SNAPJET_SERVER",
+	"creds":        "SNAPJET_CREDS",
+	"nkey":         "SNAPJET_NKEY",
+	"tls-ca":       "SNAPJET_TLS_CA",
+	"tls-cert":     "SNAPJET_TLS_CERT",
+	"tls-key":      "SNAPJET_TLS_KEY",
+	"js-domain":    "SNAPJET_JS_DOMAIN",
+	"inbox-prefix": "SNAPJET_INBOX_PREFIX",
 }
 
 func (f *connFlags) add(pf *pflag.FlagSet) {
@@ -41,6 +42,7 @@ func (f *connFlags) add(pf *pflag.FlagSet) {
 	pf.StringVar(&f.tlsKey, "tls-key", "", "client key file (PEM) (env SNAPJET_TLS_KEY)")
 	pf.StringVar(&f.passwordFile, "password-file", "", "file holding the password of the user named in the server URL (or env SNAPJET_PASSWORD)")
 	pf.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain to use, e.g. hub from a site node (env SNAPJET_JS_DOMAIN; default: the server's own)")
+	pf.StringVar(&f.inboxPrefix, "inbox-prefix", "", "subject prefix of this client's reply inboxes, e.g. _INBOX_site-a where a site's permissions allow only its own (env SNAPJET_INBOX_PREFIX; default _INBOX)")
 	pf.IntVar(&f.replicas, "replicas", 1, "replicas of the streams and the state bucket on a clustered server (an existing one keeps its count unless this is given)")
 }
 
@@ -48,7 +50,8 @@ func (f *connFlags) add(pf *pflag.FlagSet) {
 // password in --server.
 func (f *connFlags) resolve(cmd *cobra.Command, server *string) error {
 	fl := cmd.Flags()
-	vals := map[string]*string{"server": server, "creds": &f.creds, "nkey": &f.nkey, "tls-ca": &f.tlsCA, "tls-cert": &f.tlsCert, "tls-key": &f.tlsKey, "js-domain": &f.jsDomain}
+	vals := map[string]*string{"server": server, "creds": &f.creds, "nkey": &f.nkey, "tls-ca": &f.tlsCA, "tls-cert": &f.tlsCert, "tls-key": &f.tlsKey, "js-domain": &f.jsDomain,
+		"inbox-prefix": &f.inboxPrefix}
 	for flag, env := range connEnv {
 		if v, ok := os.LookupEnv(env); ok && !fl.Changed(flag) {
 			*vals[flag] = v

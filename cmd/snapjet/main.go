@@ -178,7 +178,7 @@ func (g *globals) brokerConnectConfig(ctx context.Context, opt broker.Options, s
 	if err != nil {
 		return nil, err
 	}
-	opt.Credentials, opt.JSDomain, opt.Replicas, opt.Log = creds, g.conn.jsDomain, g.conn.replicaCount(), g.log
+	opt.Credentials, opt.JSDomain, opt.InboxPrefix, opt.Replicas, opt.Log = creds, g.conn.jsDomain, g.conn.inboxPrefix, g.conn.replicaCount(), g.log
 	b, err := broker.ConnectContext(ctx, opt)
 	if err == nil {
 		g.setConn(b.NC)

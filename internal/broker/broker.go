@@ -36,6 +36,10 @@ type Options struct {
 	// server connected to: a client of a site node reaches the hub's
 	// streams with the hub's domain.
 	JSDomain string
+	// InboxPrefix is the subject prefix of the client's reply inboxes,
+	// empty for _INBOX: a site whose permissions let it receive only its
+	// own replies gives its clients a prefix of their own.
+	InboxPrefix string
 	// Replicas of the streams and buckets this client creates (see
 	// replicaJS); 0 keeps an existing one's count and makes new ones R1.
 	Replicas int
@@ -182,6 +186,9 @@ func ConnectContext(ctx context.Context, opt Options) (*Broker, error) {
 	}
 	if token != "" {
 		copts = append(copts, nats.Token(token))
+	}
+	if opt.InboxPrefix != "" {
+		copts = append(copts, nats.CustomInboxPrefix(opt.InboxPrefix))
 	}
 	copts = append(copts,
 		nats.Name(opt.Name),
