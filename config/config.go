@@ -52,6 +52,12 @@ type Server struct {
 	// MonitorListen is where the embedded server serves its HTTP
 	// monitoring (/varz, /jsz); empty: nowhere.
 	MonitorListen string
+	// JSDomain is the JetStream domain of the state and the streams (hub
+	// from a site node); empty: the server's own.
+	JSDomain string
+	// InboxPrefix is the subject prefix of the client's reply inboxes, for
+	// a site whose permissions allow only its own; empty: _INBOX.
+	InboxPrefix string
 }
 
 // Embedded reports whether this node runs its own server.

@@ -17,7 +17,8 @@ func TestExampleParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Server.URL != "tls://hub.example.net:4222" || cfg.Server.Embedded() || cfg.Server.Creds != "/etc/snapjet/site-a.creds" {
+	if cfg.Server.URL != "tls://hub.example.net:4222" || cfg.Server.Embedded() || cfg.Server.Creds != "/etc/snapjet/site-a.creds" ||
+		cfg.Server.JSDomain != "hub" || cfg.Server.InboxPrefix != "_INBOX_site-a" {
 		t.Errorf("server = %+v", cfg.Server)
 	}
 	j := cfg.Job("home")
@@ -108,6 +109,9 @@ func TestBadConfigs(t *testing.T) {
 		{"duplicate job name and shared source", job + strings.Replace(job, "jobs:\n", "", 1), []string{
 			`bad.yaml:7: jobs[1].source: /data/a is already the source of the job at line 3; two jobs on one source would prune each other's snapshots (make it one job with all the targets)`,
 			`bad.yaml:6: jobs[1].name: job name "a" is taken by the job at line 2 (give every job its own name)`}},
+		{"domain and inbox prefix", "server:\n  url: nats://site:4222\n  js_domain: hub.x\n  inbox_prefix: _INBOX.*\n" + job, []string{
+			`bad.yaml:3: server.js_domain: "hub.x" is not a NATS subject token (write a name such as hub: letters, digits, -, _ and $, no dots, spaces or wildcards)`,
+			`bad.yaml:4: server.inbox_prefix: "_INBOX.*" is not a NATS subject token (write a name such as _INBOX_site-a: letters, digits, -, _ and $, no dots, spaces or wildcards)`}},
 		{"monitoring of an external server", "server:\n  url: nats://hub:4222\n  monitor_listen: 127.0.0.1:8222\n" + job, []string{
 			`bad.yaml:3: server.monitor_listen: only the embedded server has one, and server.url names an external server (remove it, or remove server.url to embed a server)`}},
 		{"password in the URL is refused and never repeated", "server:\n  url: nats://snap:hunter2@hub:4222\n  listen: 0.0.0.0:4222\n" + job, []string{

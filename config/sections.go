@@ -55,6 +55,8 @@ func (p *parser) server(n *yaml.Node, path string, s *Server) (embedded map[stri
 			lines["monitor_listen"] = n.Line
 			s.MonitorListen = p.listen(n, path)
 		},
+		"js_domain":    func(n *yaml.Node, path string) { s.JSDomain = p.token(n, path, "hub") },
+		"inbox_prefix": func(n *yaml.Node, path string) { s.InboxPrefix = p.token(n, path, "_INBOX_site-a") },
 	}, nil)
 	if lines["creds"] > 0 && lines["nkey"] > 0 {
 		p.errorf(lines["nkey"], path+".nkey", "keep creds (a user JWT with its seed) or nkey (a bare nkey seed), not both", "creds and nkey both set")
@@ -67,6 +69,20 @@ func (p *parser) server(n *yaml.Node, path string, s *Server) (embedded map[stri
 		p.errorf(line, path+"."+have, "add "+missing+": a client certificate needs both files", "%s without %s", have, missing)
 	}
 	return lines
+}
+
+// subjectToken matches one token of a NATS subject: no dots, spaces or
+// wildcards.
+var subjectToken = regexp.MustCompile(`^[A-Za-z0-9_$-]{1,64}$`)
+
+// token accepts one subject token, such as a JetStream domain.
+func (p *parser) token(n *yaml.Node, path, example string) string {
+	v, ok := p.str(n, path, "write a name such as "+example)
+	if ok && !subjectToken.MatchString(v) {
+		p.errorf(n.Line, path, "write a name such as "+example+": letters, digits, -, _ and $, no dots, spaces or wildcards", "%q is not a NATS subject token", v)
+		return ""
+	}
+	return v
 }
 
 var urlSchemes = map[string]bool{"nats": true, "tls": true, "ws": true, "wss": true}

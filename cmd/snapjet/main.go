@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -178,7 +179,7 @@ func (g *globals) brokerConnectConfig(ctx context.Context, opt broker.Options, s
 	if err != nil {
 		return nil, err
 	}
-	opt.Credentials, opt.JSDomain, opt.InboxPrefix, opt.Replicas, opt.Log = creds, g.conn.jsDomain, g.conn.inboxPrefix, g.conn.replicaCount(), g.log
+	opt.Credentials, opt.JSDomain, opt.InboxPrefix, opt.Replicas, opt.Log = creds, cmp.Or(g.conn.jsDomain, s.JSDomain), cmp.Or(g.conn.inboxPrefix, s.InboxPrefix), g.conn.replicaCount(), g.log
 	b, err := broker.ConnectContext(ctx, opt)
 	if err == nil {
 		g.setConn(b.NC)
