@@ -10,11 +10,12 @@ import (
 
 // A site away for longer than the window can hold (issue 8, item 3): the
 // site's link to the hub is cut while its target receives, with a window
-// of a third of the change. The target at the hub commits; the site's
-// target fails alone, once its stall timeout passes, with the reason; and
-// the next run, with the link back, brings the site up to date with an
-// incremental from its last common base, while the hub's target gets only
-// the next incremental: never a full resend.
+// of a third of the change. The near target (at the hub, or at another
+// site) commits; the far site's target fails alone, once its stall timeout
+// passes, with the reason; and the next run, with the link back, brings
+// the far site up to date with an incremental from its last common base,
+// while the near target gets only the next incremental: never a full
+// resend.
 //
 // It runs on both kinds of site: a leaf node without JetStream, whose
 // target consumes the hub's stream across the link, and a site node with
@@ -24,11 +25,17 @@ import (
 func TestSiteAwayPastTheWindow(t *testing.T) {
 	t.Run("leaf-node", func(t *testing.T) {
 		site := startLeafSite(t)
-		siteAway(t, site, func(target, dir string) { startReceiver(t, site.leafURL(), target, dir) })
+		siteAway(t, site,
+			func(target, dir string) { startReceiver(t, site.hubURL(), target, dir) },
+			func(target, dir string) { startReceiver(t, site.leafURL(), target, dir) })
 	})
+	// Two sites with their own JetStream: near is at site-b, whose link
+	// stays up; far at site-a.
 	t.Run("site-node", func(t *testing.T) {
 		s := startSites(t)
-		siteAway(t, s.wan("site-a"), func(target, dir string) { s.receiver("site-a", target, dir) })
+		siteAway(t, s.wan("site-a"),
+			func(target, dir string) { s.receiver("site-b", target, dir) },
+			func(target, dir string) { s.receiver("site-a", target, dir) })
 	})
 }
 
@@ -42,11 +49,11 @@ type wanSite interface {
 	linkUp(ctx context.Context) bool
 }
 
-func siteAway(t *testing.T, site wanSite, startFar func(target, dir string)) {
+func siteAway(t *testing.T, site wanSite, startNear, startFar func(target, dir string)) {
 	source := filepath.Join(newSourceFS(t, 1<<30), "data")
 	dataSet{seed: 51, bulk: 32 * mib}.newSource(t, source)
 	near, far := newTarget(t, 1<<30, "near"), newTarget(t, 1<<30, "far")
-	startReceiver(t, site.hubURL(), "near", near)
+	startNear("near", near)
 	startFar("far", far)
 	args := func(extra ...string) []string {
 		return append(append([]string{"send", "--server", site.hubURL(), "--to", "near,far"}, extra...), source)
