@@ -208,7 +208,7 @@ func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication
 	}
 	// An existing consumer is left as it is: it may have been reset to
 	// start where a resumed receiver continues.
-	if err := c.stream.Open(ctx, id, r.Window, r.Dests(r.Active())); err != nil {
+	if err := c.stream.Open(ctx, id, r.Window, r.ChunkSize, r.Dests(r.Active())); err != nil {
 		return nil, err
 	}
 	return c.update(ctx, id, func(r *Replication) error {

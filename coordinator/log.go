@@ -28,8 +28,8 @@ type Dest struct{ Target, Site string }
 // itself or on its site's copy, which keeps the stream's sequences. The
 // contract, which log_test.go checks against every implementation (the
 // JetStream adapter and the in-memory one of coordtest):
-//   - Open creates the stream of id if it is missing, bounded by twice
-//     window, the copy at each site of dests, and a consumer delivering from
+//   - Open creates the stream of id if it is missing, bounded by a window
+//     and a chunk (streams.MaxBytes), the copy at each site of dests, and a consumer delivering from
 //     the first stored message for each of dests that has none; an existing
 //     consumer is left as it is (it may have been reset to where a resumed
 //     receiver continues). A site that cannot be reached now is logged and
@@ -61,7 +61,7 @@ type Dest struct{ Target, Site string }
 // cannot be read now is an error: temporary, and never evidence that
 // something is not stored.
 type Log interface {
-	Open(ctx context.Context, id string, window int64, dests []Dest) error
+	Open(ctx context.Context, id string, window int64, chunk int, dests []Dest) error
 	First(ctx context.Context, id string) (*streams.Message, error)
 	Last(ctx context.Context, id string) (*streams.Message, error)
 	AckFloors(ctx context.Context, id string, dests []Dest) (map[string]uint64, error)
@@ -153,7 +153,7 @@ var ErrNoHubDomain = errors.New("no JetStream domain")
 // copy left at a site that was away when the stream was deleted would, for
 // a stream made again under the same id, hold other messages at the same
 // sequences. Such a stale copy counts as missing, and create replaces it.
-func (l *StreamLog) copyAt(ctx context.Context, id, site string, window int64, create bool) (jetstream.Stream, error) {
+func (l *StreamLog) copyAt(ctx context.Context, id, site string, create bool) (jetstream.Stream, error) {
 	name := streams.StreamName(id)
 	origin, err := l.js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -190,10 +190,7 @@ func (l *StreamLog) copyAt(ctx context.Context, id, site string, window int64, c
 	if err != nil {
 		return nil, err
 	}
-	if window <= 0 {
-		window = origin.CachedInfo().Config.MaxBytes / 2
-	}
-	s, err = streams.EnsureMirror(ctx, js, origin, id, hub, site, stamp, window)
+	s, err = streams.EnsureMirror(ctx, js, origin, id, hub, site, stamp)
 	if err != nil {
 		return nil, fmt.Errorf("copy of %s at site %s: %w", id, site, err)
 	}
@@ -210,18 +207,18 @@ func atSite(site string) string {
 
 // stream binds the stream of id; nil without error when it is missing.
 func (l *StreamLog) stream(ctx context.Context, id string) (jetstream.Stream, error) {
-	return l.copyAt(ctx, id, "", 0, false)
+	return l.copyAt(ctx, id, "", false)
 }
 
 // Open implements Log.
-func (l *StreamLog) Open(ctx context.Context, id string, window int64, dests []Dest) error {
-	s, err := streams.EnsureStream(ctx, l.js, id, window)
+func (l *StreamLog) Open(ctx context.Context, id string, window int64, chunk int, dests []Dest) error {
+	s, err := streams.EnsureStream(ctx, l.js, id, window, chunk)
 	if err != nil {
 		return err
 	}
 	placed := map[string]jetstream.Stream{"": s}
 	for _, site := range sites(dests) {
-		c, err := l.copyAt(ctx, id, site, window, true)
+		c, err := l.copyAt(ctx, id, site, true)
 		if err != nil {
 			// One site that cannot be reached must not hold up the others:
 			// its targets ask for a replay once they can reach the hub.
@@ -321,7 +318,7 @@ func (l *StreamLog) AckFloors(ctx context.Context, id string, dests []Dest) (map
 // floorsAt reads the ack floors of the dests at site.
 func (l *StreamLog) floorsAt(ctx context.Context, id, site string, dests []Dest) (map[string]uint64, error) {
 	floors := map[string]uint64{}
-	s, err := l.copyAt(ctx, id, site, 0, false)
+	s, err := l.copyAt(ctx, id, site, false)
 	if s == nil || err != nil {
 		return floors, err
 	}
@@ -342,7 +339,7 @@ func (l *StreamLog) floorsAt(ctx context.Context, id, site string, dests []Dest)
 // its targets acked until the next purge: it never holds back the stream.
 func (l *StreamLog) PurgeTo(ctx context.Context, id string, keep uint64, dests []Dest) error {
 	for _, site := range append([]string{""}, sites(dests)...) {
-		s, err := l.copyAt(ctx, id, site, 0, false)
+		s, err := l.copyAt(ctx, id, site, false)
 		if err == nil && s != nil {
 			err = s.Purge(ctx, jetstream.WithPurgeSequence(keep))
 		}
@@ -360,7 +357,7 @@ func (l *StreamLog) PurgeTo(ctx context.Context, id string, keep uint64, dests [
 // Reset implements Log.
 func (l *StreamLog) Reset(ctx context.Context, id string, dests []Dest) error {
 	for _, site := range append([]string{""}, sites(dests)...) {
-		s, err := l.copyAt(ctx, id, site, 0, false)
+		s, err := l.copyAt(ctx, id, site, false)
 		if err != nil {
 			return err
 		}
@@ -384,7 +381,7 @@ func (l *StreamLog) Reset(ctx context.Context, id string, dests []Dest) error {
 
 // ResetConsumer implements Log.
 func (l *StreamLog) ResetConsumer(ctx context.Context, id string, d Dest, fromSeq uint64) error {
-	s, err := l.copyAt(ctx, id, d.Site, 0, true)
+	s, err := l.copyAt(ctx, id, d.Site, true)
 	if err != nil {
 		return err
 	}
@@ -396,7 +393,7 @@ func (l *StreamLog) ResetConsumer(ctx context.Context, id string, d Dest, fromSe
 
 // DropConsumer implements Log.
 func (l *StreamLog) DropConsumer(ctx context.Context, id string, d Dest) error {
-	s, err := l.copyAt(ctx, id, d.Site, 0, false)
+	s, err := l.copyAt(ctx, id, d.Site, false)
 	if s == nil || err != nil {
 		return err
 	}

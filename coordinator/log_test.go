@@ -134,7 +134,7 @@ func logContract(t *testing.T, l logUnderTest) {
 		t.Fatalf("List without streams: %v (%v)", ids, err)
 	}
 
-	if err := l.Open(ctx, "r1", 1<<20, dests("a", "b")); err != nil {
+	if err := l.Open(ctx, "r1", 1<<20, 64<<10, dests("a", "b")); err != nil {
 		t.Fatal(err)
 	}
 	if ids, err := l.List(ctx); err != nil || len(ids) != 1 || ids[0] != "r1" {
@@ -157,7 +157,7 @@ func logContract(t *testing.T, l logUnderTest) {
 	l.ack(t, "r1", "b", 2)
 	floors("after acks", map[string]uint64{"a": 4, "b": 2})
 	// Open again leaves existing consumers as they are.
-	if err := l.Open(ctx, "r1", 1<<20, all); err != nil {
+	if err := l.Open(ctx, "r1", 1<<20, 64<<10, all); err != nil {
 		t.Fatal(err)
 	}
 	floors("after a second Open", map[string]uint64{"a": 4, "b": 2, "c": 0})

@@ -19,7 +19,7 @@ func TestSweep(t *testing.T) {
 	if _, err := f.c.Fail(f.ctx, "finished", "test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := streams.EnsureStream(f.ctx, f.b.JS, "ghost", 1<<20); err != nil {
+	if _, err := streams.EnsureStream(f.ctx, f.b.JS, "ghost", 1<<20, 64<<10); err != nil {
 		t.Fatal(err)
 	}
 	streamsGone, recordsGone, err := f.c.Sweep(f.ctx, DefaultRecordRetention)

@@ -77,17 +77,26 @@ const (
 	AckWait = 30 * time.Second
 )
 
-// EnsureStream creates (or updates) the stream of a replication. The stream
-// refuses publishes past twice the window: the sender keeps it within one
-// window, this is the hard backstop.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, repl string, window int64) (jetstream.Stream, error) {
+// MaxBytes is the most a replication's stream may hold: a window, and the
+// one chunk an empty stream takes whatever the window (the sender keeps
+// the stream within the window otherwise). It is the hard backstop, kept
+// tight because JetStream reserves a stream's byte limit from the server's
+// storage when the stream is made: a hub holds as many unfinished
+// replications as their limits fit on its disk.
+func MaxBytes(window int64, chunk int) int64 {
+	return window + int64(max(chunk, MaxChunk/16)) + 64<<10
+}
+
+// EnsureStream creates (or updates) the stream of a replication, bounded
+// by MaxBytes: publishes past it are refused.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, repl string, window int64, chunk int) (jetstream.Stream, error) {
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName(repl),
 		Description: "snapjet send stream of replication " + repl,
 		Subjects:    []string{Subject(repl)},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
-		MaxBytes:    2 * window,
+		MaxBytes:    MaxBytes(window, chunk),
 		Storage:     jetstream.FileStorage,
 		Duplicates:  DuplicateWindow,
 		AllowDirect: true,
@@ -125,12 +134,13 @@ const siteConsumerPending = 16
 // (SiteConsumerName, delivering on SiteSubject): the site needs no right to
 // create consumers on the hub's streams, only to reset its own. The hub
 // purges only what the site's targets acked, so the copy holds about what
-// the stream holds; its limit is a backstop at which it stops copying
-// (DiscardNew), never drops.
+// the stream holds; its limit, half as much again as the stream's (the
+// stream is purged a moment before its copies), is a backstop at which it
+// stops copying (DiscardNew), never drops.
 //
 // stamp is OriginStamp of origin, kept in the copy's metadata under
 // OriginKey, so a copy of an earlier stream of the same name is told apart.
-func EnsureMirror(ctx context.Context, js jetstream.JetStream, origin jetstream.Stream, repl, hub, site, stamp string, window int64) (jetstream.Stream, error) {
+func EnsureMirror(ctx context.Context, js jetstream.JetStream, origin jetstream.Stream, repl, hub, site, stamp string) (jetstream.Stream, error) {
 	feed := jetstream.ConsumerConfig{
 		Durable:        SiteConsumerName(site),
 		Description:    "snapjet copy of replication " + repl + " at site " + site,
@@ -158,7 +168,7 @@ func EnsureMirror(ctx context.Context, js jetstream.JetStream, origin jetstream.
 			Consumer: &jetstream.StreamConsumerSource{Name: feed.Durable, DeliverSubject: feed.DeliverSubject}},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
-		MaxBytes:    4 * window,
+		MaxBytes:    origin.CachedInfo().Config.MaxBytes * 3 / 2,
 		Storage:     jetstream.FileStorage,
 		AllowDirect: true,
 	}

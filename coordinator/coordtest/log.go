@@ -120,7 +120,7 @@ func (l *Log) Consumer(id, target string) (from uint64, site string, ok bool) {
 }
 
 // Open implements coordinator.Log.
-func (l *Log) Open(_ context.Context, id string, _ int64, dests []coordinator.Dest) error {
+func (l *Log) Open(_ context.Context, id string, _ int64, _ int, dests []coordinator.Dest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {

@@ -284,7 +284,7 @@ func TestClusterFromDeployExample(t *testing.T) {
 	if code, _ := run(t, cmdTimeout, "status --replicas 3", env, snapjetBin, "status", "--replicas", "3"); code != 0 {
 		t.Fatalf("snapjet status --replicas 3: exit %d", code)
 	}
-	s, err := streams.EnsureStream(ctx, b.JS, "cluster_test", 64<<20)
+	s, err := streams.EnsureStream(ctx, b.JS, "cluster_test", 64<<20, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
