@@ -50,8 +50,24 @@ func publishOpts(r *coordinator.Replication, idx int64) []jetstream.PublishOpt {
 // windowLog is how often a sender waiting for room in the window says so.
 const windowLog = 30 * time.Second
 
-// msgOverhead approximates the stored size of a chunk's headers.
-const msgOverhead = 400
+// storedSize is what the stream stores for msg published with opts: its
+// subject, its headers and those the publish options add (the expected
+// stream and the expected last message id, as long as the message's own
+// id), its data, and the store's own record. The window is counted in
+// these bytes; counted short, tiny chunks (zeros compress to a few bytes)
+// would let the stream outgrow its byte limit between two reads of its
+// size.
+func storedSize(msg *nats.Msg) int64 {
+	n := len(msg.Subject) + len(msg.Data) + 64
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	n += len(jetstream.ExpectedStreamHeader) + len(streams.StreamName(msg.Header.Get(streams.HdrRepl))) + 4
+	n += len(jetstream.ExpectedLastMsgIDHeader) + len(msg.Header.Get(nats.MsgIdHdr)) + 4
+	return int64(n)
+}
 
 func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 	info, err := p.st.Info(ctx)
@@ -65,7 +81,7 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		err := p.makeRoom(ctx, int64(len(j.msg.Data))+msgOverhead)
+		err := p.makeRoom(ctx, storedSize(j.msg))
 		if err == nil {
 			err = p.publish(ctx, j)
 		} else {
@@ -112,7 +128,7 @@ func (p *publisher) publish(ctx context.Context, j *job) error {
 		return fmt.Errorf("publish chunk %d of %s: %w", j.idx, p.r.ID, err)
 	}
 	p.inflight = append(p.inflight, pending{fut, j, p.s.NC.Stats().Reconnects})
-	p.stored += int64(len(j.msg.Data)) + msgOverhead
+	p.stored += storedSize(j.msg)
 	return nil
 }
 

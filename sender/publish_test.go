@@ -1,6 +1,17 @@
 package sender
 
-import "testing"
+import (
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/snapjet/snapjet/coordinator"
+	"github.com/snapjet/snapjet/internal/broker"
+	"github.com/snapjet/snapjet/streams"
+)
 
 func TestWindowDecisions(t *testing.T) {
 	fitsTests := []struct {
@@ -18,5 +29,44 @@ func TestWindowDecisions(t *testing.T) {
 		if got := fits(tc.stored, tc.need, tc.window, tc.msgs); got != tc.want {
 			t.Errorf("fits %s: %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestStoredSizeCoversWhatTheStreamStores publishes chunks with the
+// sender's options into a real stream and checks that storedSize never
+// counts short: the window, and the stream's byte limit, rely on it.
+func TestStoredSizeCoversWhatTheStreamStores(t *testing.T) {
+	b, err := broker.Connect(broker.Options{Store: t.TempDir(), Listen: "127.0.0.1:0", Name: t.Name(),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	id := strings.Repeat("r", 180)
+	st, err := streams.EnsureStream(t.Context(), b.JS, id, 1<<20, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec, err := streams.NewCodec(zstd.SpeedFastest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &coordinator.Replication{ID: id, Attempt: 1}
+	var counted int64
+	for i := range int64(50) {
+		msg := codec.EncodeChunk(id, 1, i, i*10, make([]byte, 10), true, nil) // compresses to almost nothing
+		counted += storedSize(msg)
+		if _, err := b.JS.PublishMsg(t.Context(), msg, publishOpts(r, i)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, err := st.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored := int64(info.State.Bytes); stored > counted {
+		t.Errorf("the stream stores %d bytes for 50 tiny chunks, the sender counted %d", stored, counted)
+	} else {
+		t.Logf("stored %d bytes, counted %d", stored, counted)
 	}
 }
