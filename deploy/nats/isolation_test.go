@@ -2,11 +2,8 @@ package natsconf_test
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,16 +31,8 @@ import (
 func TestSitesIsolated(t *testing.T) {
 	binaries(t)
 	c := newCerts(t)
-	src, dstA, dstB := loopfs.New(t, 512<<20), loopfs.New(t, 512<<20), loopfs.New(t, 512<<20)
-	source := filepath.Join(src.Dir, "data")
-	if out, err := exec.Command("btrfs", "subvolume", "create", source).CombinedOutput(); err != nil {
-		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
-	}
-	payload := make([]byte, 24<<20)
-	_, _ = rand.Read(payload)
-	if err := os.WriteFile(filepath.Join(source, "file"), payload, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	source, payload := newSource(t, 24<<20)
+	dstA, dstB := loopfs.New(t, 512<<20), loopfs.New(t, 512<<20)
 
 	client, leaf := freeAddr(t), freeAddr(t)
 	hubPassword := secret("hub-clients-" + filepath.Base(t.TempDir()))

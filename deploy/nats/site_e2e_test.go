@@ -26,16 +26,8 @@ import (
 // nats commands deploy/README.md gives for following it from the site.
 func TestReceiverAtSiteNode(t *testing.T) {
 	binaries(t)
-	src, dst := loopfs.New(t, 256<<20), loopfs.New(t, 256<<20)
-	source := filepath.Join(src.Dir, "data")
-	if out, err := exec.Command("btrfs", "subvolume", "create", source).CombinedOutput(); err != nil {
-		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
-	}
-	payload := make([]byte, 8<<20)
-	_, _ = rand.Read(payload)
-	if err := os.WriteFile(filepath.Join(source, "file"), payload, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	source, payload := newSource(t, 8<<20)
+	dst := loopfs.New(t, 256<<20)
 
 	hubAddr, leafAddr, siteAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	hub := launch(t, "hub", nil, snapjetBin, "server", "--store", t.TempDir(), "--listen", hubAddr, "--domain", "hub", "--leaf-listen", leafAddr)
@@ -51,6 +43,23 @@ func TestReceiverAtSiteNode(t *testing.T) {
 	defer cancel()
 	sendSucceeded(ctx, t, send, "to a receiver at the site node")
 	assertReceived(t, dst.Dir, payload)
+}
+
+// newSource makes a btrfs subvolume on a loop image of its own holding one
+// file of size random bytes (compression cannot shrink the transfer), and
+// returns its path and the bytes.
+func newSource(t *testing.T, size int) (string, []byte) {
+	t.Helper()
+	source := filepath.Join(loopfs.New(t, int64(2*size)+256<<20).Dir, "data")
+	if out, err := exec.Command("btrfs", "subvolume", "create", source).CombinedOutput(); err != nil {
+		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
+	}
+	payload := make([]byte, size)
+	_, _ = rand.Read(payload)
+	if err := os.WriteFile(filepath.Join(source, "file"), payload, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return source, payload
 }
 
 // sendSucceeded waits, until ctx ends, for send to exit 0.
@@ -138,16 +147,8 @@ func followFromSite(t *testing.T, siteAddr string, send *proc) {
 // the target applied exactly the sender's chunks.
 func TestClusterLeaderKilledMidTransfer(t *testing.T) {
 	binaries(t)
-	src, dst := loopfs.New(t, 512<<20), loopfs.New(t, 512<<20)
-	source := filepath.Join(src.Dir, "data")
-	if out, err := exec.Command("btrfs", "subvolume", "create", source).CombinedOutput(); err != nil {
-		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
-	}
-	payload := make([]byte, 96<<20) // random: compression cannot shrink the transfer
-	_, _ = rand.Read(payload)
-	if err := os.WriteFile(filepath.Join(source, "file"), payload, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	source, payload := newSource(t, 96<<20)
+	dst := loopfs.New(t, 512<<20)
 
 	cl := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
