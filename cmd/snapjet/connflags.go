@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -46,6 +47,10 @@ func (f *connFlags) add(pf *pflag.FlagSet) {
 	pf.IntVar(&f.replicas, "replicas", 1, "replicas of the streams and the state bucket on a clustered server (an existing one keeps its count unless this is given)")
 }
 
+// subjectPrefix matches a NATS subject without wildcards: what a JetStream
+// domain and an inbox prefix must be.
+var subjectPrefix = regexp.MustCompile(`^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$`)
+
 // resolve fills the flags not given from the environment, and refuses a
 // password in --server.
 func (f *connFlags) resolve(cmd *cobra.Command, server *string) error {
@@ -60,6 +65,11 @@ func (f *connFlags) resolve(cmd *cobra.Command, server *string) error {
 	if fl.Changed("server") {
 		if _, _, password, _, err := broker.SplitUser(*server); err == nil && password != "" {
 			return &exitError{2, fmt.Errorf("%w: --server %s: every user can read it with ps; name only the user in the URL and put the password in SNAPJET_PASSWORD or --password-file", broker.ErrSecretInArgs, broker.Redact(*server))}
+		}
+	}
+	for flag, v := range map[string]string{"js-domain": f.jsDomain, "inbox-prefix": f.inboxPrefix} {
+		if v != "" && !subjectPrefix.MatchString(v) {
+			return &exitError{2, fmt.Errorf("--%s %q: write NATS subject tokens (letters, digits, -, _ and $) separated by dots, with no wildcards or spaces, e.g. hub or _INBOX_site-a", flag, v)}
 		}
 	}
 	if f.replicas < 1 {
