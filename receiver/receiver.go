@@ -50,6 +50,7 @@ type Receiver struct {
 	jobs     map[string]*running // by replication id
 	fellBack map[string]bool     // replications the native receive could not apply
 	domain   *string             // the site's JetStream domain, once known ("" at the hub)
+	state    string              // the JetStream domain of the state, once domain is known
 	sites    map[string]jetstream.JetStream
 }
 
@@ -314,6 +315,9 @@ func (rc *Receiver) Inventory(ctx context.Context) (streams.Inventory, error) {
 		return inv, err
 	}
 	inv.Site = site
+	rc.mu.Lock()
+	inv.StateDomain = rc.state
+	rc.mu.Unlock()
 	subs, err := btrfs.List(rc.dir)
 	if err != nil {
 		return inv, err
@@ -357,7 +361,7 @@ func (rc *Receiver) site(ctx context.Context) (string, error) {
 		site = here.Domain
 	}
 	rc.mu.Lock()
-	rc.domain = &site
+	rc.domain, rc.state = &site, state.Domain
 	rc.mu.Unlock()
 	if site != "" {
 		rc.log.Info("receiving from the site's copies", "site", site, "hub", state.Domain)

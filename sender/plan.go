@@ -122,6 +122,42 @@ func Inventories(ctx context.Context, nc *nats.Conn, targets []string, timeout t
 	return inv, unreachable
 }
 
+// inventories is Inventories with one more check: a receiver that watches
+// for its work in another JetStream domain than this sender's state (a
+// receiver at a site node without --js-domain) would never see its work,
+// and is reported unreachable with the fix instead.
+func (s *Sender) inventories(ctx context.Context, targets []string, timeout time.Duration) (map[string]streams.Inventory, map[string]error) {
+	inv, unreachable := Inventories(ctx, s.NC, targets, timeout)
+	if len(inv) == 0 || s.JS == nil {
+		return inv, unreachable
+	}
+	info, err := s.JS.AccountInfo(ctx)
+	if err != nil {
+		return inv, unreachable // the plan reads the state next and says why
+	}
+	for t, in := range inv {
+		if err := sameState(t, in.StateDomain, info.Domain); err != nil {
+			delete(inv, t)
+			unreachable[t] = err
+		}
+	}
+	return inv, unreachable
+}
+
+// sameState explains why the receiver of target, watching for its work in
+// JetStream domain theirs, cannot see work from a sender whose state is in
+// domain ours. A receiver that names no domain (one too old to say, or on a
+// server without domains) is given the benefit of the doubt.
+func sameState(target, theirs, ours string) error {
+	switch {
+	case theirs == "" || theirs == ours:
+		return nil
+	case ours == "":
+		return fmt.Errorf("the receiver of target %s watches for its work in JetStream domain %q, and this sender's JetStream has no domain: give the hub one (`jetstream { domain: hub }` or `snapjet server --domain hub`) and start the receiver with --js-domain hub", target, theirs)
+	}
+	return fmt.Errorf("the receiver of target %s watches for its work in JetStream domain %q, and this sender's state is in %q: start it with --js-domain %s (or SNAPJET_JS_DOMAIN=%s)", target, theirs, ours, ours, ours)
+}
+
 // inventory asks one target's receiver, until it answers or timeout passes.
 func inventory(ctx context.Context, nc *nats.Conn, target string, timeout time.Duration) (streams.Inventory, error) {
 	deadline := time.Now().Add(timeout)
@@ -221,7 +257,7 @@ func (s *Sender) plan(ctx context.Context, src string, srcInfo btrfs.Info, opt O
 		window = DefaultWindow
 	}
 	window = max(window, 8*int64(chunk))
-	inv, unreachable := Inventories(ctx, s.NC, opt.Targets, opt.InventoryTimeout)
+	inv, unreachable := s.inventories(ctx, opt.Targets, opt.InventoryTimeout)
 	if len(inv) == 0 {
 		return nil, fmt.Errorf("no target can receive: %w", joinTargets(unreachable))
 	}

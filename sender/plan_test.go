@@ -202,3 +202,24 @@ func TestCatchUpPlan(t *testing.T) {
 		t.Errorf("offered %v: a target with no base or nothing missing is offered nothing", offered)
 	}
 }
+
+func TestSameState(t *testing.T) {
+	for _, tc := range []struct {
+		theirs, ours string
+		fix          string // "" when the receiver sees this sender's work
+	}{
+		{"hub", "hub", ""},
+		{"", "", ""},
+		{"", "hub", ""}, // a receiver too old to say
+		{"site-c", "hub", "--js-domain hub"},
+		{"site-c", "", "give the hub one"},
+	} {
+		err := sameState("nas-c", tc.theirs, tc.ours)
+		switch {
+		case tc.fix == "" && err != nil:
+			t.Errorf("receiver in %q, sender in %q: %v", tc.theirs, tc.ours, err)
+		case tc.fix != "" && (err == nil || !strings.Contains(err.Error(), tc.fix)):
+			t.Errorf("receiver in %q, sender in %q: %v, want the fix %q", tc.theirs, tc.ours, err, tc.fix)
+		}
+	}
+}

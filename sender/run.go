@@ -279,7 +279,7 @@ func (s *Sender) resume(ctx context.Context, src string, srcInfo btrfs.Info, rec
 		if len(failed) == 0 {
 			continue
 		}
-		inv, unreachable := Inventories(ctx, s.NC, failed, opt.InventoryTimeout)
+		inv, unreachable := s.inventories(ctx, failed, opt.InventoryTimeout)
 		for name, err := range unreachable {
 			s.Log.Warn("target still unreachable; it stays failed", "replication", r.ID, "target", name, "error", err)
 		}

@@ -117,4 +117,8 @@ type Inventory struct {
 	// Site is the JetStream domain of the site node the receiver is at,
 	// when it is not the sender's: its targets consume a copy kept there.
 	Site string `json:"site,omitempty"`
+	// StateDomain is the JetStream domain where the receiver watches for
+	// its work: a sender whose state is elsewhere would address work to it
+	// that it never sees.
+	StateDomain string `json:"state_domain,omitempty"`
 }

@@ -258,3 +258,19 @@ func (l siteLink) restoreLink() time.Time {
 	l.t.Logf("WAN of %s up again", l.site)
 	return time.Now()
 }
+
+// TestReceiverAtASiteWithoutTheHubsDomain: a receiver at a site node
+// started without --js-domain hub watches for its work in the site's own
+// JetStream, where no work ever comes. The sender must say so at once and
+// name the fix, not wait for the stall timeout.
+func TestReceiverAtASiteWithoutTheHubsDomain(t *testing.T) {
+	s := startSites(t)
+	source := filepath.Join(newSourceFS(t, 1<<30), "data")
+	dataSet{seed: 62, bulk: mib}.newSource(t, source)
+	startReceiver(t, "nats://"+s.addr["site-a"], "lost", newTarget(t, 1<<30, "lost"))
+	res := startSnapjet(t, "send", "send", "--server", s.hubURL(), "--to", "lost", "--receiver-wait", "60s", source).wait(transferTimeout)
+	if res.code == 0 || !strings.Contains(res.stderr, "--js-domain hub") {
+		t.Fatalf("send exited %d, want a failure naming --js-domain hub:\n%s", res.code, res.stderr)
+	}
+	t.Logf("send exited %d: %s", res.code, strings.TrimSpace(res.stderr))
+}
