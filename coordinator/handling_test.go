@@ -526,3 +526,44 @@ func TestTargetsAtASite(t *testing.T) {
 		t.Errorf("c moved to r1_c as %+v, want it still at site-x", tc)
 	}
 }
+
+// TestSweepRemovesCopiesLeftAtSites: a site that was away when its
+// replication ended keeps the copy; a later sweep deletes it, and the copy
+// of a replication with no record at all, and keeps the copy of one that
+// is still running.
+func TestSweepRemovesCopiesLeftAtSites(t *testing.T) {
+	w := &world{t: t, ctx: t.Context(), recs: coordtest.NewRecords(), log: coordtest.NewLog()}
+	w.c = coordinator.NewWith(w.recs, w.log, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	for _, id := range []string{"ended", "running"} {
+		r := &coordinator.Replication{ID: id, SnapshotUUID: testUUID, ChunkSize: 1000, Window: 1 << 20,
+			Targets: map[string]*coordinator.Target{"a": {State: coordinator.TPending, Site: "site-x"}}}
+		if err := w.c.Create(w.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.c.BeginAttempt(w.ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.c.Fail(w.ctx, "ended", "stalled"); err != nil {
+		t.Fatal(err)
+	}
+	// The site was away at the end: only the stream went.
+	if err := w.log.Delete(w.ctx, "ended", nil); err != nil {
+		t.Fatal(err)
+	}
+	// A copy whose record is gone altogether.
+	if err := w.log.Open(w.ctx, "ghost", 1<<20, 1000, []coordinator.Dest{{Target: "a", Site: "site-x"}}); err != nil {
+		t.Fatal(err)
+	}
+	streamsGone, _, err := w.c.Sweep(w.ctx, coordinator.DefaultRecordRetention)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := w.log.List(w.ctx, "site-x")
+	if err != nil || !reflect.DeepEqual(left, []string{"running"}) {
+		t.Errorf("site-x keeps %v (%v), want only the copy of the running replication", left, err)
+	}
+	if streamsGone != 3 { // ghost's stream, then the copies of ghost and ended
+		t.Errorf("swept %d streams and copies, want 3", streamsGone)
+	}
+}

@@ -53,7 +53,8 @@ type Dest struct{ Target, Site string }
 //     creating its site's copy first if it is missing.
 //   - DropConsumer deletes dest's consumer, which then holds nothing back.
 //   - Delete deletes the stream of id and the copies at the sites of dests;
-//     List returns the id of every stream.
+//     List returns the id of every stream, or with a site, of every copy
+//     kept at that site.
 //
 // A missing stream is "nothing there", not an error: reads return nothing
 // and removals (PurgeTo, Reset, DropConsumer, Delete) do nothing; only
@@ -70,7 +71,7 @@ type Log interface {
 	ResetConsumer(ctx context.Context, id string, dest Dest, fromSeq uint64) error
 	DropConsumer(ctx context.Context, id string, dest Dest) error
 	Delete(ctx context.Context, id string, dests []Dest) error
-	List(ctx context.Context) ([]string, error)
+	List(ctx context.Context, site string) ([]string, error)
 }
 
 // sites lists the distinct sites of dests, "" (the stream itself) excluded.
@@ -424,8 +425,12 @@ func (l *StreamLog) Delete(ctx context.Context, id string, dests []Dest) error {
 }
 
 // List implements Log.
-func (l *StreamLog) List(ctx context.Context) ([]string, error) {
-	names := l.js.StreamNames(ctx)
+func (l *StreamLog) List(ctx context.Context, site string) ([]string, error) {
+	js, err := l.site(site)
+	if err != nil {
+		return nil, err
+	}
+	names := js.StreamNames(ctx)
 	var ids []string
 	for name := range names.Name() {
 		if id, ok := strings.CutPrefix(name, streams.StreamName("")); ok {
@@ -433,7 +438,7 @@ func (l *StreamLog) List(ctx context.Context) ([]string, error) {
 		}
 	}
 	if err := names.Err(); err != nil {
-		return nil, fmt.Errorf("list streams: %w", err)
+		return nil, fmt.Errorf("list streams%s: %w", atSite(site), err)
 	}
 	return ids, nil
 }

@@ -130,14 +130,14 @@ func logContract(t *testing.T, l logUnderTest) {
 	if err := l.ResetConsumer(ctx, "r1", dests("a")[0], 0); err == nil {
 		t.Error("ResetConsumer of a missing stream succeeded")
 	}
-	if ids, err := l.List(ctx); err != nil || len(ids) != 0 {
+	if ids, err := l.List(ctx, ""); err != nil || len(ids) != 0 {
 		t.Fatalf("List without streams: %v (%v)", ids, err)
 	}
 
 	if err := l.Open(ctx, "r1", 1<<20, 64<<10, dests("a", "b")); err != nil {
 		t.Fatal(err)
 	}
-	if ids, err := l.List(ctx); err != nil || len(ids) != 1 || ids[0] != "r1" {
+	if ids, err := l.List(ctx, ""); err != nil || len(ids) != 1 || ids[0] != "r1" {
 		t.Fatalf("List: %v (%v), want r1", ids, err)
 	}
 	head("an empty stream", nil, nil)
@@ -197,7 +197,7 @@ func logContract(t *testing.T, l logUnderTest) {
 		t.Fatal(err)
 	}
 	head("after Delete", nil, nil)
-	if ids, err := l.List(ctx); err != nil || len(ids) != 0 {
+	if ids, err := l.List(ctx, ""); err != nil || len(ids) != 0 {
 		t.Fatalf("List after Delete: %v (%v)", ids, err)
 	}
 }

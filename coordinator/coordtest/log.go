@@ -16,6 +16,7 @@ import (
 type Log struct {
 	mu      sync.Mutex
 	streams map[string]*stream
+	copies  map[string]map[string]bool // the ids of the copies kept at each site
 	err     error
 }
 
@@ -62,7 +63,18 @@ func (s *stream) reset(d coordinator.Dest, fromSeq uint64) {
 var _ coordinator.Log = (*Log)(nil)
 
 // NewLog returns a Log without streams.
-func NewLog() *Log { return &Log{streams: map[string]*stream{}} }
+func NewLog() *Log { return &Log{streams: map[string]*stream{}, copies: map[string]map[string]bool{}} }
+
+// copyAt records that site keeps a copy of id.
+func (l *Log) copyAt(id, site string) {
+	if site == "" {
+		return
+	}
+	if l.copies[site] == nil {
+		l.copies[site] = map[string]bool{}
+	}
+	l.copies[site][id] = true
+}
 
 // Break makes every call of the Log interface return err until Break(nil).
 func (l *Log) Break(err error) {
@@ -132,6 +144,7 @@ func (l *Log) Open(_ context.Context, id string, _ int64, _ int, dests []coordin
 		l.streams[id] = s
 	}
 	for _, d := range dests {
+		l.copyAt(id, d.Site)
 		if s.consumers[d.Target] == nil {
 			s.reset(d, 0)
 		}
@@ -225,6 +238,7 @@ func (l *Log) ResetConsumer(_ context.Context, id string, d coordinator.Dest, fr
 	if s == nil {
 		return fmt.Errorf("reset consumer of %s: no stream of %s", d.Target, id)
 	}
+	l.copyAt(id, d.Site)
 	s.reset(d, fromSeq)
 	return nil
 }
@@ -241,26 +255,35 @@ func (l *Log) DropConsumer(_ context.Context, id string, d coordinator.Dest) err
 }
 
 // Delete implements coordinator.Log.
-func (l *Log) Delete(_ context.Context, id string, _ []coordinator.Dest) error {
+func (l *Log) Delete(_ context.Context, id string, dests []coordinator.Dest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
 		return l.err
 	}
 	delete(l.streams, id)
+	for _, d := range dests {
+		delete(l.copies[d.Site], id)
+	}
 	return nil
 }
 
 // List implements coordinator.Log.
-func (l *Log) List(context.Context) ([]string, error) {
+func (l *Log) List(_ context.Context, site string) ([]string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
 		return nil, l.err
 	}
-	ids := make([]string, 0, len(l.streams))
-	for id := range l.streams {
-		ids = append(ids, id)
+	var ids []string
+	if site == "" {
+		for id := range l.streams {
+			ids = append(ids, id)
+		}
+	} else {
+		for id := range l.copies[site] {
+			ids = append(ids, id)
+		}
 	}
 	sort.Strings(ids)
 	return ids, nil
