@@ -150,19 +150,21 @@ var ErrNoHubDomain = errors.New("no JetStream domain")
 
 // copyAt binds the copy of id at site (the stream itself for ""), creating
 // the site's mirror when create is set; nil without error when it is
-// missing and not created. A copy is of one incarnation of the stream: a
-// copy left at a site that was away when the stream was deleted would, for
-// a stream made again under the same id, hold other messages at the same
-// sequences. Such a stale copy counts as missing, and create replaces it.
+// missing and not created.
 func (l *StreamLog) copyAt(ctx context.Context, id, site string, create bool) (jetstream.Stream, error) {
-	name := streams.StreamName(id)
-	origin, err := l.js.Stream(ctx, name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, nil // nothing to hold, nothing to copy
+	origin, err := l.stream(ctx, id)
+	if origin == nil || err != nil {
+		return nil, err // without the stream there is nothing to hold or copy
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read the stream of %s: %w", id, err)
-	}
+	return l.copyOf(ctx, origin, id, site, create)
+}
+
+// copyOf is copyAt for the stream origin, already bound. A copy is of one
+// incarnation of the stream: a copy left at a site that was away when the
+// stream was deleted would, for a stream made again under the same id,
+// hold other messages at the same sequences. Such a stale copy counts as
+// missing, and create replaces it.
+func (l *StreamLog) copyOf(ctx context.Context, origin jetstream.Stream, id, site string, create bool) (jetstream.Stream, error) {
 	if site == "" {
 		return origin, nil
 	}
@@ -170,6 +172,7 @@ func (l *StreamLog) copyAt(ctx context.Context, id, site string, create bool) (j
 	if err != nil {
 		return nil, err
 	}
+	name := streams.StreamName(id)
 	stamp := streams.OriginStamp(origin.CachedInfo())
 	s, err := js.Stream(ctx, name)
 	switch {
@@ -199,7 +202,9 @@ func (l *StreamLog) copyAt(ctx context.Context, id, site string, create bool) (j
 	return s, nil
 }
 
-func atSite(site string) string {
+// AtSite is " at site SITE" for messages about a site's copy, "" for the
+// stream itself.
+func AtSite(site string) string {
 	if site == "" {
 		return ""
 	}
@@ -208,7 +213,14 @@ func atSite(site string) string {
 
 // stream binds the stream of id; nil without error when it is missing.
 func (l *StreamLog) stream(ctx context.Context, id string) (jetstream.Stream, error) {
-	return l.copyAt(ctx, id, "", false)
+	s, err := l.js.Stream(ctx, streams.StreamName(id))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the stream of %s: %w", id, err)
+	}
+	return s, nil
 }
 
 // Open implements Log.
@@ -219,7 +231,7 @@ func (l *StreamLog) Open(ctx context.Context, id string, window int64, chunk int
 	}
 	placed := map[string]jetstream.Stream{"": s}
 	for _, site := range sites(dests) {
-		c, err := l.copyAt(ctx, id, site, true)
+		c, err := l.copyOf(ctx, s, id, site, true)
 		if err != nil {
 			// One site that cannot be reached must not hold up the others:
 			// its targets ask for a replay once they can reach the hub.
@@ -299,8 +311,12 @@ func header(m *jetstream.RawStreamMsg) *streams.Message {
 // AckFloors implements Log.
 func (l *StreamLog) AckFloors(ctx context.Context, id string, dests []Dest) (map[string]uint64, error) {
 	floors := map[string]uint64{}
+	origin, err := l.stream(ctx, id)
+	if origin == nil || err != nil {
+		return floors, err
+	}
 	for _, site := range append([]string{""}, sites(dests)...) {
-		at, err := l.floorsAt(ctx, id, site, dests)
+		at, err := l.floorsAt(ctx, origin, id, site, dests)
 		if err != nil && site != "" {
 			// A site away holds the floor where it is (its dests are
 			// absent) and costs the others nothing; the sender says which
@@ -317,9 +333,9 @@ func (l *StreamLog) AckFloors(ctx context.Context, id string, dests []Dest) (map
 }
 
 // floorsAt reads the ack floors of the dests at site.
-func (l *StreamLog) floorsAt(ctx context.Context, id, site string, dests []Dest) (map[string]uint64, error) {
+func (l *StreamLog) floorsAt(ctx context.Context, origin jetstream.Stream, id, site string, dests []Dest) (map[string]uint64, error) {
 	floors := map[string]uint64{}
-	s, err := l.copyAt(ctx, id, site, false)
+	s, err := l.copyOf(ctx, origin, id, site, false)
 	if s == nil || err != nil {
 		return floors, err
 	}
@@ -331,7 +347,7 @@ func (l *StreamLog) floorsAt(ctx context.Context, id, site string, dests []Dest)
 		}
 	}
 	if err := lister.Err(); err != nil {
-		return nil, fmt.Errorf("consumers of %s%s: %w", id, atSite(site), err)
+		return nil, fmt.Errorf("consumers of %s%s: %w", id, AtSite(site), err)
 	}
 	return floors, nil
 }
@@ -339,8 +355,12 @@ func (l *StreamLog) floorsAt(ctx context.Context, id, site string, dests []Dest)
 // PurgeTo implements Log. A site copy that cannot be purged now keeps what
 // its targets acked until the next purge: it never holds back the stream.
 func (l *StreamLog) PurgeTo(ctx context.Context, id string, keep uint64, dests []Dest) error {
+	origin, err := l.stream(ctx, id)
+	if origin == nil || err != nil {
+		return err
+	}
 	for _, site := range append([]string{""}, sites(dests)...) {
-		s, err := l.copyAt(ctx, id, site, false)
+		s, err := l.copyOf(ctx, origin, id, site, false)
 		if err == nil && s != nil {
 			err = s.Purge(ctx, jetstream.WithPurgeSequence(keep))
 		}
@@ -357,8 +377,12 @@ func (l *StreamLog) PurgeTo(ctx context.Context, id string, keep uint64, dests [
 
 // Reset implements Log.
 func (l *StreamLog) Reset(ctx context.Context, id string, dests []Dest) error {
+	origin, err := l.stream(ctx, id)
+	if origin == nil || err != nil {
+		return err
+	}
 	for _, site := range append([]string{""}, sites(dests)...) {
-		s, err := l.copyAt(ctx, id, site, false)
+		s, err := l.copyOf(ctx, origin, id, site, false)
 		if err != nil {
 			return err
 		}
@@ -366,7 +390,7 @@ func (l *StreamLog) Reset(ctx context.Context, id string, dests []Dest) error {
 			continue
 		}
 		if err := s.Purge(ctx); err != nil {
-			return fmt.Errorf("purge stream of %s%s: %w", id, atSite(site), err)
+			return fmt.Errorf("purge stream of %s%s: %w", id, AtSite(site), err)
 		}
 		for _, d := range dests {
 			if d.Site != site {
@@ -400,7 +424,7 @@ func (l *StreamLog) DropConsumer(ctx context.Context, id string, d Dest) error {
 	}
 	err = s.DeleteConsumer(ctx, streams.ConsumerName(d.Target))
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("drop consumer of %s%s: %w", d.Target, atSite(d.Site), err)
+		return fmt.Errorf("drop consumer of %s%s: %w", d.Target, AtSite(d.Site), err)
 	}
 	return nil
 }
@@ -438,7 +462,7 @@ func (l *StreamLog) List(ctx context.Context, site string) ([]string, error) {
 		}
 	}
 	if err := names.Err(); err != nil {
-		return nil, fmt.Errorf("list streams%s: %w", atSite(site), err)
+		return nil, fmt.Errorf("list streams%s: %w", AtSite(site), err)
 	}
 	return ids, nil
 }

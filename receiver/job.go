@@ -187,7 +187,7 @@ func (j *job) bind(ctx context.Context) (jetstream.Stream, jetstream.Consumer, e
 		missing := errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound)
 		if err == nil || !missing || r.Site == "" || asked {
 			if err != nil {
-				return nil, nil, fmt.Errorf("consumer of %s on the stream of %s%s: %w", rc.target, r.ID, siteOf(r), err)
+				return nil, nil, fmt.Errorf("consumer of %s on the stream of %s%s: %w", rc.target, r.ID, coordinator.AtSite(r.Site), err)
 			}
 			return st, cons, nil
 		}
@@ -216,13 +216,6 @@ func (rc *Receiver) current(ctx context.Context, local jetstream.Stream) error {
 		return fmt.Errorf("the site's copy is of an earlier stream: %w", jetstream.ErrStreamNotFound)
 	}
 	return nil
-}
-
-func siteOf(w *coordinator.Work) string {
-	if w.Site == "" {
-		return ""
-	}
-	return " at site " + w.Site
 }
 
 // resume continues a native receive from its checkpoint. It reports false

@@ -50,10 +50,10 @@ func publishOpts(r *coordinator.Replication, idx int64) []jetstream.PublishOpt {
 // windowLog is how often a sender waiting for room in the window says so.
 const windowLog = 30 * time.Second
 
-// storedSize is what the stream stores for msg published with opts: its
-// subject, its headers and those the publish options add (the expected
-// stream and the expected last message id, as long as the message's own
-// id), its data, and the store's own record. The window is counted in
+// storedSize is what the stream stores for msg once published with
+// publishOpts: its subject, its headers and those the options add (the
+// expected stream, and the expected last message id, as long as the
+// message's own id), its data, and the store's own record. The window is counted in
 // these bytes; counted short, tiny chunks (zeros compress to a few bytes)
 // would let the stream outgrow its byte limit between two reads of its
 // size.
