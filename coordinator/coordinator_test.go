@@ -102,7 +102,7 @@ func (f *fixture) report(id string, rep streams.Report) (streams.Verdict, error)
 func (f *fixture) publish(id string, attempt int, index int64) {
 	f.t.Helper()
 	m := nats.NewMsg(streams.Subject(id))
-	m.Header.Set(streams.HdrVersion, "1")
+	m.Header.Set(streams.HdrVersion, strconv.Itoa(streams.Version))
 	m.Header.Set(streams.HdrRepl, id)
 	m.Header.Set(streams.HdrAttempt, strconv.Itoa(attempt))
 	m.Header.Set(streams.HdrKind, string(streams.KindChunk))

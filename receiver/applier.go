@@ -2,12 +2,9 @@ package receiver
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -18,6 +15,7 @@ import (
 	"github.com/snapjet/snapjet/btrfs/native"
 	"github.com/snapjet/snapjet/btrfs/sendstream"
 	"github.com/snapjet/snapjet/driver"
+	"github.com/snapjet/snapjet/streams"
 )
 
 // Applier kinds, chosen with --receiver.
@@ -177,17 +175,18 @@ type checkpoint struct {
 	Bytes       int64           `json:"bytes"`
 	Redelivered int64           `json:"redelivered"`
 	Digest      []byte          `json:"digest_state"`
+	Scheme      string          `json:"digest_scheme"`
 	Applier     json.RawMessage `json:"applier"`
 }
 
 // saveCheckpoint writes the checkpoint durably (temp file, fsync, rename,
 // fsync of the directory), so a crash leaves the old one or the new one.
-func saveCheckpoint(staging string, cp checkpoint, digest hash.Hash) error {
-	state, err := digest.(encoding.BinaryMarshaler).MarshalBinary()
+func saveCheckpoint(staging string, cp checkpoint, digest *streams.Digest) error {
+	state, err := digest.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("save checkpoint: %w", err)
 	}
-	cp.Digest = state
+	cp.Digest, cp.Scheme = state, streams.DigestPrefix
 	b, err := json.Marshal(cp)
 	if err != nil {
 		return fmt.Errorf("save checkpoint: %w", err)
@@ -215,7 +214,9 @@ func saveCheckpoint(staging string, cp checkpoint, digest hash.Hash) error {
 }
 
 // loadCheckpoint reads the checkpoint of staging and the digest it carries.
-func loadCheckpoint(staging string) (checkpoint, hash.Hash, error) {
+// A checkpoint whose digest hashed something else (one written by an
+// earlier snapjet) cannot be continued: its receive starts over.
+func loadCheckpoint(staging string) (checkpoint, *streams.Digest, error) {
 	var cp checkpoint
 	b, err := os.ReadFile(filepath.Join(staging, checkpoints))
 	if err != nil {
@@ -224,9 +225,12 @@ func loadCheckpoint(staging string) (checkpoint, hash.Hash, error) {
 	if err := json.Unmarshal(b, &cp); err != nil {
 		return cp, nil, fmt.Errorf("read checkpoint: %w", err)
 	}
-	h := sha256.New()
-	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(cp.Digest); err != nil {
-		return cp, nil, fmt.Errorf("read checkpoint digest: %w", err)
+	if cp.Scheme != streams.DigestPrefix {
+		return cp, nil, fmt.Errorf("the checkpoint's digest is of another scheme (%q), written by an earlier snapjet", cp.Scheme)
 	}
-	return cp, h, nil
+	d, err := streams.UnmarshalDigest(cp.Digest)
+	if err != nil {
+		return cp, nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	return cp, d, nil
 }

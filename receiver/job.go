@@ -2,11 +2,8 @@ package receiver
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -42,7 +39,7 @@ type job struct {
 	stream  jetstream.Stream
 	app     applier
 	native  bool
-	digest  hash.Hash
+	digest  *streams.Digest
 
 	next, bytes, redelivered int64
 	lastProgress             time.Time
@@ -142,7 +139,7 @@ func (j *job) attempt(ctx context.Context) error {
 	if err := os.MkdirAll(j.staging, 0o700); err != nil {
 		return fmt.Errorf("staging %s: %w", j.staging, err)
 	}
-	j.digest = sha256.New()
+	j.digest = streams.NewDigest()
 	if j.native {
 		a, err := startNative(ctx, j.staging, rc.dir)
 		if err != nil {
@@ -569,7 +566,7 @@ func (j *job) apply(ctx context.Context, m streams.Message) error {
 	if err := j.app.Write(m.Raw); err != nil {
 		return j.applyFailed(ctx, fmt.Errorf("apply chunk %d of %s: %w", m.Index, j.r.ID, err))
 	}
-	j.digest.Write(m.Raw)
+	j.digest.Add(m.Index, len(m.Raw), m.Sum)
 	j.next++
 	j.bytes += int64(len(m.Raw))
 	j.rc.metrics.Applied(j.rc.target, 1, int64(len(m.Raw)), 0)
@@ -682,7 +679,7 @@ func (j *job) finish(ctx context.Context, msg jetstream.Msg, end streams.Message
 		return j.fail(ctx, err)
 	}
 	rep := j.counters(streams.EvReceived)
-	rep.Digest = "sha256:" + hex.EncodeToString(j.digest.Sum(nil))
+	rep.Digest = j.digest.String()
 	rep.ReadOnly, rep.ReceivedUUID = got.ReadOnly, got.ReceivedUUID.String()
 	v, err := j.rc.report(ctx, j.r.ID, rep)
 	if err != nil {

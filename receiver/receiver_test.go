@@ -3,9 +3,7 @@ package receiver_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -233,10 +232,17 @@ func (e *env) end(id string, attempt int, s snapshot, chunks []*nats.Msg) {
 	e.publish(streams.EncodeEnd(id, attempt, int64(len(chunks)), int64(len(s.stream)), digest(s)))
 }
 
-func digest(s snapshot) string {
-	sum := sha256.Sum256(s.stream)
-	return "sha256:" + hex.EncodeToString(sum[:])
+// digestOf is the sender's digest of a stream.
+func digestOf(stream []byte) string {
+	d := streams.NewDigest()
+	for off := 0; off < len(stream); off += chunkSize {
+		raw := stream[off:min(off+chunkSize, len(stream))]
+		d.Add(int64(off/chunkSize), len(raw), xxhash.Sum64(raw))
+	}
+	return d.String()
 }
+
+func digest(s snapshot) string { return digestOf(s.stream) }
 
 // markSent records the stored end marker with the coordinator, the
 // sender's step after publishing it. It fails when the attempt is over.
@@ -701,8 +707,7 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 		{
 			name: "premature end marker",
 			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
-				sum := sha256.Sum256(s.stream[:k*chunkSize])
-				end := streams.EncodeEnd(id, 1, k, k*chunkSize, "sha256:"+hex.EncodeToString(sum[:]))
+				end := streams.EncodeEnd(id, 1, k, k*chunkSize, digestOf(s.stream[:k*chunkSize]))
 				return append(append([]*nats.Msg(nil), chunks[:k]...), end)
 			},
 			says:   "short read",

@@ -2,11 +2,8 @@ package sender
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"strconv"
 	"sync"
@@ -100,7 +97,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if err != nil {
 		return err
 	}
-	digest := sha256.New()
+	digest := streams.NewDigest()
 	order := make(chan *job, 2*s.workers()+2)
 	work := make(chan *job, 2*s.workers()+2)
 	var readErr error
@@ -153,7 +150,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	case closeErr != nil:
 		return closeErr
 	}
-	sum := "sha256:" + hex.EncodeToString(digest.Sum(nil))
+	sum := digest.String()
 	end := streams.EncodeEnd(r.ID, r.Attempt, p.chunks, p.bytes, sum)
 	if _, err := s.JS.PublishMsg(ctx, end, publishOpts(r, p.chunks)...); err != nil {
 		return fmt.Errorf("publish end marker of %s: %w", r.ID, err)
@@ -163,9 +160,9 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 }
 
 // readChunks cuts the send stream into fixed-size chunks (the same cut on
-// every run, so a restarted sender finds the same boundaries), hashes all of
-// it, skips what is stored already and proves the skipped prefix matches.
-func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.Replication, rp resumePoint, digest hash.Hash, order, work chan<- *job) error {
+// every run, so a restarted sender finds the same boundaries), adds every
+// chunk to the stream's digest, skips what is stored already and proves the skipped prefix matches.
+func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.Replication, rp resumePoint, digest *streams.Digest, order, work chan<- *job) error {
 	var off int64
 	for idx := int64(0); ; idx++ {
 		raw := s.bufs.get(r.ChunkSize)
@@ -181,9 +178,10 @@ func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.R
 			return fmt.Errorf("read the send stream: %w", err)
 		}
 		raw = raw[:n]
-		digest.Write(raw)
+		sum := xxhash.Sum64(raw)
+		digest.Add(idx, n, sum)
 		if idx < rp.idx {
-			if idx == rp.idx-1 && xxhash.Sum64(raw) != rp.lastSum {
+			if idx == rp.idx-1 && sum != rp.lastSum {
 				return fmt.Errorf("%w: chunk %d", errStreamChanged, idx)
 			}
 			off += int64(n)

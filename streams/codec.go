@@ -118,7 +118,11 @@ func EncodeEnd(repl string, attempt int, chunks, totalBytes int64, digest string
 func DecodeHeader(h nats.Header) (Message, error) {
 	var m Message
 	if v := h.Get(HdrVersion); v != strconv.Itoa(Version) {
-		return m, fmt.Errorf("%w %q (this snapjet reads version %d; upgrade snapjet on the receiving side)", ErrUnknownVersion, v, Version)
+		side := "the receiving side"
+		if n, err := strconv.Atoi(v); err == nil && n < Version {
+			side = "the sending side"
+		}
+		return m, fmt.Errorf("%w %q (this snapjet reads version %d; upgrade snapjet on %s)", ErrUnknownVersion, v, Version, side)
 	}
 	m.Kind = Kind(h.Get(HdrKind))
 	m.Repl = h.Get(HdrRepl)

@@ -149,7 +149,8 @@ func TestDecodeRefuses(t *testing.T) {
 		says   string // the error must contain this
 	}{
 		{"future version", zipped, set(streams.HdrVersion, "99"), streams.ErrUnknownVersion, "upgrade snapjet"},
-		{"future version of an end marker", end, set(streams.HdrVersion, "2"), streams.ErrUnknownVersion, "upgrade snapjet"},
+		{"future version of an end marker", end, set(streams.HdrVersion, "3"), streams.ErrUnknownVersion, "upgrade snapjet on the receiving side"},
+		{"past version", plain, set(streams.HdrVersion, "1"), streams.ErrUnknownVersion, "upgrade snapjet on the sending side"},
 		{"no version", plain, del(streams.HdrVersion), streams.ErrUnknownVersion, "upgrade snapjet"},
 		{"flipped byte in compressed payload", zipped, flip(func(n int) int { return n / 2 }), streams.ErrCorrupt, "chunk 3"},
 		{"flipped last byte of compressed payload", zipped, flip(func(n int) int { return n - 1 }), streams.ErrCorrupt, "chunk 3"},

@@ -16,7 +16,8 @@ import (
 )
 
 // Version is the message format this build writes and the only one it reads.
-const Version = 1
+// Version 2: the end marker's digest is a Digest of the chunk checksums.
+const Version = 2
 
 // StateBucket is the KV bucket holding every replication's state.
 const StateBucket = "snapjet_state"
@@ -34,7 +35,7 @@ const (
 	HdrSum        = "Snapjet-Sum" // xxh64 of the raw bytes, 16 hex digits
 	HdrTotalBytes = "Snapjet-Total-Bytes"
 	HdrChunks     = "Snapjet-Chunks"
-	HdrDigest     = "Snapjet-Digest" // "sha256:<hex>" of the whole send stream
+	HdrDigest     = "Snapjet-Digest" // the stream's Digest, DigestPrefix + hex
 )
 
 // MaxChunk bounds the raw size of one chunk, so a hostile header cannot make
