@@ -71,9 +71,10 @@ type Job struct {
 	Targets   []Target
 	Schedule  Schedule
 	Retain    Retain
-	RateLimit int64 // bytes per second on the wire; 0 = unlimited
-	Window    int64 // 0 = the sender's default
-	ChunkSize int   // 0 = the sender's default
+	RateLimit int64  // bytes per second on the wire; 0 = unlimited
+	Compress  string // zstd level of the chunks or "auto"; "" = auto
+	Window    int64  // 0 = the sender's default
+	ChunkSize int    // 0 = the sender's default
 }
 
 // Target is a local target directory (Dir) or a receiver's target name

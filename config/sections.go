@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/snapjet/snapjet/retention"
+	"github.com/snapjet/snapjet/streams"
 )
 
 // validName is what a job or target name may contain: it becomes part of
@@ -167,6 +168,7 @@ func (p *parser) job(n *yaml.Node, path string) Job {
 		"schedule":   func(n *yaml.Node, path string) { j.Schedule = p.schedule(n, path) },
 		"retain":     func(n *yaml.Node, path string) { j.Retain = p.retain(n, path) },
 		"rate_limit": func(n *yaml.Node, path string) { j.RateLimit = p.rate(n, path) },
+		"compress":   func(n *yaml.Node, path string) { j.Compress = p.compress(n, path) },
 		"window": func(n *yaml.Node, path string) {
 			windowLine = n.Line
 			j.Window = p.size(n, path, 1<<20, 1<<40, "write a size such as 1GiB (at least 1MiB)")
@@ -405,6 +407,19 @@ func (p *parser) rate(n *yaml.Node, path string) int64 {
 		return 0
 	}
 	return b
+}
+
+func (p *parser) compress(n *yaml.Node, path string) string {
+	const fix = "write auto, none, fastest, default or better"
+	v, ok := p.str(n, path, fix)
+	if !ok {
+		return ""
+	}
+	if _, _, err := streams.ParseCompression(v); err != nil {
+		p.errorf(n.Line, path, fix, "%q is not a compression level", v)
+		return ""
+	}
+	return v
 }
 
 func (p *parser) receivers(n *yaml.Node, path string) []Receiver {

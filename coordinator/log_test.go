@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/coordinator"
@@ -37,7 +36,7 @@ func TestLogConformance(t *testing.T) {
 		},
 		"jetstream": func(t *testing.T) logUnderTest {
 			js := testBroker(t).JS
-			codec, err := streams.NewCodec(zstd.SpeedFastest)
+			codec, err := streams.NewCodec()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -45,7 +44,7 @@ func TestLogConformance(t *testing.T) {
 				append: func(t *testing.T, id string, m streams.Message) {
 					msg := streams.EncodeEnd(id, m.Attempt, m.Chunks, m.TotalBytes, m.Digest)
 					if m.Kind == streams.KindChunk {
-						msg = codec.EncodeChunk(id, m.Attempt, m.Index, m.Offset, []byte("chunk"), false, nil)
+						msg = codec.EncodeChunk(id, m.Attempt, m.Index, m.Offset, []byte("chunk"), streams.LevelNone, nil)
 					}
 					if _, err := js.PublishMsg(t.Context(), msg); err != nil {
 						t.Fatal(err)

@@ -124,7 +124,7 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 	defer coord.Close()
 	so := opt.Send
 	so.Source, so.Targets, so.ChunkSize, so.Window, so.RateLimit = job.Source, names, job.ChunkSize, job.Window, job.RateLimit
-	so.Now = opt.Now
+	so.Now, so.Compress = opt.Now, job.Compress
 	if !job.Retain.Target.IsZero() {
 		so.Intermediates = intermediates(job.Retain.Target, opt.Now, opt.Location)
 	}

@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
@@ -121,7 +120,7 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir
 	if err != nil {
 		return nil, err
 	}
-	codec, err := streams.NewCodec(zstd.SpeedDefault)
+	codec, err := streams.NewCodec()
 	if err != nil {
 		return nil, err
 	}

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/klauspost/compress/zstd"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sys/unix"
@@ -87,7 +86,7 @@ func newEnvWith(t *testing.T, applier string, before func(*env)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.coord.Close() })
-	if e.codec, err = streams.NewCodec(zstd.SpeedDefault); err != nil {
+	if e.codec, err = streams.NewCodec(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -212,7 +211,7 @@ func (e *env) chunks(id string, attempt int, s snapshot) []*nats.Msg {
 	var out []*nats.Msg
 	for off := 0; off < len(s.stream); off += chunkSize {
 		raw := s.stream[off:min(off+chunkSize, len(s.stream))]
-		out = append(out, e.codec.EncodeChunk(id, attempt, int64(len(out)), int64(off), raw, true, nil))
+		out = append(out, e.codec.EncodeChunk(id, attempt, int64(len(out)), int64(off), raw, streams.LevelDefault, nil))
 	}
 	return out
 }
@@ -665,7 +664,7 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 					forged[i] ^= 0x55
 				}
 				out := append([]*nats.Msg(nil), chunks[:k]...)
-				out = append(out, e.codec.EncodeChunk(id, 1, k, int64(off), forged, true, nil))
+				out = append(out, e.codec.EncodeChunk(id, 1, k, int64(off), forged, streams.LevelDefault, nil))
 				return append(out, chunks[k+1:]...)
 			},
 			says:   "crc32 mismatch",
@@ -689,7 +688,7 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 			name: "chunk index far ahead",
 			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
 				off := k * chunkSize
-				ahead := e.codec.EncodeChunk(id, 1, 1<<40, int64(off), s.stream[off:off+chunkSize], true, nil)
+				ahead := e.codec.EncodeChunk(id, 1, 1<<40, int64(off), s.stream[off:off+chunkSize], streams.LevelDefault, nil)
 				out := append([]*nats.Msg(nil), chunks[:k]...)
 				out = append(out, ahead)
 				return append(out, chunks[k+1:]...)

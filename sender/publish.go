@@ -17,10 +17,11 @@ import (
 // publisher stores chunks in order with asynchronous, de-duplicated
 // publishes, and keeps the stream within the replication's window.
 type publisher struct {
-	s   *Sender
-	r   *coordinator.Replication
-	st  jetstream.Stream
-	log *slog.Logger
+	s    *Sender
+	r    *coordinator.Replication
+	st   jetstream.Stream
+	log  *slog.Logger
+	comp *compression // told where each chunk waited
 
 	chunks, bytes, wire int64 // confirmed by the server
 	stored              int64 // estimate of the stream's size
@@ -75,12 +76,19 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 		return fmt.Errorf("stream of %s: %w", p.r.ID, err)
 	}
 	p.stored = int64(info.State.Bytes)
-	for j := range order {
+	for {
+		t0 := time.Now()
+		j, ok := <-order
+		if !ok {
+			break
+		}
+		t1 := time.Now()
 		select {
 		case <-j.done:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		t2 := time.Now()
 		err := p.makeRoom(ctx, storedSize(j.msg))
 		if err == nil {
 			err = p.publish(ctx, j)
@@ -95,6 +103,7 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 				return err
 			}
 		}
+		p.comp.observe(waits{read: t1.Sub(t0), compress: t2.Sub(t1), link: time.Since(t2), chunks: 1})
 		p.report(ctx, false)
 	}
 	for len(p.inflight) > 0 {

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
 	"github.com/snapjet/snapjet/streams"
@@ -47,14 +45,14 @@ func TestStoredSizeCoversWhatTheStreamStores(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	codec, err := streams.NewCodec(zstd.SpeedFastest)
+	codec, err := streams.NewCodec()
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := &coordinator.Replication{ID: id, Attempt: 1}
 	var counted int64
 	for i := range int64(50) {
-		msg := codec.EncodeChunk(id, 1, i, i*10, make([]byte, 10), true, nil) // compresses to almost nothing
+		msg := codec.EncodeChunk(id, 1, i, i*10, make([]byte, 10), streams.LevelDefault, nil) // compresses to almost nothing
 		counted += storedSize(msg)
 		if _, err := b.JS.PublishMsg(t.Context(), msg, publishOpts(r, i)...); err != nil {
 			t.Fatal(err)

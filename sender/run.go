@@ -11,7 +11,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -56,6 +55,10 @@ type Options struct {
 	RecordRetention time.Duration
 	// RateLimit bounds the wire bytes published per second; 0: no limit.
 	RateLimit int64
+	// Compress is the zstd level of the chunks (none, fastest, default,
+	// better) or streams.CompressAuto (also ""): the level follows whether the link or the
+	// CPU holds the transfer back.
+	Compress string
 	// Intermediates, when set, chooses among the source snapshots that a
 	// target lacks (newer than its newest one, oldest first) those it
 	// should receive before the new snapshot: the ones its retention would
@@ -96,7 +99,7 @@ type Sender struct {
 	Job     string
 
 	codec    *streams.Codec
-	compress compressGate
+	compress string // Options.Compress of the current run
 	bufs     bufPool
 	outage   time.Duration // Options.OutageTimeout of the current run
 	limit    *wireLimiter  // Options.RateLimit of the current run
@@ -128,8 +131,12 @@ func (res *Result) Outcome(target string) (*coordinator.Replication, *coordinato
 func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 	s.outage, s.stall = orDefault(opt.OutageTimeout, DefaultOutageTimeout), orDefault(opt.StallTimeout, DefaultStallTimeout)
 	s.limit = newWireLimiter(opt.RateLimit)
+	if _, err := newCompression(opt.Compress, nil); err != nil {
+		return nil, err
+	}
+	s.compress = opt.Compress
 	if s.codec == nil {
-		c, err := streams.NewCodec(zstd.SpeedDefault)
+		c, err := streams.NewCodec()
 		if err != nil {
 			return nil, err
 		}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"strconv"
 	"sync"
-	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/nats-io/nats.go"
@@ -97,6 +96,12 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if err != nil {
 		return err
 	}
+	comp, err := newCompression(s.compress, func(from, to streams.Level, w waits, idleCores float64) {
+		log.Debug("compression level", "from", from, "to", to, "read_wait", w.read, "compress_wait", w.compress, "link_wait", w.link, "idle_cores", idleCores)
+	})
+	if err != nil {
+		return err
+	}
 	digest := streams.NewDigest()
 	order := make(chan *job, 2*s.workers()+2)
 	work := make(chan *job, 2*s.workers()+2)
@@ -112,23 +117,24 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				try := s.compress.should()
+				level := comp.next()
+				try := level != streams.LevelNone
 				var dst []byte
 				if try {
 					dst = s.bufs.get(r.ChunkSize)
 				}
-				j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, try, dst)
+				j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, level, dst)
 				if try && &j.msg.Data[0] != &dst[:1][0] {
 					s.bufs.put(dst) // stored raw: compression did not help
 				}
 				if try {
-					s.compress.observe(len(j.msg.Data), len(j.raw))
+					comp.gate.observe(len(j.msg.Data), len(j.raw))
 				}
 				close(j.done)
 			}
 		}()
 	}
-	p := &publisher{s: s, r: r, st: st, log: log, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes, recoveredAt: -1}
+	p := &publisher{s: s, r: r, st: st, log: log, comp: comp, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes, recoveredAt: -1}
 	pubErr := p.run(sctx, order)
 	if pubErr != nil {
 		// Only a failure stops the producer early: cancelling a send that
@@ -155,7 +161,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if _, err := s.JS.PublishMsg(ctx, end, publishOpts(r, p.chunks)...); err != nil {
 		return fmt.Errorf("publish end marker of %s: %w", r.ID, err)
 	}
-	log.Info("send stream stored", "chunks", p.chunks, "bytes", p.bytes, "wire_bytes", p.wire, "digest", sum)
+	log.Info("send stream stored", "chunks", p.chunks, "bytes", p.bytes, "wire_bytes", p.wire, "compression", comp.String(), "digest", sum)
 	return s.Coord.MarkSent(ctx, r.ID, r.Attempt, p.chunks, p.bytes, p.wire, sum)
 }
 
@@ -218,23 +224,5 @@ func (b *bufPool) put(buf []byte) {
 	if cap(buf) > 0 {
 		buf = buf[:cap(buf)]
 		b.p.Put(&buf)
-	}
-}
-
-// compressGate skips compression for a while after chunks that did not
-// shrink: random data costs zstd time for nothing.
-type compressGate struct{ skip atomic.Int32 }
-
-func (g *compressGate) should() bool {
-	if g.skip.Load() > 0 {
-		g.skip.Add(-1)
-		return false
-	}
-	return true
-}
-
-func (g *compressGate) observe(wire, raw int) {
-	if wire*100 >= raw*97 {
-		g.skip.Store(15) // probe again after 15 chunks
 	}
 }

@@ -42,28 +42,76 @@ type Message struct {
 	Digest     string
 }
 
+// Level is how hard EncodeChunk compresses a chunk. The levels are the zstd
+// encoder's; on 1 MiB chunks of text they give about 0.33, 0.30 and 0.29 of
+// the raw size at 200, 140 and 80 MB/s per core (zstd -3 of the whole
+// stream: 0.296).
+type Level int
+
+const (
+	LevelNone    Level = iota // store the chunk raw
+	LevelFastest              // zstd's fastest
+	LevelDefault              // about zstd -3
+	LevelBetter               // about zstd -7
+)
+
+var levelNames = [...]string{"none", "fastest", "default", "better"}
+
+func (l Level) String() string {
+	if l < 0 || int(l) >= len(levelNames) {
+		return "level(" + strconv.Itoa(int(l)) + ")"
+	}
+	return levelNames[l]
+}
+
+// CompressAuto is the compression mode in which the sender picks each
+// chunk's level from what holds the transfer back, the link or the CPU.
+const CompressAuto = "auto"
+
+// ParseCompression reads a compression mode: CompressAuto (also "") or a
+// level's name.
+func ParseCompression(s string) (l Level, auto bool, err error) {
+	if s == CompressAuto || s == "" {
+		return LevelDefault, true, nil
+	}
+	for i, n := range levelNames {
+		if s == n {
+			return Level(i), false, nil
+		}
+	}
+	return 0, false, fmt.Errorf("unknown compression %q (use auto, none, fastest, default or better)", s)
+}
+
+var zstdLevels = [...]zstd.EncoderLevel{LevelFastest: zstd.SpeedFastest, LevelDefault: zstd.SpeedDefault, LevelBetter: zstd.SpeedBetterCompression}
+
 // Codec encodes and decodes chunks. It is safe for concurrent use.
 type Codec struct {
-	enc *zstd.Encoder
+	enc [len(levelNames)]*zstd.Encoder // by Level; none at LevelNone
 	dec *zstd.Decoder
 }
 
-// NewCodec builds a codec; level trades CPU for bytes on the wire.
-func NewCodec(level zstd.EncoderLevel) (*Codec, error) {
-	// Entropy-coding the literals of blocks with few matches is what makes
-	// text without repeats (logs, base64) shrink as with the zstd CLI.
-	// One encoder per core: the sender compresses chunks in parallel, and
-	// EncodeAll waits for a free encoder.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true),
-		zstd.WithAllLitEntropyCompression(true))
-	if err != nil {
-		return nil, fmt.Errorf("zstd encoder: %w", err)
+// NewCodec builds a codec for every level. An encoder allocates its tables
+// on first use, so a receiver, which only decodes, pays for none.
+func NewCodec() (*Codec, error) {
+	c := &Codec{}
+	for l := LevelFastest; l <= LevelBetter; l++ {
+		// Entropy-coding the literals of blocks with few matches is what
+		// makes text without repeats (logs, base64) shrink as with the zstd
+		// CLI. One encoder per core: the sender compresses chunks in
+		// parallel, and EncodeAll waits for a free encoder.
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstdLevels[l]), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true),
+			zstd.WithAllLitEntropyCompression(true))
+		if err != nil {
+			return nil, fmt.Errorf("zstd encoder: %w", err)
+		}
+		c.enc[l] = enc
 	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunk), zstd.WithDecoderMaxWindow(MaxChunk))
 	if err != nil {
 		return nil, fmt.Errorf("zstd decoder: %w", err)
 	}
-	return &Codec{enc: enc, dec: dec}, nil
+	c.dec = dec
+	return c, nil
 }
 
 // MsgID is the JetStream de-duplication id of chunk index of an attempt.
@@ -72,10 +120,10 @@ func MsgID(repl string, attempt int, index int64) string {
 }
 
 // EncodeChunk builds the message for raw bytes at offset. The payload is
-// zstd unless compression would not make it smaller; compress=false skips
-// the attempt (the sender's choice for data it has seen to be incompressible).
-// dst, if given, is reused for the compressed payload.
-func (c *Codec) EncodeChunk(repl string, attempt int, index, offset int64, raw []byte, compress bool, dst []byte) *nats.Msg {
+// zstd at level unless compression would not make it smaller; LevelNone
+// skips the attempt (the sender's choice for data it has seen to be
+// incompressible). dst, if given, is reused for the compressed payload.
+func (c *Codec) EncodeChunk(repl string, attempt int, index, offset int64, raw []byte, level Level, dst []byte) *nats.Msg {
 	m := newMsg(repl, attempt, KindChunk)
 	m.Header.Set(HdrChunk, strconv.FormatInt(index, 10))
 	m.Header.Set(HdrOffset, strconv.FormatInt(offset, 10))
@@ -84,8 +132,8 @@ func (c *Codec) EncodeChunk(repl string, attempt int, index, offset int64, raw [
 	m.Header.Set(nats.MsgIdHdr, MsgID(repl, attempt, index))
 	m.Data = raw
 	m.Header.Set(HdrEncoding, "none")
-	if compress {
-		if z := c.enc.EncodeAll(raw, dst[:0]); len(z) < len(raw) {
+	if level > LevelNone && int(level) < len(c.enc) {
+		if z := c.enc[level].EncodeAll(raw, dst[:0]); len(z) < len(raw) {
 			m.Data = z
 			m.Header.Set(HdrEncoding, "zstd")
 		}

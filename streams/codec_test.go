@@ -17,7 +17,7 @@ import (
 
 func newCodec(t testing.TB) *streams.Codec {
 	t.Helper()
-	c, err := streams.NewCodec(zstd.SpeedDefault)
+	c, err := streams.NewCodec()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,22 +52,24 @@ func textBytes(n int, seed int64) []byte {
 func TestChunkRoundTrip(t *testing.T) {
 	codec := newCodec(t)
 	tests := []struct {
-		name     string
-		raw      []byte
-		compress bool
-		wantEnc  string
+		name    string
+		raw     []byte
+		level   streams.Level
+		wantEnc string
 	}{
-		{name: "compressible", raw: textBytes(1<<20, 1), compress: true, wantEnc: "zstd"},
-		{name: "incompressible stays raw", raw: randomBytes(1<<20, 2), compress: true, wantEnc: "none"},
-		{name: "compression skipped by the sender", raw: textBytes(64<<10, 3), compress: false, wantEnc: "none"},
-		{name: "empty chunk", raw: []byte{}, compress: true, wantEnc: "none"},
-		{name: "one byte", raw: []byte{0x42}, compress: true, wantEnc: "none"},
-		{name: "largest chunk", raw: textBytes(streams.MaxChunk, 4), compress: true, wantEnc: "zstd"},
+		{name: "compressible", raw: textBytes(1<<20, 1), level: streams.LevelDefault, wantEnc: "zstd"},
+		{name: "incompressible stays raw", raw: randomBytes(1<<20, 2), level: streams.LevelDefault, wantEnc: "none"},
+		{name: "compression skipped by the sender", raw: textBytes(64<<10, 3), level: streams.LevelNone, wantEnc: "none"},
+		{name: "empty chunk", raw: []byte{}, level: streams.LevelDefault, wantEnc: "none"},
+		{name: "one byte", raw: []byte{0x42}, level: streams.LevelDefault, wantEnc: "none"},
+		{name: "largest chunk", raw: textBytes(streams.MaxChunk, 4), level: streams.LevelDefault, wantEnc: "zstd"},
+		{name: "fastest", raw: textBytes(1<<20, 5), level: streams.LevelFastest, wantEnc: "zstd"},
+		{name: "better", raw: textBytes(1<<20, 6), level: streams.LevelBetter, wantEnc: "zstd"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			orig := bytes.Clone(tc.raw)
-			msg := codec.EncodeChunk("src-20261124T064512Z", 3, 7, 7<<20, tc.raw, tc.compress, nil)
+			msg := codec.EncodeChunk("src-20261124T064512Z", 3, 7, 7<<20, tc.raw, tc.level, nil)
 			if got := msg.Header.Get(streams.HdrEncoding); got != tc.wantEnc {
 				t.Errorf("encoding %q, want %q", got, tc.wantEnc)
 			}
@@ -124,8 +126,8 @@ func TestEndMarkerRoundTrip(t *testing.T) {
 func TestDecodeRefuses(t *testing.T) {
 	codec := newCodec(t)
 	text, random := textBytes(256<<10, 5), randomBytes(256<<10, 6)
-	zipped := func() *nats.Msg { return codec.EncodeChunk("r1", 1, 3, 0, text, true, nil) }
-	plain := func() *nats.Msg { return codec.EncodeChunk("r1", 1, 3, 0, random, true, nil) }
+	zipped := func() *nats.Msg { return codec.EncodeChunk("r1", 1, 3, 0, text, streams.LevelDefault, nil) }
+	plain := func() *nats.Msg { return codec.EncodeChunk("r1", 1, 3, 0, random, streams.LevelDefault, nil) }
 	end := func() *nats.Msg { return streams.EncodeEnd("r1", 1, 4, 1<<20, "sha256:00") }
 	set := func(name, v string) func(*nats.Msg) { return func(m *nats.Msg) { m.Header.Set(name, v) } }
 	del := func(name string) func(*nats.Msg) { return func(m *nats.Msg) { m.Header.Del(name) } }
@@ -207,7 +209,7 @@ func TestDecodeRefuses(t *testing.T) {
 func TestDecodeNeverAcceptsAlteredBytes(t *testing.T) {
 	codec := newCodec(t)
 	for _, raw := range [][]byte{textBytes(16<<10, 11), randomBytes(2<<10, 12)} {
-		msg := codec.EncodeChunk("r1", 1, 0, 0, raw, true, nil)
+		msg := codec.EncodeChunk("r1", 1, 0, 0, raw, streams.LevelDefault, nil)
 		refused := 0
 		for i := range msg.Data {
 			for _, bit := range []byte{0x01, 0x80} {
@@ -234,13 +236,13 @@ func TestDecodeNeverAcceptsAlteredBytes(t *testing.T) {
 // numbers, since the coordinator reads headers without payloads.
 func TestDecodeHeaderRefusesBeforePayload(t *testing.T) {
 	codec := newCodec(t)
-	m := codec.EncodeChunk("r1", 1, 0, 0, []byte("abc"), false, nil)
+	m := codec.EncodeChunk("r1", 1, 0, 0, []byte("abc"), streams.LevelNone, nil)
 	m.Header.Set(streams.HdrVersion, "99")
 	_, err := streams.DecodeHeader(m.Header)
 	if !errors.Is(err, streams.ErrUnknownVersion) || !strings.Contains(err.Error(), "upgrade") {
 		t.Fatalf("DecodeHeader of version 99: %v, want ErrUnknownVersion asking to upgrade", err)
 	}
-	m = codec.EncodeChunk("r1", 1, 5, 0, []byte("abc"), false, nil)
+	m = codec.EncodeChunk("r1", 1, 5, 0, []byte("abc"), streams.LevelNone, nil)
 	m.Header.Set(streams.HdrRawLen, "-1") // a payload matter, not the header's
 	h, err := streams.DecodeHeader(m.Header)
 	if err != nil || h.Index != 5 || h.Kind != streams.KindChunk {
@@ -310,7 +312,7 @@ func BenchmarkEncodeChunk(b *testing.B) {
 			b.SetBytes(int64(len(raw)))
 			var wire int
 			for b.Loop() {
-				wire = len(codec.EncodeChunk("bench", 1, 0, 0, raw, true, dst).Data)
+				wire = len(codec.EncodeChunk("bench", 1, 0, 0, raw, streams.LevelDefault, dst).Data)
 			}
 			b.ReportMetric(float64(wire)/float64(len(raw)), "wire/raw")
 		})
@@ -322,7 +324,7 @@ func BenchmarkDecode(b *testing.B) {
 	for _, name := range []string{"random", "text"} {
 		raw := benchData()[name]
 		b.Run(name, func(b *testing.B) {
-			msg := codec.EncodeChunk("bench", 1, 0, 0, raw, true, nil)
+			msg := codec.EncodeChunk("bench", 1, 0, 0, raw, streams.LevelDefault, nil)
 			dst := make([]byte, 0, len(raw))
 			b.SetBytes(int64(len(raw)))
 			for b.Loop() {
@@ -339,9 +341,9 @@ func BenchmarkDecode(b *testing.B) {
 func FuzzDecode(f *testing.F) {
 	codec := newCodec(f)
 	for _, m := range []*nats.Msg{
-		codec.EncodeChunk("r1", 1, 0, 0, textBytes(4096, 9), true, nil),
-		codec.EncodeChunk("r1", 2, 5, 1<<20, randomBytes(512, 10), true, nil),
-		codec.EncodeChunk("r1", 1, 0, 0, nil, true, nil),
+		codec.EncodeChunk("r1", 1, 0, 0, textBytes(4096, 9), streams.LevelDefault, nil),
+		codec.EncodeChunk("r1", 2, 5, 1<<20, randomBytes(512, 10), streams.LevelDefault, nil),
+		codec.EncodeChunk("r1", 1, 0, 0, nil, streams.LevelDefault, nil),
 		streams.EncodeEnd("r1", 1, 3, 3000, "sha256:ab"),
 	} {
 		h := func(k string) string { return m.Header.Get(k) }

@@ -23,6 +23,7 @@ import (
 	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/receiver"
 	"github.com/snapjet/snapjet/sender"
+	"github.com/snapjet/snapjet/streams"
 )
 
 type sendFlags struct {
@@ -34,6 +35,7 @@ type sendFlags struct {
 	stall     time.Duration
 	retention time.Duration
 	rateLimit string
+	compress  string
 }
 
 func (f *sendFlags) add(cmd *cobra.Command) {
@@ -46,6 +48,7 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.stall, "stall-timeout", sender.DefaultStallTimeout, "drop a target from the run when it made no progress this long (its receiver or its link is down); the next run retries it")
 	cmd.Flags().DurationVar(&f.retention, "record-retention", coordinator.DefaultRecordRetention, "how long records of finished replications are kept")
 	cmd.Flags().StringVar(&f.rateLimit, "rate-limit", "", "bytes per second on the wire, e.g. 50MB/s (default: no limit)")
+	cmd.Flags().StringVar(&f.compress, "compress", streams.CompressAuto, "zstd level of the chunks: none, fastest, default, better, or auto (follows whether the link or the CPU holds the transfer back)")
 }
 
 func (f *sendFlags) options(source string, targets []string) (sender.Options, error) {
@@ -53,7 +56,10 @@ func (f *sendFlags) options(source string, targets []string) (sender.Options, er
 	if err != nil {
 		return sender.Options{}, &exitError{2, fmt.Errorf("--rate-limit: %w", err)}
 	}
-	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: int(f.chunkSize), Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention, RateLimit: limit}, nil
+	if _, _, err := streams.ParseCompression(f.compress); err != nil {
+		return sender.Options{}, &exitError{2, fmt.Errorf("--compress: %w", err)}
+	}
+	return sender.Options{Source: source, Targets: targets, SnapshotDir: f.snapDir, ChunkSize: int(f.chunkSize), Window: f.window, InventoryTimeout: f.wait, OutageTimeout: f.outage, StallTimeout: f.stall, RecordRetention: f.retention, RateLimit: limit, Compress: f.compress}, nil
 }
 
 func replicateCmd(g *globals) *cobra.Command {

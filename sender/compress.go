@@ -1,0 +1,187 @@
+package sender
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/snapjet/snapjet/streams"
+)
+
+// compression chooses the level of each chunk: none while the gate has
+// seen the data not shrink, else the fixed level or, in auto mode, the
+// level the publisher's waits call for. Workers call next; only the
+// publisher calls observe.
+type compression struct {
+	gate  compressGate
+	auto  bool
+	level atomic.Int32 // a streams.Level
+
+	period waits
+	idle   *idleMeter
+	log    func(from, to streams.Level, w waits, idleCores float64)
+	used   [streams.LevelBetter + 1]atomic.Int64 // chunks per level
+}
+
+// newCompression starts in mode: streams.CompressAuto, or a level's name.
+func newCompression(mode string, log func(from, to streams.Level, w waits, idleCores float64)) (*compression, error) {
+	start, auto, err := streams.ParseCompression(mode)
+	if err != nil {
+		return nil, err
+	}
+	c := &compression{log: log, auto: auto}
+	if auto {
+		c.idle = newIdleMeter()
+	}
+	c.level.Store(int32(start))
+	return c, nil
+}
+
+func (c *compression) next() streams.Level {
+	l := streams.Level(c.level.Load())
+	if l != streams.LevelNone && !c.gate.should() {
+		l = streams.LevelNone
+	}
+	c.used[l].Add(1)
+	return l
+}
+
+// String is how many chunks went at each level, for the log.
+func (c *compression) String() string {
+	var b strings.Builder
+	for l := range c.used {
+		if n := c.used[l].Load(); n > 0 {
+			if b.Len() > 0 {
+				b.WriteByte(' ')
+			}
+			fmt.Fprintf(&b, "%s:%d", streams.Level(l), n)
+		}
+	}
+	return b.String()
+}
+
+// periodChunks is how many chunks the auto level holds before it is
+// weighed again: long enough that one slow ack does not move it.
+const periodChunks = 16
+
+// observe adds the publisher's waits for one chunk and, in auto mode, sets
+// the level for the chunks read from now on.
+func (c *compression) observe(w waits) {
+	if !c.auto {
+		return
+	}
+	c.period.add(w)
+	if c.period.chunks < periodChunks {
+		return
+	}
+	idleCores := c.idle.sample()
+	cur := streams.Level(c.level.Load())
+	if next := nextLevel(cur, c.period, idleCores); next != cur {
+		c.level.Store(int32(next))
+		if c.log != nil {
+			c.log(cur, next, c.period, idleCores)
+		}
+	}
+	c.period = waits{}
+}
+
+// waits is where the publisher spent its time over some chunks: waiting
+// for btrfs send to produce them, for the workers to compress them, and
+// for the link (the rate limit, the server's acks, room in the window,
+// which the slowest target makes).
+type waits struct {
+	read, compress, link time.Duration
+	chunks               int
+}
+
+func (w *waits) add(o waits) {
+	w.read += o.read
+	w.compress += o.compress
+	w.link += o.link
+	w.chunks += o.chunks
+}
+
+// Thresholds of nextLevel. A wait under noiseWait per chunk is no
+// bottleneck; a side dominates when it waited twice as long as the other;
+// spareCores is the idle CPU a higher level may take.
+const (
+	noiseWait  = 2 * time.Millisecond
+	spareCores = 0.5
+	busyCores  = 0.2
+)
+
+// nextLevel is the auto level after a period of waits w on a machine with
+// idleCores cores idle on average. Waiting for compression means the
+// level costs throughput: one step faster. Waiting for the link with cores
+// to spare means the CPU can buy fewer bytes on the wire: one step better.
+// Waiting for the link on a machine without idle cores means the wait is
+// most likely a server or a receiver on this machine short of CPU, which a
+// cheaper level helps. Anything else holds the level.
+func nextLevel(cur streams.Level, w waits, idleCores float64) streams.Level {
+	floor := time.Duration(w.chunks) * noiseWait
+	switch {
+	case w.compress > floor && w.compress > 2*w.link:
+		return max(cur-1, streams.LevelFastest)
+	case w.link > floor && w.link > 2*w.compress && idleCores >= spareCores:
+		return min(cur+1, streams.LevelBetter)
+	case w.link > floor && w.link > 2*w.compress && idleCores < busyCores:
+		return max(cur-1, streams.LevelFastest)
+	}
+	return cur
+}
+
+// idleMeter measures the machine's idle cores between two samples, from
+// the kernel's CPU time counters (idle and iowait). Without them (no
+// /proc) it reports no idle core, which never raises the level.
+type idleMeter struct {
+	fs    procfs.FS
+	err   error
+	at    time.Time
+	total float64 // idle+iowait seconds at the last sample
+}
+
+func newIdleMeter() *idleMeter {
+	fs, err := procfs.NewDefaultFS()
+	m := &idleMeter{fs: fs, err: err}
+	m.sample()
+	return m
+}
+
+// sample is the average number of idle cores since the last sample.
+func (m *idleMeter) sample() float64 {
+	if m.err != nil {
+		return 0
+	}
+	st, err := m.fs.Stat()
+	if err != nil {
+		return 0
+	}
+	now, total := time.Now(), st.CPUTotal.Idle+st.CPUTotal.Iowait
+	idle := 0.0
+	if el := now.Sub(m.at).Seconds(); !m.at.IsZero() && el > 0 {
+		idle = (total - m.total) / el
+	}
+	m.at, m.total = now, total
+	return idle
+}
+
+// compressGate skips compression for a while after chunks that did not
+// shrink: random data costs zstd time for nothing.
+type compressGate struct{ skip atomic.Int32 }
+
+func (g *compressGate) should() bool {
+	if g.skip.Load() > 0 {
+		g.skip.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (g *compressGate) observe(wire, raw int) {
+	if wire*100 >= raw*97 {
+		g.skip.Store(15) // probe again after 15 chunks
+	}
+}

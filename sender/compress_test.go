@@ -1,0 +1,162 @@
+package sender
+
+import (
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snapjet/snapjet/streams"
+)
+
+func TestCompressGate(t *testing.T) {
+	tests := []struct {
+		name      string
+		wire, raw int
+		skips     int // chunks sent uncompressed after this observation
+	}{
+		{"text shrinks a lot", 250, 1000, 0},
+		{"just worth it", 969, 1000, 0},
+		{"3% saving is not worth it", 970, 1000, 15},
+		{"random data", 1000, 1000, 15},
+		{"grew", 1010, 1000, 15},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var g compressGate
+			if !g.should() {
+				t.Fatal("a new gate skips compression")
+			}
+			g.observe(tc.wire, tc.raw)
+			skipped := 0
+			for i := 0; i < 40 && !g.should(); i++ {
+				skipped++
+			}
+			if skipped != tc.skips {
+				t.Errorf("skipped %d chunks, want %d", skipped, tc.skips)
+			}
+			// After the pause it probes again and keeps compressing.
+			for i := 0; i < 5; i++ {
+				if !g.should() {
+					t.Fatalf("chunk %d after the pause skipped", i)
+				}
+			}
+		})
+	}
+}
+
+// The probe after a pause that is incompressible again pauses again.
+func TestCompressGateProbeCycle(t *testing.T) {
+	var g compressGate
+	g.observe(1000, 1000)
+	for i := 0; i < 15; i++ {
+		if g.should() {
+			t.Fatalf("chunk %d of the pause compressed", i)
+		}
+	}
+	if !g.should() {
+		t.Fatal("no probe after the pause")
+	}
+	g.observe(1000, 1000)
+	skipped := 0
+	for i := 0; i < 40 && !g.should(); i++ {
+		skipped++
+	}
+	if skipped != 15 {
+		t.Errorf("after a second bad probe skipped %d, want 15", skipped)
+	}
+}
+
+func TestNextLevel(t *testing.T) {
+	ms := time.Millisecond
+	const (
+		none    = streams.LevelNone
+		fastest = streams.LevelFastest
+		def     = streams.LevelDefault
+		better  = streams.LevelBetter
+	)
+	tests := []struct {
+		name      string
+		cur       streams.Level
+		w         waits // over 16 chunks: the noise floor is 32 ms
+		idleCores float64
+		want      streams.Level
+	}{
+		{"waiting for compression: faster", def, waits{compress: 400 * ms, link: 10 * ms}, 1.5, fastest},
+		{"waiting for compression at the fastest: stays", fastest, waits{compress: 400 * ms}, 0, fastest},
+		{"waiting for the link with cores to spare: better", def, waits{link: 800 * ms, compress: 20 * ms}, 1.2, better},
+		{"waiting for the link at the best: stays", better, waits{link: 800 * ms}, 1.9, better},
+		{"waiting for the link, cores busy: the wait is a starved server or receiver", def, waits{link: 800 * ms}, 0.05, fastest},
+		{"waiting for the link, cores half busy: holds", def, waits{link: 800 * ms}, 0.3, def},
+		{"waiting for btrfs send: holds", def, waits{read: 2000 * ms, compress: 5 * ms, link: 5 * ms}, 1.8, def},
+		{"waits under the noise floor: holds", def, waits{compress: 30 * ms}, 1.8, def},
+		{"both waited alike: holds", def, waits{compress: 300 * ms, link: 400 * ms}, 1.8, def},
+		{"compression is never switched off by the waits", fastest, waits{compress: 900 * ms}, 0, fastest},
+		{"none stays none (the fixed level, never auto)", none, waits{}, 2, none},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.w.chunks = periodChunks
+			if got := nextLevel(tc.cur, tc.w, tc.idleCores); got != tc.want {
+				t.Errorf("nextLevel(%s, %+v, %.2f) = %s, want %s", tc.cur, tc.w, tc.idleCores, got, tc.want)
+			}
+		})
+	}
+}
+
+// A fixed level is used for every chunk and never moves; auto starts at
+// the default and moves only after a whole period; a bad mode is refused.
+func TestCompressionModes(t *testing.T) {
+	c, err := newCompression("better", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3*periodChunks; i++ {
+		c.observe(waits{compress: time.Second, chunks: 1})
+	}
+	if got := c.next(); got != streams.LevelBetter {
+		t.Errorf("fixed level better gave %s", got)
+	}
+
+	var moves []string
+	c, err = newCompression(streams.CompressAuto, func(from, to streams.Level, _ waits, _ float64) { moves = append(moves, from.String()+">"+to.String()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.next(); got != streams.LevelDefault {
+		t.Errorf("auto starts at %s, want default", got)
+	}
+	for i := 0; i < periodChunks-1; i++ {
+		c.observe(waits{compress: time.Second, chunks: 1})
+	}
+	if got := c.next(); got != streams.LevelDefault {
+		t.Errorf("auto moved to %s before a whole period", got)
+	}
+	c.observe(waits{compress: time.Second, chunks: 1})
+	if got := c.next(); got != streams.LevelFastest {
+		t.Errorf("auto after a period of compression waits: %s, want fastest", got)
+	}
+	if len(moves) != 1 || moves[0] != "default>fastest" {
+		t.Errorf("logged moves %v, want [default>fastest]", moves)
+	}
+	if got := c.String(); got != "fastest:1 default:2" {
+		t.Errorf("chunks per level %q", got)
+	}
+
+	if _, err := newCompression("max", nil); err == nil || !strings.Contains(err.Error(), "auto, none, fastest, default or better") {
+		t.Errorf("mode max: %v, want a refusal naming the levels", err)
+	}
+}
+
+// The idle meter reads this machine's counters: between two samples no
+// more cores are idle than there are.
+func TestIdleMeter(t *testing.T) {
+	m := newIdleMeter()
+	if m.err != nil {
+		t.Fatalf("no /proc/stat: %v", m.err)
+	}
+	time.Sleep(100 * time.Millisecond) // the interval measured, not a synchronisation
+	if idle, n := m.sample(), runtime.NumCPU(); idle < 0 || idle > float64(n)+0.5 {
+		t.Errorf("idle cores %.2f on a machine of %d", idle, n)
+	}
+}
