@@ -252,13 +252,14 @@ func (p *publisher) awaitAck(ctx context.Context, o pending) error {
 // client wrote them to the socket before the server could confirm.
 func (p *publisher) confirmed(j *job) {
 	p.chunks = j.idx + 1
-	p.bytes = j.off + int64(len(j.raw))
+	p.bytes = j.off + int64(j.rawLen)
 	p.wire += int64(len(j.msg.Data))
-	p.s.Metrics.Sent(p.s.Job, 1, int64(len(j.raw)), int64(len(j.msg.Data)))
-	if len(j.msg.Data) > 0 && len(j.raw) > 0 && &j.msg.Data[0] != &j.raw[0] {
+	p.s.Metrics.Sent(p.s.Job, 1, int64(j.rawLen), int64(len(j.msg.Data)))
+	if j.raw != nil {
+		p.s.bufs.put(j.raw) // stored raw: msg.Data is this buffer
+	} else {
 		p.s.bufs.put(j.msg.Data)
 	}
-	p.s.bufs.put(j.raw)
 }
 
 // makeRoom is the back-pressure: while the stream would outgrow the window

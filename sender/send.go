@@ -26,7 +26,8 @@ const maxInflight = 16
 
 type job struct {
 	idx, off int64
-	raw      []byte
+	rawLen   int
+	raw      []byte // nil once compressed: msg.Data holds the chunk
 	msg      *nats.Msg
 	done     chan struct{}
 }
@@ -117,20 +118,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				level := comp.next()
-				try := level != streams.LevelNone
-				var dst []byte
-				if try {
-					dst = s.bufs.get(r.ChunkSize)
-				}
-				j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, level, dst)
-				if try && &j.msg.Data[0] != &dst[:1][0] {
-					s.bufs.put(dst) // stored raw: compression did not help
-				}
-				if try {
-					comp.gate.observe(len(j.msg.Data), len(j.raw))
-				}
-				close(j.done)
+				s.encode(r, comp, j)
 			}
 		}()
 	}
@@ -194,7 +182,7 @@ func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.R
 			s.bufs.put(raw)
 			continue
 		}
-		j := &job{idx: idx, off: off, raw: raw, done: make(chan struct{})}
+		j := &job{idx: idx, off: off, rawLen: n, raw: raw, done: make(chan struct{})}
 		off += int64(n)
 		select {
 		case order <- j:
@@ -206,6 +194,28 @@ func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.R
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+}
+
+// encode compresses j into its message. Until the server confirms it a
+// chunk keeps one buffer, its compressed payload or, when compression did
+// not help, its raw bytes; the other goes back to the pool at once, which
+// halves what the chunks in flight hold on text.
+func (s *Sender) encode(r *coordinator.Replication, comp *compression, j *job) {
+	defer close(j.done)
+	level := comp.next()
+	if level == streams.LevelNone {
+		j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, level, nil)
+		return
+	}
+	dst := s.bufs.get(r.ChunkSize)
+	j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, level, dst)
+	comp.gate.observe(len(j.msg.Data), j.rawLen)
+	if &j.msg.Data[0] == &dst[:1][0] {
+		s.bufs.put(j.raw)
+		j.raw = nil
+	} else {
+		s.bufs.put(dst)
 	}
 }
 

@@ -99,8 +99,11 @@ func NewCodec() (*Codec, error) {
 		// makes text without repeats (logs, base64) shrink as with the zstd
 		// CLI. One encoder per core: the sender compresses chunks in
 		// parallel, and EncodeAll waits for a free encoder.
+		// A 1 MiB window: a chunk is a frame of its own, so matches never
+		// reach further than the chunk (1 MiB by default); the default
+		// 8 MiB window cost 8 MiB of history per encoder for nothing.
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstdLevels[l]), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true),
-			zstd.WithAllLitEntropyCompression(true))
+			zstd.WithAllLitEntropyCompression(true), zstd.WithWindowSize(1<<20))
 		if err != nil {
 			return nil, fmt.Errorf("zstd encoder: %w", err)
 		}

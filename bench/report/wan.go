@@ -26,6 +26,9 @@ type WANRow struct {
 	CPUSeconds   float64 `json:"cpu_seconds"`
 	Verified     string  `json:"verified"`
 	Error        string  `json:"error,omitempty"`
+	// Compression is snapjet's chunks per zstd level, from its log
+	// ("default:40 better:216").
+	Compression string `json:"compression,omitempty"`
 }
 
 // Spread is the median and the range of one figure over a cell's repeats.
@@ -61,6 +64,7 @@ type WANCell struct {
 	Utilisation  Spread `json:"utilisation"`
 	LongestGapMs Spread `json:"longest_gap_ms"`
 	CPUSeconds   Spread `json:"cpu_seconds"`
+	Wire         Spread `json:"wire"`           // payload bytes over send-stream bytes
 	Gaps100      int    `json:"gaps_100ms_max"` // most 100 ms gaps in one repeat
 }
 
@@ -82,7 +86,7 @@ func SummariseWAN(rows []WANRow) []WANCell {
 	var cells []WANCell
 	for _, k := range order {
 		c := WANCell{Set: k.set, Method: k.method, RateMbit: k.rate, RTTms: k.rtt}
-		var wall, util, gap, cpu []float64
+		var wall, util, gap, cpu, wire []float64
 		for _, r := range groups[k] {
 			if r.Error != "" {
 				c.Failed++
@@ -93,9 +97,12 @@ func SummariseWAN(rows []WANRow) []WANCell {
 			util = append(util, r.Utilisation)
 			gap = append(gap, r.LongestGapMs)
 			cpu = append(cpu, r.CPUSeconds)
+			if r.StreamBytes > 0 {
+				wire = append(wire, float64(r.PayloadBytes)/float64(r.StreamBytes))
+			}
 			c.Gaps100 = max(c.Gaps100, r.Gaps100)
 		}
-		c.Wall, c.Utilisation, c.LongestGapMs, c.CPUSeconds = spread(wall), spread(util), spread(gap), spread(cpu)
+		c.Wall, c.Utilisation, c.LongestGapMs, c.CPUSeconds, c.Wire = spread(wall), spread(util), spread(gap), spread(cpu), spread(wire)
 		cells = append(cells, c)
 	}
 	return cells
@@ -116,19 +123,32 @@ func wanMarkdown(r *Results) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("\n#### WAN: the receiving side behind a shaped link with added round-trip time\n\n")
-	p("Each cell ran %s; figures are the median with the range (min–max) in brackets. Link use is the shaped veth's transmitted bytes (headers included) over rate × wall. Longest gap is the longest stretch, between the first and the last busy 10 ms interval, in which the link carried less than 3000 bytes. ≥100 ms gaps is the most such gaps in one repeat. CPU is user+system of the process tree (nats-server included for snapjet).\n\n", repeats(r.WAN))
-	p("| Data | Link | RTT | Method | Wall s | Link use | Longest gap ms | ≥100 ms gaps | CPU s | Runs |\n|---|---|--:|---|--:|--:|--:|--:|--:|--:|\n")
+	p("Each cell ran %s; figures are the median with the range (min–max) in brackets. Link use is the shaped veth's transmitted bytes (headers included) over rate × wall. Longest gap is the longest stretch, between the first and the last busy 10 ms interval, in which the link carried less than 3000 bytes. ≥100 ms gaps is the most such gaps in one repeat. CPU is user+system of the process tree (nats-server included for snapjet). Wire is the payload towards the receiver (ssh's encrypted bytes, snapjet's NATS traffic) over the send stream.\n\n", repeats(r.WAN))
+	p("| Data | Link | RTT | Method | Wall s | Link use | Longest gap ms | ≥100 ms gaps | CPU s | Wire | Runs |\n|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, c := range r.WANCells {
 		runs := fmt.Sprint(c.Runs)
 		if c.Failed > 0 {
 			runs += fmt.Sprintf(" (%d failed)", c.Failed)
 		}
 		if c.Runs == 0 {
-			p("| %s | %s | %d ms | %s | failed | | | | | %s |\n", c.Set, rate(c.RateMbit), c.RTTms, cell(c.Method), runs)
+			p("| %s | %s | %d ms | %s | failed | | | | | | %s |\n", c.Set, rate(c.RateMbit), c.RTTms, cell(c.Method), runs)
 			continue
 		}
-		p("| %s | %s | %d ms | %s | %s | %s | %s | %d | %s | %s |\n", c.Set, rate(c.RateMbit), c.RTTms, cell(c.Method),
-			fmtSpread(c.Wall, "%.1f"), fmtSpread(c.Utilisation, "%.2f"), fmtSpread(c.LongestGapMs, "%.0f"), c.Gaps100, fmtSpread(c.CPUSeconds, "%.1f"), runs)
+		p("| %s | %s | %d ms | %s | %s | %s | %s | %d | %s | %s | %s |\n", c.Set, rate(c.RateMbit), c.RTTms, cell(c.Method),
+			fmtSpread(c.Wall, "%.1f"), fmtSpread(c.Utilisation, "%.2f"), fmtSpread(c.LongestGapMs, "%.0f"), c.Gaps100, fmtSpread(c.CPUSeconds, "%.1f"), fmtSpread(c.Wire, "%.3f"), runs)
+	}
+	levels := false
+	for _, row := range r.WAN {
+		if row.Compression != "" {
+			if !levels {
+				p("\nsnapjet's chunks per compression level, each repeat:\n")
+				levels = true
+			}
+			p("\n- %s, %s, %d ms, repeat %d: %s", row.Set, rate(row.RateMbit), row.RTTms, row.Repeat, row.Compression)
+		}
+	}
+	if levels {
+		p("\n")
 	}
 	for _, row := range r.WAN {
 		if row.Error != "" {

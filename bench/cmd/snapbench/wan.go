@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -224,14 +225,15 @@ func (b *bench) wanRow(ctx context.Context, link *wanlink.Link, sshSrv *sshloop.
 				return 0, "", fmt.Errorf("%w: %s", err, recv.stderr)
 			}
 			var s *wanlink.Sampler
+			send := b.snapjet(profileAs, "send", "--server", "nats://"+addr, "--to", targetName, ds.subvol)
 			wall, err := b.timed(func() error {
 				s = link.Sample(sampleEvery)
-				send := b.snapjet(profileAs, "send", "--server", "nats://"+addr, "--to", targetName, ds.subvol)
 				if err := g.Start(send.cmd); err != nil {
 					return err
 				}
 				return send.wait(g)
 			})
+			w.Compression = logField(send.stderr.String(), "compression")
 			if s != nil {
 				stats = s.Stop()
 				b.trace(s, set, method, rate, rtt, rep)
@@ -301,4 +303,24 @@ func waitReceiver(ctx context.Context, url, target string, bound time.Duration) 
 			}
 		}
 	}
+}
+
+// logField is the value of key in the last slog text line of log that has
+// it ("" if none): the sender logs its chunks per compression level.
+func logField(log, key string) string {
+	i := strings.LastIndex(log, " "+key+"=")
+	if i < 0 {
+		return ""
+	}
+	v := log[i+len(key)+2:]
+	if strings.HasPrefix(v, `"`) {
+		if s, err := strconv.QuotedPrefix(v); err == nil {
+			u, _ := strconv.Unquote(s)
+			return u
+		}
+	}
+	if j := strings.IndexAny(v, " \n"); j >= 0 {
+		v = v[:j]
+	}
+	return v
 }
