@@ -21,6 +21,7 @@ type compression struct {
 	level atomic.Int32 // a streams.Level
 
 	period waits
+	warm   bool // the first period is over
 	idle   *idleMeter
 	log    func(from, to streams.Level, w waits, idleCores float64)
 	used   [streams.LevelBetter + 1]atomic.Int64 // chunks per level
@@ -78,6 +79,12 @@ func (c *compression) observe(w waits) {
 		return
 	}
 	idleCores := c.idle.sample()
+	if !c.warm {
+		// The first chunks wait for btrfs send and the workers to start,
+		// whatever the level: they tell nothing.
+		c.warm, c.period = true, waits{}
+		return
+	}
 	cur := streams.Level(c.level.Load())
 	if next := nextLevel(cur, c.period, idleCores); next != cur {
 		c.level.Store(int32(next))
@@ -110,16 +117,15 @@ func (w *waits) add(o waits) {
 const (
 	noiseWait  = 2 * time.Millisecond
 	spareCores = 0.5
-	busyCores  = 0.2
 )
 
 // nextLevel is the auto level after a period of waits w on a machine with
 // idleCores cores idle on average. Waiting for compression means the
 // level costs throughput: one step faster. Waiting for the link with cores
 // to spare means the CPU can buy fewer bytes on the wire: one step better.
-// Waiting for the link on a machine without idle cores means the wait is
-// most likely a server or a receiver on this machine short of CPU, which a
-// cheaper level helps. Anything else holds the level.
+// Waiting for the link without spare cores holds the level: the wait may
+// be a server or a receiver on this machine short of CPU, which a higher
+// level would starve further. Anything else holds too.
 func nextLevel(cur streams.Level, w waits, idleCores float64) streams.Level {
 	floor := time.Duration(w.chunks) * noiseWait
 	switch {
@@ -127,8 +133,6 @@ func nextLevel(cur streams.Level, w waits, idleCores float64) streams.Level {
 		return max(cur-1, streams.LevelFastest)
 	case w.link > floor && w.link > 2*w.compress && idleCores >= spareCores:
 		return min(cur+1, streams.LevelBetter)
-	case w.link > floor && w.link > 2*w.compress && idleCores < busyCores:
-		return max(cur-1, streams.LevelFastest)
 	}
 	return cur
 }

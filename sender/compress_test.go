@@ -86,8 +86,8 @@ func TestNextLevel(t *testing.T) {
 		{"waiting for compression at the fastest: stays", fastest, waits{compress: 400 * ms}, 0, fastest},
 		{"waiting for the link with cores to spare: better", def, waits{link: 800 * ms, compress: 20 * ms}, 1.2, better},
 		{"waiting for the link at the best: stays", better, waits{link: 800 * ms}, 1.9, better},
-		{"waiting for the link, cores busy: the wait is a starved server or receiver", def, waits{link: 800 * ms}, 0.05, fastest},
-		{"waiting for the link, cores half busy: holds", def, waits{link: 800 * ms}, 0.3, def},
+		{"waiting for the link without spare cores: holds (the wait may be a starved server or receiver)", def, waits{link: 800 * ms}, 0.3, def},
+		{"waiting for the link, no core idle: holds", better, waits{link: 800 * ms}, 0, better},
 		{"waiting for btrfs send: holds", def, waits{read: 2000 * ms, compress: 5 * ms, link: 5 * ms}, 1.8, def},
 		{"waits under the noise floor: holds", def, waits{compress: 30 * ms}, 1.8, def},
 		{"both waited alike: holds", def, waits{compress: 300 * ms, link: 400 * ms}, 1.8, def},
@@ -105,7 +105,8 @@ func TestNextLevel(t *testing.T) {
 }
 
 // A fixed level is used for every chunk and never moves; auto starts at
-// the default and moves only after a whole period; a bad mode is refused.
+// the default, ignores the first period and moves only after a whole one;
+// a bad mode is refused.
 func TestCompressionModes(t *testing.T) {
 	c, err := newCompression("better", nil)
 	if err != nil {
@@ -126,6 +127,12 @@ func TestCompressionModes(t *testing.T) {
 	if got := c.next(); got != streams.LevelDefault {
 		t.Errorf("auto starts at %s, want default", got)
 	}
+	for i := 0; i < periodChunks; i++ {
+		c.observe(waits{compress: time.Second, chunks: 1})
+	}
+	if got := c.next(); got != streams.LevelDefault {
+		t.Errorf("auto moved to %s on the first period (the start)", got)
+	}
 	for i := 0; i < periodChunks-1; i++ {
 		c.observe(waits{compress: time.Second, chunks: 1})
 	}
@@ -139,7 +146,7 @@ func TestCompressionModes(t *testing.T) {
 	if len(moves) != 1 || moves[0] != "default>fastest" {
 		t.Errorf("logged moves %v, want [default>fastest]", moves)
 	}
-	if got := c.String(); got != "fastest:1 default:2" {
+	if got := c.String(); got != "fastest:1 default:3" {
 		t.Errorf("chunks per level %q", got)
 	}
 
