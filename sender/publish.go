@@ -25,6 +25,7 @@ type publisher struct {
 
 	chunks, bytes, wire int64 // confirmed by the server
 	stored              int64 // estimate of the stream's size
+	sinceTrim           int64 // bytes published since the last trim
 	inflight            []pending
 	lastReport          time.Time
 	recoveredAt         int64 // chunk the last in-place recovery resumed at
@@ -103,6 +104,7 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 				return err
 			}
 		}
+		p.trim(ctx)
 		p.comp.observe(waits{read: t1.Sub(t0), compress: t2.Sub(t1), link: time.Since(t2), chunks: 1})
 		p.report(ctx, false)
 	}
@@ -137,7 +139,9 @@ func (p *publisher) publish(ctx context.Context, j *job) error {
 		return fmt.Errorf("publish chunk %d of %s: %w", j.idx, p.r.ID, err)
 	}
 	p.inflight = append(p.inflight, pending{fut, j, p.s.NC.Stats().Reconnects})
-	p.stored += storedSize(j.msg)
+	n := storedSize(j.msg)
+	p.stored += n
+	p.sinceTrim += n
 	return nil
 }
 
@@ -309,6 +313,38 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 		}
 		wait = min(2*wait, 500*time.Millisecond)
 	}
+}
+
+// trimEvery is how much the stream may grow between two trims of what
+// every target has acked, while the window still has room. Purging only
+// when the window was full kept a whole window (1 GiB by default) in the
+// server's store, and the caches of its blocks in the server's memory:
+// 1 GiB of random data through a standalone server peaked at 1.25 GB RSS
+// and cost the server 16 CPU-s.
+const trimEvery = 32 << 20
+
+// trim drops from the stream what every target has acked, once the stream
+// grew by trimEvery since the last trim. The window stays what a slow or
+// absent target may hold back; targets that keep up no longer fill it. A
+// failed trim is only logged: makeRoom purges when the window is full.
+func (p *publisher) trim(ctx context.Context) {
+	if p.sinceTrim < trimEvery {
+		return
+	}
+	p.sinceTrim = 0
+	info, err := p.st.Info(ctx)
+	if err == nil {
+		var purged bool
+		purged, _, _, err = p.s.Coord.Purge(ctx, p.r.ID, info.State.FirstSeq, info.State.LastSeq)
+		if err == nil && purged {
+			info, err = p.st.Info(ctx)
+		}
+	}
+	if err != nil {
+		p.log.Warn("trim what every target acked (the window still bounds the stream)", "error", err)
+		return
+	}
+	p.stored = int64(info.State.Bytes)
 }
 
 // fits says whether a message of need bytes may be stored now. An empty
