@@ -273,9 +273,10 @@ func (j *job) ack(msg jetstream.Msg) {
 // Pull settings. Heartbeats on the pull are what notice a pull that died
 // without a disconnect (a leaf node whose link to the hub was cut keeps the
 // receiver's own connection up): after two missed heartbeats the client
-// re-issues the pull. The byte budget keeps several chunks in flight so the
-// link never idles for a round trip between pulls, and stays below the
-// server's per-client pending limit (64 MiB), past which it drops the client.
+// re-issues the pull. The byte budget (default) keeps several chunks in
+// flight so the link never idles for a round trip between pulls, and stays
+// below the server's per-client pending limit (64 MiB), past which it drops
+// the client.
 const (
 	pullBytes     = 32 << 20
 	pullExpiry    = 10 * time.Second
@@ -345,7 +346,7 @@ func (j *job) receive(ctx context.Context, cons jetstream.Consumer) (err error) 
 // consume applies deliveries until the attempt ends here, or until the
 // consumer was reset and must be pulled afresh (errRepull).
 func (j *job) consume(ctx context.Context, cons jetstream.Consumer) error {
-	it, err := cons.Messages(jetstream.PullMaxBytes(pullBytes), jetstream.PullExpiry(pullExpiry),
+	it, err := cons.Messages(jetstream.PullMaxBytes(j.rc.pullBytes), jetstream.PullExpiry(pullExpiry),
 		jetstream.PullHeartbeat(pullHeartbeat), jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", j.r.ID, err)

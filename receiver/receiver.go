@@ -42,8 +42,9 @@ type Receiver struct {
 	log    *slog.Logger
 	codec  *streams.Codec
 
-	applier string // Native or BtrfsProgs
-	metrics *metrics.Metrics
+	applier   string // Native or BtrfsProgs
+	metrics   *metrics.Metrics
+	pullBytes int // chunk bytes a pull may have on their way
 
 	mu       sync.Mutex
 	jobs     map[string]*running // by replication id
@@ -72,6 +73,22 @@ func WithApplier(kind string) Option {
 func WithMetrics(m *metrics.Metrics) Option {
 	return func(rc *Receiver) error {
 		rc.metrics = m
+		return nil
+	}
+}
+
+// WithPullBytes sets how many bytes of chunks may be on their way to the
+// receiver at once (default 32 MiB, which keeps a 1 Gbit/s link busy at
+// 250 ms RTT). It must exceed the largest message the receiver will meet
+// (chunk size plus headers), or the server refuses the pull. A receiver in
+// the server's own process (replicate) needs little: what waits in its
+// buffer is only memory.
+func WithPullBytes(n int) Option {
+	return func(rc *Receiver) error {
+		if n <= 0 {
+			return driver.Permanent(fmt.Errorf("pull budget of %d bytes: give a positive size", n))
+		}
+		rc.pullBytes = n
 		return nil
 	}
 }
@@ -124,7 +141,7 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, target, dir
 	if err != nil {
 		return nil, err
 	}
-	rc := &Receiver{nc: nc, js: js, store: store, target: target, dir: abs, codec: codec, applier: Native,
+	rc := &Receiver{nc: nc, js: js, store: store, target: target, dir: abs, codec: codec, applier: Native, pullBytes: pullBytes,
 		log: log.With("target", target), jobs: map[string]*running{}, fellBack: map[string]bool{},
 		sites: map[string]jetstream.JetStream{}}
 	for _, o := range opts {

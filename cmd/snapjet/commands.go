@@ -110,7 +110,8 @@ replication first: it resumes, or discards the partial and starts over.`,
 			var wg sync.WaitGroup
 			defer func() { stopReceivers(); wg.Wait() }()
 			for i, t := range args[1:] {
-				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log, receiver.WithApplier(applier), receiver.WithMetrics(m))
+				rc, err := receiver.New(ctx, b.NC, b.JS, names[i], t, g.log, receiver.WithApplier(applier), receiver.WithMetrics(m),
+					receiver.WithPullBytes(replicatePull(opt.ChunkSize)))
 				if err != nil {
 					return err
 				}

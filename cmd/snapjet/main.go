@@ -112,6 +112,20 @@ const (
 	replicateMemoryLimit = 160 << 20
 )
 
+// replicatePull is the pull budget of replicate's in-process receivers:
+// no round trip to cover, so four chunks keep them busy, and the 32 MiB
+// default would only be memory (measured on 1 GiB of random data).
+func replicatePull(chunkSize int) int { return max(8<<20, 4*chunkSize+(1<<20)) }
+
+// serverMemoryLimit is the soft heap limit of `snapjet server` unless
+// GOMEMLIMIT says otherwise. The file store keeps recently read blocks
+// (8 MiB each) cached for 10 s, and freed ones wait in a pool for the next
+// garbage collection; the heap limit makes that happen sooner. 1 GiB of
+// random data at 165 MB/s through it: 370 MB RSS without a limit, 220 MB
+// with 200 MiB at the same speed, 183 MB with 160 MiB but 35 % slower
+// (the live data is what the senders' trims and the receivers' pulls hold).
+const serverMemoryLimit = 200 << 20
+
 // daemonMemoryLimit is the soft heap limit of the daemon unless GOMEMLIMIT
 // says otherwise. It hosts the embedded server, whose file store caches
 // recent messages, next to a sender and receivers: a 300 MB incompressible

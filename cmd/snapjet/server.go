@@ -25,6 +25,7 @@ signed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c.Store, c.Listen, c.Log = g.store, g.listen, g.log
+			limitMemoryTo(serverMemoryLimit)
 			srv, err := broker.StartServer(c)
 			if err != nil {
 				return err
