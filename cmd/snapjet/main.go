@@ -94,8 +94,12 @@ func main() {
 
 // streamingMemoryLimit is the soft heap limit of `send` and `receive`
 // unless GOMEMLIMIT says otherwise: their live data is bounded (chunks in
-// flight), so the GC need not let the heap grow to twice that.
-const streamingMemoryLimit = 64 << 20
+// flight), so the GC need not let the heap grow to twice that. 1 GiB of
+// random data: sender 61 MB and receiver 63 MB RSS at the same speed as
+// with 64 MiB (75 and 75 MB). Below their live heap a limit makes the GC
+// run once per chunk: at 64 MiB, before the sender's heap shrank, that
+// doubled its CPU.
+const streamingMemoryLimit = 48 << 20
 
 // limitMemory applies streamingMemoryLimit to a streaming-only process.
 func limitMemory() { limitMemoryTo(streamingMemoryLimit) }
