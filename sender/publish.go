@@ -323,12 +323,19 @@ func (p *publisher) makeRoom(ctx context.Context, need int64) error {
 // and cost the server 16 CPU-s.
 const trimEvery = 32 << 20
 
+// trimAbove is the stream size below which nothing is trimmed: a small
+// replication (the usual incremental) keeps its start, so a target that
+// must start over (a receiver that fell back to btrfs receive, or lost its
+// partial) replays it from the stream instead of a new btrfs send.
+const trimAbove = 128 << 20
+
 // trim drops from the stream what every target has acked, once the stream
-// grew by trimEvery since the last trim. The window stays what a slow or
-// absent target may hold back; targets that keep up no longer fill it. A
-// failed trim is only logged: makeRoom purges when the window is full.
+// holds more than trimAbove and grew by trimEvery since the last trim. The
+// window stays what a slow or absent target may hold back; targets that
+// keep up no longer fill it. A failed trim is only logged: makeRoom purges
+// when the window is full.
 func (p *publisher) trim(ctx context.Context) {
-	if p.sinceTrim < trimEvery {
+	if p.sinceTrim < trimEvery || p.stored <= trimAbove {
 		return
 	}
 	p.sinceTrim = 0
