@@ -32,8 +32,8 @@ func TestExampleParses(t *testing.T) {
 	if j.Retain.Target != want || j.Retain.Source != (retention.Policy{Latest: 3, Daily: 2}) {
 		t.Errorf("retain = %+v", j.Retain)
 	}
-	if j.RateLimit != 50_000_000 || j.Window != 1<<30 || j.ChunkSize != 1<<20 {
-		t.Errorf("rate %d window %d chunk %d", j.RateLimit, j.Window, j.ChunkSize)
+	if j.RateLimit != 50_000_000 || j.Window != 1<<30 || j.ChunkSize != 1<<20 || j.Compress != "better" {
+		t.Errorf("rate %d window %d chunk %d compress %q", j.RateLimit, j.Window, j.ChunkSize, j.Compress)
 	}
 	at := time.Date(2026, 11, 30, 10, 20, 0, 0, time.UTC)
 	if got := j.Next(at); !got.Equal(at.Add(time.Hour)) {
