@@ -23,9 +23,10 @@ type publisher struct {
 	log  *slog.Logger
 	comp *compression // told where each chunk waited
 
-	chunks, bytes, wire int64 // confirmed by the server
-	stored              int64 // estimate of the stream's size
-	sinceTrim           int64 // bytes published since the last trim
+	chunks, bytes, wire int64     // confirmed by the server
+	stored              int64     // estimate of the stream's size
+	sinceTrim           int64     // bytes published since the last trim
+	trimAfter           time.Time // no trim before (after a failed one)
 	inflight            []pending
 	lastReport          time.Time
 	recoveredAt         int64 // chunk the last in-place recovery resumed at
@@ -334,25 +335,39 @@ const trimAbove = 128 << 20
 // window stays what a slow or absent target may hold back; targets that
 // keep up no longer fill it. A failed trim is only logged: makeRoom purges
 // when the window is full.
+//
+// A trim is an optimisation, so it never holds the publisher long: it is
+// skipped while the connection is down (the next publish starts the
+// recovery), bounded by trimTimeout (a site that cannot be read), and
+// after a failure the next one waits trimBackoff.
 func (p *publisher) trim(ctx context.Context) {
-	if p.sinceTrim < trimEvery || p.stored <= trimAbove {
+	if p.sinceTrim < trimEvery || p.stored <= trimAbove || !p.s.NC.IsConnected() || time.Now().Before(p.trimAfter) {
 		return
 	}
 	p.sinceTrim = 0
-	info, err := p.st.Info(ctx)
+	tctx, cancel := context.WithTimeout(ctx, trimTimeout)
+	defer cancel()
+	info, err := p.st.Info(tctx)
 	if err == nil {
 		var purged bool
-		purged, _, _, err = p.s.Coord.Purge(ctx, p.r.ID, info.State.FirstSeq, info.State.LastSeq)
+		purged, _, _, err = p.s.Coord.Purge(tctx, p.r.ID, info.State.FirstSeq, info.State.LastSeq)
 		if err == nil && purged {
-			info, err = p.st.Info(ctx)
+			info, err = p.st.Info(tctx)
 		}
 	}
 	if err != nil {
-		p.log.Warn("trim what every target acked (the window still bounds the stream)", "error", err)
+		p.trimAfter = time.Now().Add(trimBackoff)
+		p.log.Warn("trim what every target acked (the window still bounds the stream)", "error", err, "next_trim", p.trimAfter.Format(time.RFC3339))
 		return
 	}
 	p.stored = int64(info.State.Bytes)
 }
+
+// Bounds of a trim (see trim).
+const (
+	trimTimeout = time.Second
+	trimBackoff = 30 * time.Second
+)
 
 // fits says whether a message of need bytes may be stored now. An empty
 // stream always takes the next chunk, whatever the window: a chunk larger
