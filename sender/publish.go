@@ -159,7 +159,9 @@ func (p *publisher) recover(ctx context.Context, cause error) error {
 	p.log.Warn("publish interrupted; republishing from where the stream ends", "error", cause)
 	deadline := time.Now().Add(p.s.outage)
 	for {
-		rp, err := findResume(ctx, p.st, p.r)
+		pctx, cancel := context.WithTimeout(ctx, resumeProbe)
+		rp, err := findResume(pctx, p.st, p.r)
+		cancel()
 		if err == nil {
 			return p.republish(ctx, rp, cause)
 		}
@@ -173,6 +175,12 @@ func (p *publisher) recover(ctx context.Context, cause error) error {
 		}
 	}
 }
+
+// resumeProbe bounds each question of recover to the server. A request
+// sent as the connection dropped is lost with it, and waiting out the
+// client's 5 s API timeout for it cost 5 s per cut sender link (bench
+// resume row); a retry after a second costs one.
+const resumeProbe = time.Second
 
 func (p *publisher) republish(ctx context.Context, rp resumePoint, cause error) error {
 	if rp.idx == p.recoveredAt {
