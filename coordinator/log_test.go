@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/coordinator"
@@ -44,7 +45,7 @@ func TestLogConformance(t *testing.T) {
 				append: func(t *testing.T, id string, m streams.Message) {
 					msg := streams.EncodeEnd(id, m.Attempt, m.Chunks, m.TotalBytes, m.Digest)
 					if m.Kind == streams.KindChunk {
-						msg = codec.EncodeChunk(id, m.Attempt, m.Index, m.Offset, []byte("chunk"), streams.LevelNone, nil)
+						msg = codec.EncodeChunk(id, m.Attempt, m.Index, m.Offset, []byte("chunk"), xxhash.Sum64([]byte("chunk")), streams.LevelNone, nil)
 					}
 					if _, err := js.PublishMsg(t.Context(), msg); err != nil {
 						t.Fatal(err)

@@ -211,7 +211,7 @@ func (e *env) chunks(id string, attempt int, s snapshot) []*nats.Msg {
 	var out []*nats.Msg
 	for off := 0; off < len(s.stream); off += chunkSize {
 		raw := s.stream[off:min(off+chunkSize, len(s.stream))]
-		out = append(out, e.codec.EncodeChunk(id, attempt, int64(len(out)), int64(off), raw, streams.LevelDefault, nil))
+		out = append(out, e.codec.EncodeChunk(id, attempt, int64(len(out)), int64(off), raw, xxhash.Sum64(raw), streams.LevelDefault, nil))
 	}
 	return out
 }
@@ -664,7 +664,7 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 					forged[i] ^= 0x55
 				}
 				out := append([]*nats.Msg(nil), chunks[:k]...)
-				out = append(out, e.codec.EncodeChunk(id, 1, k, int64(off), forged, streams.LevelDefault, nil))
+				out = append(out, e.codec.EncodeChunk(id, 1, k, int64(off), forged, xxhash.Sum64(forged), streams.LevelDefault, nil))
 				return append(out, chunks[k+1:]...)
 			},
 			says:   "crc32 mismatch",
@@ -688,7 +688,7 @@ func TestReceiveStreamAnomalies(t *testing.T) {
 			name: "chunk index far ahead",
 			build: func(e *env, id string, s snapshot, chunks []*nats.Msg) []*nats.Msg {
 				off := k * chunkSize
-				ahead := e.codec.EncodeChunk(id, 1, 1<<40, int64(off), s.stream[off:off+chunkSize], streams.LevelDefault, nil)
+				ahead := e.codec.EncodeChunk(id, 1, 1<<40, int64(off), s.stream[off:off+chunkSize], xxhash.Sum64(s.stream[off:off+chunkSize]), streams.LevelDefault, nil)
 				out := append([]*nats.Msg(nil), chunks[:k]...)
 				out = append(out, ahead)
 				return append(out, chunks[k+1:]...)

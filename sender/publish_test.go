@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cespare/xxhash/v2"
+
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
 	"github.com/snapjet/snapjet/streams"
@@ -52,7 +54,7 @@ func TestStoredSizeCoversWhatTheStreamStores(t *testing.T) {
 	r := &coordinator.Replication{ID: id, Attempt: 1}
 	var counted int64
 	for i := range int64(50) {
-		msg := codec.EncodeChunk(id, 1, i, i*10, make([]byte, 10), streams.LevelDefault, nil) // compresses to almost nothing
+		msg := codec.EncodeChunk(id, 1, i, i*10, make([]byte, 10), xxhash.Sum64(make([]byte, 10)), streams.LevelDefault, nil) // compresses to almost nothing
 		counted += storedSize(msg)
 		if _, err := b.JS.PublishMsg(t.Context(), msg, publishOpts(r, i)...); err != nil {
 			t.Fatal(err)

@@ -56,8 +56,8 @@ type Options struct {
 	// RateLimit bounds the wire bytes published per second; 0: no limit.
 	RateLimit int64
 	// Compress is the zstd level of the chunks (none, fastest, default,
-	// better) or streams.CompressAuto (also ""): the level follows whether the link or the
-	// CPU holds the transfer back.
+	// better) or streams.CompressAuto (also ""): the level follows whether
+	// the link or the CPU holds the transfer back.
 	Compress string
 	// Intermediates, when set, chooses among the source snapshots that a
 	// target lacks (newer than its newest one, oldest first) those it
@@ -131,7 +131,7 @@ func (res *Result) Outcome(target string) (*coordinator.Replication, *coordinato
 func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 	s.outage, s.stall = orDefault(opt.OutageTimeout, DefaultOutageTimeout), orDefault(opt.StallTimeout, DefaultStallTimeout)
 	s.limit = newWireLimiter(opt.RateLimit)
-	if _, err := newCompression(opt.Compress, nil); err != nil {
+	if _, _, err := streams.ParseCompression(opt.Compress); err != nil {
 		return nil, err
 	}
 	s.compress = opt.Compress

@@ -27,6 +27,7 @@ const maxInflight = 16
 type job struct {
 	idx, off int64
 	rawLen   int
+	sum      uint64 // xxh64 of the raw bytes
 	raw      []byte // nil once compressed: msg.Data holds the chunk
 	msg      *nats.Msg
 	done     chan struct{}
@@ -155,7 +156,8 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 
 // readChunks cuts the send stream into fixed-size chunks (the same cut on
 // every run, so a restarted sender finds the same boundaries), adds every
-// chunk to the stream's digest, skips what is stored already and proves the skipped prefix matches.
+// chunk to the stream's digest, skips what is stored already and proves
+// the skipped prefix matches.
 func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.Replication, rp resumePoint, digest *streams.Digest, order, work chan<- *job) error {
 	var off int64
 	for idx := int64(0); ; idx++ {
@@ -182,7 +184,7 @@ func (s *Sender) readChunks(ctx context.Context, out io.Reader, r *coordinator.R
 			s.bufs.put(raw)
 			continue
 		}
-		j := &job{idx: idx, off: off, rawLen: n, raw: raw, done: make(chan struct{})}
+		j := &job{idx: idx, off: off, rawLen: n, sum: sum, raw: raw, done: make(chan struct{})}
 		off += int64(n)
 		select {
 		case order <- j:
@@ -205,11 +207,11 @@ func (s *Sender) encode(r *coordinator.Replication, comp *compression, j *job) {
 	defer close(j.done)
 	level := comp.next()
 	if level == streams.LevelNone {
-		j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, level, nil)
+		j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, j.sum, level, nil)
 		return
 	}
 	dst := s.bufs.get(r.ChunkSize)
-	j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, level, dst)
+	j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, j.sum, level, dst)
 	comp.gate.observe(len(j.msg.Data), j.rawLen)
 	if &j.msg.Data[0] == &dst[:1][0] {
 		s.bufs.put(j.raw)

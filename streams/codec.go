@@ -122,16 +122,17 @@ func MsgID(repl string, attempt int, index int64) string {
 	return repl + "." + strconv.Itoa(attempt) + "." + strconv.FormatInt(index, 10)
 }
 
-// EncodeChunk builds the message for raw bytes at offset. The payload is
-// zstd at level unless compression would not make it smaller; LevelNone
-// skips the attempt (the sender's choice for data it has seen to be
-// incompressible). dst, if given, is reused for the compressed payload.
-func (c *Codec) EncodeChunk(repl string, attempt int, index, offset int64, raw []byte, level Level, dst []byte) *nats.Msg {
+// EncodeChunk builds the message for raw bytes at offset, whose xxh64 is
+// sum (the sender computes it once, for the stream's digest too). The
+// payload is zstd at level unless compression would not make it smaller;
+// LevelNone skips the attempt (the sender's choice for data it has seen to
+// be incompressible). dst, if given, is reused for the compressed payload.
+func (c *Codec) EncodeChunk(repl string, attempt int, index, offset int64, raw []byte, sum uint64, level Level, dst []byte) *nats.Msg {
 	m := newMsg(repl, attempt, KindChunk)
 	m.Header.Set(HdrChunk, strconv.FormatInt(index, 10))
 	m.Header.Set(HdrOffset, strconv.FormatInt(offset, 10))
 	m.Header.Set(HdrRawLen, strconv.Itoa(len(raw)))
-	m.Header.Set(HdrSum, fmt.Sprintf("%016x", xxhash.Sum64(raw)))
+	m.Header.Set(HdrSum, fmt.Sprintf("%016x", sum))
 	m.Header.Set(nats.MsgIdHdr, MsgID(repl, attempt, index))
 	m.Data = raw
 	m.Header.Set(HdrEncoding, "none")

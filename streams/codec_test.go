@@ -69,7 +69,7 @@ func TestChunkRoundTrip(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			orig := bytes.Clone(tc.raw)
-			msg := codec.EncodeChunk("src-20261124T064512Z", 3, 7, 7<<20, tc.raw, tc.level, nil)
+			msg := codec.EncodeChunk("src-20261124T064512Z", 3, 7, 7<<20, tc.raw, xxhash.Sum64(tc.raw), tc.level, nil)
 			if got := msg.Header.Get(streams.HdrEncoding); got != tc.wantEnc {
 				t.Errorf("encoding %q, want %q", got, tc.wantEnc)
 			}
@@ -126,8 +126,12 @@ func TestEndMarkerRoundTrip(t *testing.T) {
 func TestDecodeRefuses(t *testing.T) {
 	codec := newCodec(t)
 	text, random := textBytes(256<<10, 5), randomBytes(256<<10, 6)
-	zipped := func() *nats.Msg { return codec.EncodeChunk("r1", 1, 3, 0, text, streams.LevelDefault, nil) }
-	plain := func() *nats.Msg { return codec.EncodeChunk("r1", 1, 3, 0, random, streams.LevelDefault, nil) }
+	zipped := func() *nats.Msg {
+		return codec.EncodeChunk("r1", 1, 3, 0, text, xxhash.Sum64(text), streams.LevelDefault, nil)
+	}
+	plain := func() *nats.Msg {
+		return codec.EncodeChunk("r1", 1, 3, 0, random, xxhash.Sum64(random), streams.LevelDefault, nil)
+	}
 	end := func() *nats.Msg { return streams.EncodeEnd("r1", 1, 4, 1<<20, "sha256:00") }
 	set := func(name, v string) func(*nats.Msg) { return func(m *nats.Msg) { m.Header.Set(name, v) } }
 	del := func(name string) func(*nats.Msg) { return func(m *nats.Msg) { m.Header.Del(name) } }
@@ -209,7 +213,7 @@ func TestDecodeRefuses(t *testing.T) {
 func TestDecodeNeverAcceptsAlteredBytes(t *testing.T) {
 	codec := newCodec(t)
 	for _, raw := range [][]byte{textBytes(16<<10, 11), randomBytes(2<<10, 12)} {
-		msg := codec.EncodeChunk("r1", 1, 0, 0, raw, streams.LevelDefault, nil)
+		msg := codec.EncodeChunk("r1", 1, 0, 0, raw, xxhash.Sum64(raw), streams.LevelDefault, nil)
 		refused := 0
 		for i := range msg.Data {
 			for _, bit := range []byte{0x01, 0x80} {
@@ -236,13 +240,13 @@ func TestDecodeNeverAcceptsAlteredBytes(t *testing.T) {
 // numbers, since the coordinator reads headers without payloads.
 func TestDecodeHeaderRefusesBeforePayload(t *testing.T) {
 	codec := newCodec(t)
-	m := codec.EncodeChunk("r1", 1, 0, 0, []byte("abc"), streams.LevelNone, nil)
+	m := codec.EncodeChunk("r1", 1, 0, 0, []byte("abc"), xxhash.Sum64([]byte("abc")), streams.LevelNone, nil)
 	m.Header.Set(streams.HdrVersion, "99")
 	_, err := streams.DecodeHeader(m.Header)
 	if !errors.Is(err, streams.ErrUnknownVersion) || !strings.Contains(err.Error(), "upgrade") {
 		t.Fatalf("DecodeHeader of version 99: %v, want ErrUnknownVersion asking to upgrade", err)
 	}
-	m = codec.EncodeChunk("r1", 1, 5, 0, []byte("abc"), streams.LevelNone, nil)
+	m = codec.EncodeChunk("r1", 1, 5, 0, []byte("abc"), xxhash.Sum64([]byte("abc")), streams.LevelNone, nil)
 	m.Header.Set(streams.HdrRawLen, "-1") // a payload matter, not the header's
 	h, err := streams.DecodeHeader(m.Header)
 	if err != nil || h.Index != 5 || h.Kind != streams.KindChunk {
@@ -312,7 +316,7 @@ func BenchmarkEncodeChunk(b *testing.B) {
 			b.SetBytes(int64(len(raw)))
 			var wire int
 			for b.Loop() {
-				wire = len(codec.EncodeChunk("bench", 1, 0, 0, raw, streams.LevelDefault, dst).Data)
+				wire = len(codec.EncodeChunk("bench", 1, 0, 0, raw, xxhash.Sum64(raw), streams.LevelDefault, dst).Data)
 			}
 			b.ReportMetric(float64(wire)/float64(len(raw)), "wire/raw")
 		})
@@ -324,7 +328,7 @@ func BenchmarkDecode(b *testing.B) {
 	for _, name := range []string{"random", "text"} {
 		raw := benchData()[name]
 		b.Run(name, func(b *testing.B) {
-			msg := codec.EncodeChunk("bench", 1, 0, 0, raw, streams.LevelDefault, nil)
+			msg := codec.EncodeChunk("bench", 1, 0, 0, raw, xxhash.Sum64(raw), streams.LevelDefault, nil)
 			dst := make([]byte, 0, len(raw))
 			b.SetBytes(int64(len(raw)))
 			for b.Loop() {
@@ -341,9 +345,9 @@ func BenchmarkDecode(b *testing.B) {
 func FuzzDecode(f *testing.F) {
 	codec := newCodec(f)
 	for _, m := range []*nats.Msg{
-		codec.EncodeChunk("r1", 1, 0, 0, textBytes(4096, 9), streams.LevelDefault, nil),
-		codec.EncodeChunk("r1", 2, 5, 1<<20, randomBytes(512, 10), streams.LevelDefault, nil),
-		codec.EncodeChunk("r1", 1, 0, 0, nil, streams.LevelDefault, nil),
+		codec.EncodeChunk("r1", 1, 0, 0, textBytes(4096, 9), xxhash.Sum64(textBytes(4096, 9)), streams.LevelDefault, nil),
+		codec.EncodeChunk("r1", 2, 5, 1<<20, randomBytes(512, 10), xxhash.Sum64(randomBytes(512, 10)), streams.LevelDefault, nil),
+		codec.EncodeChunk("r1", 1, 0, 0, nil, xxhash.Sum64(nil), streams.LevelDefault, nil),
 		streams.EncodeEnd("r1", 1, 3, 3000, "sha256:ab"),
 	} {
 		h := func(k string) string { return m.Header.Get(k) }
