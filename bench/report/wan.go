@@ -23,6 +23,10 @@ type WANRow struct {
 	Utilisation  float64 `json:"utilisation"`
 	LongestGapMs float64 `json:"longest_gap_ms"` // longest idle stretch of the link between busy intervals
 	Gaps100      int     `json:"gaps_100ms"`     // idle stretches of 100 ms or more
+	// SteadyGapMs and SteadyGaps100 count only the gaps of the steady
+	// transfer, after its first and before its last 4 MiB.
+	SteadyGapMs   float64 `json:"steady_gap_ms"`
+	SteadyGaps100 int     `json:"steady_gaps_100ms"`
 	CPUSeconds   float64 `json:"cpu_seconds"`
 	Verified     string  `json:"verified"`
 	Error        string  `json:"error,omitempty"`
@@ -66,6 +70,10 @@ type WANCell struct {
 	CPUSeconds   Spread `json:"cpu_seconds"`
 	Wire         Spread `json:"wire"`           // payload bytes over send-stream bytes
 	Gaps100      int    `json:"gaps_100ms_max"` // most 100 ms gaps in one repeat
+	SteadyGapMs  Spread `json:"steady_gap_ms"`
+	// SteadyGaps100 is the most 100 ms gaps of a steady transfer in one
+	// repeat.
+	SteadyGaps100 int `json:"steady_gaps_100ms_max"`
 }
 
 // SummariseWAN groups rows into cells, in the order the cells first ran.
@@ -86,7 +94,7 @@ func SummariseWAN(rows []WANRow) []WANCell {
 	var cells []WANCell
 	for _, k := range order {
 		c := WANCell{Set: k.set, Method: k.method, RateMbit: k.rate, RTTms: k.rtt}
-		var wall, util, gap, cpu, wire []float64
+		var wall, util, gap, steady, cpu, wire []float64
 		for _, r := range groups[k] {
 			if r.Error != "" {
 				c.Failed++
@@ -96,13 +104,15 @@ func SummariseWAN(rows []WANRow) []WANCell {
 			wall = append(wall, r.WallSeconds)
 			util = append(util, r.Utilisation)
 			gap = append(gap, r.LongestGapMs)
+			steady = append(steady, r.SteadyGapMs)
 			cpu = append(cpu, r.CPUSeconds)
 			if r.StreamBytes > 0 {
 				wire = append(wire, float64(r.PayloadBytes)/float64(r.StreamBytes))
 			}
 			c.Gaps100 = max(c.Gaps100, r.Gaps100)
+			c.SteadyGaps100 = max(c.SteadyGaps100, r.SteadyGaps100)
 		}
-		c.Wall, c.Utilisation, c.LongestGapMs, c.CPUSeconds, c.Wire = spread(wall), spread(util), spread(gap), spread(cpu), spread(wire)
+		c.Wall, c.Utilisation, c.LongestGapMs, c.SteadyGapMs, c.CPUSeconds, c.Wire = spread(wall), spread(util), spread(gap), spread(steady), spread(cpu), spread(wire)
 		cells = append(cells, c)
 	}
 	return cells
@@ -123,19 +133,20 @@ func wanMarkdown(r *Results) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("\n#### WAN: the receiving side behind a shaped link with added round-trip time\n\n")
-	p("Each cell ran %s; figures are the median with the range (min–max) in brackets. Link use is the shaped veth's transmitted bytes (headers included) over rate × wall. Longest gap is the longest stretch, between the first and the last busy 10 ms interval, in which the link carried less than 3000 bytes. ≥100 ms gaps is the most such gaps in one repeat. CPU is user+system of the process tree (nats-server included for snapjet). Wire is the payload towards the receiver (ssh's encrypted bytes, snapjet's NATS traffic) over the send stream.\n\n", repeats(r.WAN))
-	p("| Data | Link | RTT | Method | Wall s | Link use | Longest gap ms | ≥100 ms gaps | CPU s | Wire | Runs |\n|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	p("Each cell ran %s; figures are the median with the range (min–max) in brackets. Link use is the shaped veth's transmitted bytes (headers included) over rate × wall. Longest gap is the longest stretch, between the first and the last busy 10 ms interval, in which the link carried less than 3000 bytes. ≥100 ms gaps is the most such gaps in one repeat. Steady counts only the gaps after the first and before the last 4 MiB on the link (start-up and the end apart). CPU is user+system of the process tree (nats-server included for snapjet). Wire is the payload towards the receiver (ssh's encrypted bytes, snapjet's NATS traffic) over the send stream.\n\n", repeats(r.WAN))
+	p("| Data | Link | RTT | Method | Wall s | Link use | Longest gap ms | ≥100 ms gaps | Steady: longest gap ms | Steady: ≥100 ms gaps | CPU s | Wire | Runs |\n|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, c := range r.WANCells {
 		runs := fmt.Sprint(c.Runs)
 		if c.Failed > 0 {
 			runs += fmt.Sprintf(" (%d failed)", c.Failed)
 		}
 		if c.Runs == 0 {
-			p("| %s | %s | %d ms | %s | failed | | | | | | %s |\n", c.Set, rate(c.RateMbit), c.RTTms, cell(c.Method), runs)
+			p("| %s | %s | %d ms | %s | failed | | | | | | | | %s |\n", c.Set, rate(c.RateMbit), c.RTTms, cell(c.Method), runs)
 			continue
 		}
-		p("| %s | %s | %d ms | %s | %s | %s | %s | %d | %s | %s | %s |\n", c.Set, rate(c.RateMbit), c.RTTms, cell(c.Method),
-			fmtSpread(c.Wall, "%.1f"), fmtSpread(c.Utilisation, "%.2f"), fmtSpread(c.LongestGapMs, "%.0f"), c.Gaps100, fmtSpread(c.CPUSeconds, "%.1f"), fmtSpread(c.Wire, "%.3f"), runs)
+		p("| %s | %s | %d ms | %s | %s | %s | %s | %d | %s | %d | %s | %s | %s |\n", c.Set, rate(c.RateMbit), c.RTTms, cell(c.Method),
+			fmtSpread(c.Wall, "%.1f"), fmtSpread(c.Utilisation, "%.2f"), fmtSpread(c.LongestGapMs, "%.0f"), c.Gaps100,
+			fmtSpread(c.SteadyGapMs, "%.0f"), c.SteadyGaps100, fmtSpread(c.CPUSeconds, "%.1f"), fmtSpread(c.Wire, "%.3f"), runs)
 	}
 	levels := false
 	for _, row := range r.WAN {

@@ -203,7 +203,16 @@ type Stats struct {
 	Bytes      int64         // transmitted between the first and last sample
 	LongestGap time.Duration // longest stretch without traffic between the first and the last busy interval
 	Gaps100    int           // stretches without traffic of 100 ms or more
+	// SteadyGap and SteadyGaps100 count only the gaps after the first and
+	// before the last steadyMargin bytes: the stalls of a running transfer,
+	// apart from its start (connections, the first pull) and its end.
+	SteadyGap     time.Duration
+	SteadyGaps100 int
 }
+
+// steadyMargin is what a transfer carries at each end before it counts
+// as steady.
+const steadyMargin = 4 << 20
 
 // idleBytes is what an interval may carry and still count as idle: less
 // than two full-size frames (a NATS ping, a stray ack), nothing of the
@@ -241,17 +250,26 @@ func summarise(samples []sample) Stats {
 		return st
 	}
 	st.Bytes = samples[len(samples)-1].bytes - samples[0].bytes
-	// Only gaps between busy intervals count: before the first byte the
-	// processes are starting, after the last one the target is syncing.
+	st.LongestGap, st.Gaps100 = gaps(samples, 0, st.Bytes)
+	st.SteadyGap, st.SteadyGaps100 = gaps(samples, steadyMargin, st.Bytes-steadyMargin)
+	return st
+}
+
+// gaps finds the stretches without traffic between busy intervals that
+// end while the bytes carried so far are within [from, to]. Only gaps
+// between busy intervals count: before the first byte the processes are
+// starting, after the last one the target is syncing.
+func gaps(samples []sample, from, to int64) (longest time.Duration, n100 int) {
 	var gap time.Duration
 	busySeen := false
 	for i := 1; i < len(samples); i++ {
 		d := samples[i].at.Sub(samples[i-1].at)
 		if samples[i].bytes-samples[i-1].bytes >= idleBytes {
-			if busySeen && gap > 0 {
-				st.LongestGap = max(st.LongestGap, gap)
+			carried := samples[i-1].bytes - samples[0].bytes
+			if busySeen && gap > 0 && carried >= from && carried <= to {
+				longest = max(longest, gap)
 				if gap >= 100*time.Millisecond {
-					st.Gaps100++
+					n100++
 				}
 			}
 			busySeen, gap = true, 0
@@ -261,5 +279,5 @@ func summarise(samples []sample) Stats {
 			gap += d
 		}
 	}
-	return st
+	return longest, n100
 }

@@ -20,4 +20,12 @@ func TestSummarise(t *testing.T) {
 	if st.Bytes != 4*9000 || st.LongestGap != 120*time.Millisecond || st.Gaps100 != 1 {
 		t.Fatalf("%+v", st)
 	}
+	// The 120 ms gap ends after 18,000 bytes, the 30 ms one after 27,000:
+	// a steady part from 10,000 to 26,000 bytes holds only the first.
+	if l, n := gaps(s, 10000, 26000); l != 120*time.Millisecond || n != 1 {
+		t.Fatalf("steady from 10000 to 26000: %v, %d", l, n)
+	}
+	if l, n := gaps(s, 20000, 30000); l != 30*time.Millisecond || n != 0 {
+		t.Fatalf("steady from 20000 to 30000: %v, %d", l, n)
+	}
 }

@@ -99,7 +99,7 @@ func (b *bench) wanSection(ctx context.Context) error {
 						w := b.wanRow(ctx, link, sshSrv, ds, set, method, rate, rtt, rep)
 						b.res.WAN = append(b.res.WAN, w)
 						slog.Info("wan row done", "set", set, "method", method, "rate", rate, "rtt", rtt, "repeat", rep,
-							"wall", fmt.Sprintf("%.2f", w.WallSeconds), "use", fmt.Sprintf("%.2f", w.Utilisation), "gap_ms", w.LongestGapMs,
+							"wall", fmt.Sprintf("%.2f", w.WallSeconds), "use", fmt.Sprintf("%.2f", w.Utilisation), "gap_ms", w.LongestGapMs, "steady_gap_ms", w.SteadyGapMs,
 							"verified", w.Verified, "err", w.Error)
 					}
 				}
@@ -254,6 +254,8 @@ func (b *bench) wanRow(ctx context.Context, link *wanlink.Link, sshSrv *sshloop.
 	w.LinkBytes = stats.Bytes
 	w.LongestGapMs = float64(stats.LongestGap) / float64(time.Millisecond)
 	w.Gaps100 = stats.Gaps100
+	w.SteadyGapMs = float64(stats.SteadyGap) / float64(time.Millisecond)
+	w.SteadyGaps100 = stats.SteadyGaps100
 	if row.WallSeconds > 0 {
 		w.Utilisation = float64(stats.Bytes) * 8 / (float64(rate) * 1e6 * row.WallSeconds)
 	}
