@@ -31,9 +31,12 @@ const (
 // without cleaning staging (discard does that). Not safe for concurrent use.
 type applier interface {
 	Write(p []byte) error
-	// Checkpoint makes everything written so far durable and returns what
-	// a restart needs, or nil when the applier cannot resume.
-	Checkpoint() ([]byte, error)
+	// Checkpoint returns what a restart needs to continue after everything
+	// written so far (nil when the applier cannot resume) and durable,
+	// which makes it so. durable may run while Write goes on, so the job
+	// applies on while the target syncs; the state is a valid checkpoint
+	// only once durable returned nil.
+	Checkpoint() (state []byte, durable func() error, err error)
 	Finish() (string, error)
 	Abort()
 }
@@ -69,7 +72,9 @@ func (a *progsApplier) Write(p []byte) error {
 	return nil
 }
 
-func (a *progsApplier) Checkpoint() ([]byte, error) { return nil, nil }
+func (a *progsApplier) Checkpoint() ([]byte, func() error, error) {
+	return nil, func() error { return nil }, nil
+}
 
 func (a *progsApplier) Finish() (string, error) {
 	a.in.Close()
@@ -121,12 +126,21 @@ func (a *nativeApplier) Write(p []byte) error {
 	return classifyReceive(a.dir, err)
 }
 
-func (a *nativeApplier) Checkpoint() ([]byte, error) {
-	cp, err := a.r.Checkpoint()
+func (a *nativeApplier) Checkpoint() ([]byte, func() error, error) {
+	cp, err := a.r.Mark()
 	if err != nil {
-		return nil, classifyReceive(a.dir, err)
+		return nil, nil, classifyReceive(a.dir, err)
 	}
-	return cp.Marshal()
+	state, err := cp.Marshal()
+	if err != nil {
+		return nil, nil, err
+	}
+	return state, func() error {
+		if err := a.r.Sync(); err != nil {
+			return classifyReceive(a.dir, err)
+		}
+		return nil
+	}, nil
 }
 
 func (a *nativeApplier) Finish() (string, error) {
@@ -181,12 +195,8 @@ type checkpoint struct {
 
 // saveCheckpoint writes the checkpoint durably (temp file, fsync, rename,
 // fsync of the directory), so a crash leaves the old one or the new one.
-func saveCheckpoint(staging string, cp checkpoint, digest *streams.Digest) error {
-	state, err := digest.MarshalBinary()
-	if err != nil {
-		return fmt.Errorf("save checkpoint: %w", err)
-	}
-	cp.Digest, cp.Scheme = state, streams.DigestPrefix
+func saveCheckpoint(staging string, cp checkpoint, digest []byte) error {
+	cp.Digest, cp.Scheme = digest, streams.DigestPrefix
 	b, err := json.Marshal(cp)
 	if err != nil {
 		return fmt.Errorf("save checkpoint: %w", err)

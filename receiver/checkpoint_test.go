@@ -16,7 +16,11 @@ func TestCheckpointDigest(t *testing.T) {
 	dir := t.TempDir()
 	d := streams.NewDigest()
 	d.Add(0, 4, 0x1234)
-	if err := saveCheckpoint(dir, checkpoint{Attempt: 2, Next: 1, Bytes: 4}, d); err != nil {
+	state, err := d.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := saveCheckpoint(dir, checkpoint{Attempt: 2, Next: 1, Bytes: 4}, state); err != nil {
 		t.Fatal(err)
 	}
 	cp, got, err := loadCheckpoint(dir)

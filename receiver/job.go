@@ -48,8 +48,10 @@ type job struct {
 
 	// Native receives ack only what a checkpoint covers.
 	durable  int64         // chunks below this are in the last checkpoint
+	marked   int64         // chunks below this are in the last checkpoint begun
 	unacked  jetstream.Msg // newest applied delivery not yet acked
-	lastCkpt time.Time
+	lastCkpt time.Time     // when the last checkpoint began
+	syncing  chan synced   // the checkpoint whose sync runs, nil when none
 	lastSeq  uint64 // stream sequence of the newest delivery received
 	acked    jetstream.Msg
 	ackedSeq uint64 // stream sequence of the newest ack sent
@@ -57,19 +59,26 @@ type job struct {
 
 // Checkpoint cadence of a native receive: often enough that a crash costs
 // little, rarely enough that syncfs does not dominate. Nothing past a
-// checkpoint is acked, so it must come well before the consumer's
-// MaxAckPending and the sender's window fill up.
+// checkpoint is acked, so it must begin well before the consumer's
+// MaxAckPending and the sender's window fill up: the chunks applied while
+// a checkpoint syncs are unacked too.
 const (
 	ckptInterval   = time.Second
 	idleCheckpoint = 200 * time.Millisecond
 )
 
 func (j *job) ckptChunks() int64 {
-	n := int64(streams.MaxAckPending / 2)
+	n := int64(streams.MaxAckPending / 8)
 	if j.r.ChunkSize > 0 {
-		n = min(n, j.r.Window/int64(j.r.ChunkSize)/2)
+		n = min(n, j.r.Window/int64(j.r.ChunkSize)/4)
 	}
 	return max(n, 1)
+}
+
+// ckptDue says whether applied chunks wait for a checkpoint that should
+// begin now.
+func (j *job) ckptDue() bool {
+	return j.unacked != nil && (j.next-j.marked >= j.ckptChunks() || time.Since(j.lastCkpt) >= ckptInterval)
 }
 
 func (j *job) counters(ev streams.Event) streams.Report {
@@ -234,30 +243,89 @@ func (j *job) resume(ctx context.Context) bool {
 		return false
 	}
 	j.app, j.digest = a, digest
-	j.next, j.bytes, j.redelivered, j.durable = cp.Next, cp.Bytes, cp.Redelivered, cp.Next
+	j.next, j.bytes, j.redelivered, j.durable, j.marked = cp.Next, cp.Bytes, cp.Redelivered, cp.Next, cp.Next
 	j.lastCkpt = time.Now()
 	j.log.Info("resuming receive at its checkpoint", "chunk", cp.Next, "bytes", cp.Bytes)
 	j.rc.metrics.Resumed(jobLabel(j.r), "receiver")
 	return true
 }
 
-// checkpoint makes the applied chunks durable, records where to continue
-// and only then acks them.
-func (j *job) checkpoint() error {
-	state, err := j.app.Checkpoint()
+// synced is the end of a checkpoint's sync: the chunks below next are
+// durable unless err, and msg acks them.
+type synced struct {
+	next int64
+	msg  jetstream.Msg
+	err  error
+}
+
+// beginCheckpoint takes the applier's state and makes it durable in the
+// background, so the job applies on while the target syncs (a sync took
+// 0.3-0.5 s under load; applying nothing meanwhile left the link idle once
+// the consumer's MaxAckPending was out). The chunks it covers are acked
+// when it ends (checkpointed). One runs at a time: a checkpoint that falls
+// due meanwhile begins when it ends.
+func (j *job) beginCheckpoint() error {
+	if j.syncing != nil {
+		return nil
+	}
+	state, durable, err := j.app.Checkpoint()
 	if err != nil {
 		return err
 	}
-	cp := checkpoint{Attempt: j.r.Attempt, Next: j.next, Bytes: j.bytes, Redelivered: j.redelivered, Applier: state}
-	if err := saveCheckpoint(j.staging, cp, j.digest); err != nil {
-		return err
+	digest, err := j.digest.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("save checkpoint: %w", err)
 	}
-	j.durable, j.lastCkpt = j.next, time.Now()
-	if j.unacked != nil {
-		j.ack(j.unacked)
-		j.unacked = nil
+	cp := checkpoint{Attempt: j.r.Attempt, Next: j.next, Bytes: j.bytes, Redelivered: j.redelivered, Applier: state}
+	done := make(chan synced, 1)
+	j.syncing, j.marked, j.lastCkpt = done, j.next, time.Now()
+	msg := j.unacked
+	j.unacked = nil
+	go func() {
+		err := durable()
+		if err == nil {
+			err = saveCheckpoint(j.staging, cp, digest)
+		}
+		done <- synced{next: cp.Next, msg: msg, err: err}
+	}()
+	return nil
+}
+
+// checkpointed records a checkpoint whose sync ended and acks what it
+// covers.
+func (j *job) checkpointed(s synced) error {
+	j.syncing = nil
+	if s.err != nil {
+		return s.err
+	}
+	j.durable = s.next
+	if s.msg != nil {
+		j.ack(s.msg)
 	}
 	return nil
+}
+
+// settle waits for the checkpoint whose sync runs, if any. Whatever ends
+// the consumption, or asks the coordinator to reset the consumer, settles
+// first: an ack must never reach the consumer's successor, and the sync
+// must be over before the applier is aborted or finished.
+func (j *job) settle() error {
+	if j.syncing == nil {
+		return nil
+	}
+	return j.checkpointed(<-j.syncing)
+}
+
+// checkpoint makes everything applied durable and acks it before it
+// returns.
+func (j *job) checkpoint() error {
+	if err := j.settle(); err != nil {
+		return err
+	}
+	if err := j.beginCheckpoint(); err != nil {
+		return err
+	}
+	return j.settle()
 }
 
 // ack confirms msg and everything before it (AckAll), and remembers it: an
@@ -353,6 +421,7 @@ func (j *job) consume(ctx context.Context, cons jetstream.Consumer) error {
 	}
 	done := make(chan struct{})
 	defer func() { close(done); it.Stop() }()
+	defer func() { _ = j.settle() }()
 	deliveries := pull(it, done)
 	idle := time.NewTimer(idleCheckpoint)
 	defer idle.Stop()
@@ -361,9 +430,23 @@ func (j *job) consume(ctx context.Context, cons jetstream.Consumer) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case s := <-j.syncing:
+			if err := j.checkpointed(s); err != nil {
+				return j.fail(ctx, err)
+			}
+			if j.ckptDue() {
+				if err := j.beginCheckpoint(); err != nil {
+					return j.fail(ctx, err)
+				}
+			}
 		case <-idle.C:
 			// Idle: make what was applied durable and ack it, or a sender
 			// waiting for room in its window would wait for us forever.
+			// This also settles the checkpoint in flight before idle may
+			// ask for the consumer to be reset.
+			if err := j.settle(); err != nil {
+				return j.fail(ctx, err)
+			}
 			if j.unacked != nil {
 				if err := j.checkpoint(); err != nil {
 					return j.fail(ctx, err)
@@ -507,6 +590,9 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 		}
 	}
 	if m.Kind == streams.KindEnd {
+		if err := j.settle(); err != nil {
+			return true, j.fail(ctx, err)
+		}
 		return true, j.finish(ctx, msg, m)
 	}
 	if err := j.apply(ctx, m); err != nil {
@@ -517,8 +603,8 @@ func (j *job) handle(ctx context.Context, msg jetstream.Msg) (bool, error) {
 		return false, nil
 	}
 	j.unacked = msg
-	if j.next-j.durable >= j.ckptChunks() || time.Since(j.lastCkpt) >= ckptInterval {
-		if err := j.checkpoint(); err != nil {
+	if j.ckptDue() {
+		if err := j.beginCheckpoint(); err != nil {
 			return true, j.fail(ctx, err)
 		}
 	}
@@ -630,6 +716,7 @@ func (j *job) applyFailed(ctx context.Context, err error) error {
 	}
 	j.log.Warn("the native receive cannot apply this stream; falling back to btrfs-progs", "error", err)
 	j.rc.fallBack(j.r.ID)
+	_ = j.settle() // the partial is dropped, durable or not
 	j.app.Abort()
 	j.app = nil
 	if err := discard(context.WithoutCancel(ctx), j.staging); err != nil {
@@ -647,6 +734,7 @@ func (j *job) fail(ctx context.Context, cause error) error {
 		// partial stays in staging for the next run to resume.
 		return ctx.Err()
 	}
+	_ = j.settle() // the partial is dropped, durable or not
 	if j.app != nil {
 		j.app.Abort()
 	}

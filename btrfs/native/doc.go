@@ -19,7 +19,10 @@
 // checkpoint and continues feeding with the byte at Checkpoint.Fed(). After
 // a crash, Resume(ctx, dir, cp, opt) reopens the partial subvolume and
 // expects the stream from cp.Fed() on. Checkpoint is a plain struct with a
-// JSON form (Marshal, UnmarshalCheckpoint).
+// JSON form (Marshal, UnmarshalCheckpoint). A caller that must not stop
+// feeding while the filesystem syncs splits Checkpoint in two: Mark takes
+// the state at once, and Sync, which may run in another goroutine while
+// Write goes on, makes it valid when it returns.
 //
 // Persist a first checkpoint before feeding the first byte (Checkpoint on
 // a new Receiver returns the start). Without one, a crash right after the

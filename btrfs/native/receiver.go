@@ -246,12 +246,28 @@ func (r *Receiver) Write(p []byte) (int, error) {
 // returns the state a restart needs. It never runs ahead of durable data:
 // a sync failure returns an error and no checkpoint.
 func (r *Receiver) Checkpoint() (Checkpoint, error) {
+	cp, err := r.Mark()
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	if err := r.Sync(); err != nil {
+		return Checkpoint{}, err
+	}
+	return cp, nil
+}
+
+// Mark returns the state a restart needs to continue after everything fed
+// so far, without waiting for it to be durable: it is a valid checkpoint
+// only once a Sync that began after Mark returned nil. Mark and Sync split
+// Checkpoint so that the caller can feed on while the filesystem syncs.
+func (r *Receiver) Mark() (Checkpoint, error) {
 	if r.err != nil {
 		return Checkpoint{}, r.err
 	}
-	if err := r.sync(); err != nil {
-		return Checkpoint{}, err
+	if r.cur != nil {
+		r.cur.closeWriter()
 	}
+	r.stats.Syncs++
 	return Checkpoint{
 		Offset:     r.offset,
 		Index:      r.index,
@@ -261,15 +277,23 @@ func (r *Receiver) Checkpoint() (Checkpoint, error) {
 	}, nil
 }
 
+// Sync makes everything written so far durable (Options.Sync). Unlike the
+// other methods it may run while another goroutine feeds the Receiver: it
+// reads nothing that changes after New.
+func (r *Receiver) Sync() error {
+	if err := r.opt.Sync(r.dir); err != nil {
+		return fmt.Errorf("sync %s before checkpoint: %w", r.dir, err)
+	}
+	return nil
+}
+
+// sync makes what Finish did so far durable.
 func (r *Receiver) sync() error {
 	if r.cur != nil {
 		r.cur.closeWriter()
 	}
-	if err := r.opt.Sync(r.dir); err != nil {
-		return fmt.Errorf("sync %s before checkpoint: %w", r.dir, err)
-	}
 	r.stats.Syncs++
-	return nil
+	return r.Sync()
 }
 
 // Stats returns what the Receiver did so far.
