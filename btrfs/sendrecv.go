@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -151,4 +152,39 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// sendVersionFile is where the kernel says which send protocol it speaks
+// (Linux 5.19 and later).
+const sendVersionFile = "/sys/fs/btrfs/features/send_stream_version"
+
+// CompressedSendSupported says whether this machine can send compressed
+// extents as they are (`btrfs send --compressed-data`): the kernel must
+// speak send protocol 2 and btrfs-progs must have the option. The error
+// names what is missing. The answer is found once per process.
+var CompressedSendSupported = sync.OnceValue(func() error {
+	b, err := os.ReadFile(sendVersionFile)
+	if err != nil {
+		return fmt.Errorf("the kernel does not say it speaks send protocol 2 (%w); Linux 6.0 or later does", err)
+	}
+	if err := sendVersionOK(string(b)); err != nil {
+		return err
+	}
+	out, _ := exec.Command(Binary, "send", "--help").CombinedOutput()
+	if !bytes.Contains(out, []byte("--compressed-data")) {
+		return fmt.Errorf("%s send has no --compressed-data; btrfs-progs 5.19 or later has it", Binary)
+	}
+	return nil
+})
+
+// sendVersionOK checks the content of sendVersionFile.
+func sendVersionOK(content string) error {
+	v, err := strconv.Atoi(strings.TrimSpace(content))
+	switch {
+	case err != nil:
+		return fmt.Errorf("the kernel's send protocol version %q is not a number", strings.TrimSpace(content))
+	case v < 2:
+		return fmt.Errorf("the kernel speaks send protocol %d, and compressed data needs 2; Linux 6.0 or later does", v)
+	}
+	return nil
 }

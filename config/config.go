@@ -73,8 +73,11 @@ type Job struct {
 	Retain    Retain
 	RateLimit int64  // bytes per second on the wire; 0 = unlimited
 	Compress  string // zstd level of the chunks or "auto"; "" = auto
-	Window    int64  // 0 = the sender's default
-	ChunkSize int    // 0 = the sender's default
+	// CompressedData is the compressed-data mode of the sends (auto,
+	// always, never); "" = auto.
+	CompressedData string
+	Window         int64 // 0 = the sender's default
+	ChunkSize      int   // 0 = the sender's default
 }
 
 // Target is a local target directory (Dir) or a receiver's target name

@@ -32,8 +32,8 @@ func TestExampleParses(t *testing.T) {
 	if j.Retain.Target != want || j.Retain.Source != (retention.Policy{Latest: 3, Daily: 2}) {
 		t.Errorf("retain = %+v", j.Retain)
 	}
-	if j.RateLimit != 50_000_000 || j.Window != 1<<30 || j.ChunkSize != 1<<20 || j.Compress != "better" {
-		t.Errorf("rate %d window %d chunk %d compress %q", j.RateLimit, j.Window, j.ChunkSize, j.Compress)
+	if j.RateLimit != 50_000_000 || j.Window != 1<<30 || j.ChunkSize != 1<<20 || j.Compress != "better" || j.CompressedData != "never" {
+		t.Errorf("rate %d window %d chunk %d compress %q compressed data %q", j.RateLimit, j.Window, j.ChunkSize, j.Compress, j.CompressedData)
 	}
 	at := time.Date(2026, 11, 30, 10, 20, 0, 0, time.UTC)
 	if got := j.Next(at); !got.Equal(at.Add(time.Hour)) {
@@ -101,10 +101,11 @@ func TestBadConfigs(t *testing.T) {
 			`bad.yaml:10: jobs[0].retain.target.min_age: "3 days" is not a positive duration (write a duration such as 36h, 90m, 7d or 2w)`}},
 		{"empty policy", job + "    retain:\n      source: {latest: 0}\n", []string{
 			`bad.yaml:7: jobs[0].retain.source: this policy keeps nothing but the incremental bases (set latest: 1 or more (or remove the policy to keep every snapshot))`}},
-		{"rate, window, chunk size, compression", job + "    rate_limit: 50MB\n    window: 1MiB\n    chunk_size: 32MiB\n    compress: max\n", []string{
+		{"rate, window, chunk size, compression", job + "    rate_limit: 50MB\n    window: 1MiB\n    chunk_size: 32MiB\n    compress: max\n    compressed_data: yes\n", []string{
 			`bad.yaml:6: jobs[0].rate_limit: "50MB" is not a rate (write bytes per second such as 50MB/s or 800KiB/s)`,
 			`bad.yaml:8: jobs[0].chunk_size: "32MiB" is not a size between 64KiB and 16MiB (write a size from 64KiB to 16MiB, such as 1MiB)`,
-			`bad.yaml:9: jobs[0].compress: "max" is not a compression level (write auto, none, fastest, default or better)`}},
+			`bad.yaml:9: jobs[0].compress: "max" is not a compression level (write auto, none, fastest, default or better)`,
+			`bad.yaml:10: jobs[0].compressed_data: "yes" is not a compressed-data mode (write auto, always or never)`}},
 		{"window below two chunks", job + "    window: 1MiB\n    chunk_size: 1MiB\n", []string{
 			`bad.yaml:7: jobs[0].window: window 1048576 bytes holds fewer than 2 chunks of 1048576 bytes (make window at least twice chunk_size, so the sender can publish while receivers catch up)`}},
 		{"duplicate job name and shared source", job + strings.Replace(job, "jobs:\n", "", 1), []string{

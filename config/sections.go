@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/snapjet/snapjet/retention"
+	"github.com/snapjet/snapjet/sender"
 	"github.com/snapjet/snapjet/streams"
 )
 
@@ -162,13 +163,14 @@ func (p *parser) job(n *yaml.Node, path string) Job {
 	var chunkLine, windowLine int
 	var targetLines []int
 	p.mapping(n, path, map[string]handler{
-		"name":       func(n *yaml.Node, path string) { j.Name = p.name(n, path) },
-		"source":     func(n *yaml.Node, path string) { j.Source = p.source(n, path) },
-		"targets":    func(n *yaml.Node, path string) { j.Targets, targetLines = p.targets(n, path) },
-		"schedule":   func(n *yaml.Node, path string) { j.Schedule = p.schedule(n, path) },
-		"retain":     func(n *yaml.Node, path string) { j.Retain = p.retain(n, path) },
-		"rate_limit": func(n *yaml.Node, path string) { j.RateLimit = p.rate(n, path) },
-		"compress":   func(n *yaml.Node, path string) { j.Compress = p.compress(n, path) },
+		"name":            func(n *yaml.Node, path string) { j.Name = p.name(n, path) },
+		"source":          func(n *yaml.Node, path string) { j.Source = p.source(n, path) },
+		"targets":         func(n *yaml.Node, path string) { j.Targets, targetLines = p.targets(n, path) },
+		"schedule":        func(n *yaml.Node, path string) { j.Schedule = p.schedule(n, path) },
+		"retain":          func(n *yaml.Node, path string) { j.Retain = p.retain(n, path) },
+		"rate_limit":      func(n *yaml.Node, path string) { j.RateLimit = p.rate(n, path) },
+		"compress":        func(n *yaml.Node, path string) { j.Compress = p.compress(n, path) },
+		"compressed_data": func(n *yaml.Node, path string) { j.CompressedData = p.compressedData(n, path) },
 		"window": func(n *yaml.Node, path string) {
 			windowLine = n.Line
 			j.Window = p.size(n, path, 1<<20, 1<<40, "write a size such as 1GiB (at least 1MiB)")
@@ -417,6 +419,19 @@ func (p *parser) compress(n *yaml.Node, path string) string {
 	}
 	if _, _, err := streams.ParseCompression(v); err != nil {
 		p.errorf(n.Line, path, fix, "%q is not a compression level", v)
+		return ""
+	}
+	return v
+}
+
+func (p *parser) compressedData(n *yaml.Node, path string) string {
+	const fix = "write auto, always or never"
+	v, ok := p.str(n, path, fix)
+	if !ok {
+		return ""
+	}
+	if _, err := sender.CompressedData(v, func() error { return nil }); err != nil {
+		p.errorf(n.Line, path, fix, "%q is not a compressed-data mode", v)
 		return ""
 	}
 	return v

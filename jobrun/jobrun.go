@@ -139,7 +139,11 @@ func Run(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, job config.
 		// reconnecting: as long as `replicate` waits for them.
 		so.InventoryTimeout = DefaultReceiverWait
 	}
-	s := &sender.Sender{NC: nc, JS: js, Coord: coord, Streams: sender.BtrfsSource{}, Log: log, OnProgress: opt.OnProgress, Metrics: opt.Metrics, Job: job.Name}
+	src, err := sender.NewBtrfsSource(job.CompressedData, log)
+	if err != nil {
+		return nil, fmt.Errorf("job %s: %w", job.Name, err)
+	}
+	s := &sender.Sender{NC: nc, JS: js, Coord: coord, Streams: src, Log: log, OnProgress: opt.OnProgress, Metrics: opt.Metrics, Job: job.Name}
 	res, err := s.Run(ctx, so)
 	if err != nil {
 		return nil, fmt.Errorf("job %s: %w", job.Name, err)

@@ -52,7 +52,7 @@ type job struct {
 	unacked  jetstream.Msg // newest applied delivery not yet acked
 	lastCkpt time.Time     // when the last checkpoint began
 	syncing  chan synced   // the checkpoint whose sync runs, nil when none
-	lastSeq  uint64 // stream sequence of the newest delivery received
+	lastSeq  uint64        // stream sequence of the newest delivery received
 	acked    jetstream.Msg
 	ackedSeq uint64 // stream sequence of the newest ack sent
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -224,5 +225,29 @@ func TestReadChunks(t *testing.T) {
 				t.Errorf("digest %s, want %s (every chunk's index, length and checksum)", digest, want)
 			}
 		})
+	}
+}
+
+func TestCompressedData(t *testing.T) {
+	can := func() error { return nil }
+	cannot := func() error { return errors.New("the kernel speaks send protocol 1") }
+	for _, tc := range []struct {
+		mode      string
+		supported func() error
+		want      bool
+		err       string
+	}{
+		{"", can, true, ""},
+		{CompressedAuto, can, true, ""},
+		{CompressedAuto, cannot, false, ""},
+		{CompressedAlways, can, true, ""},
+		{CompressedAlways, cannot, false, "speaks send protocol 1; send without it"},
+		{CompressedNever, can, false, ""},
+		{"yes", can, false, "write auto, always or never"},
+	} {
+		got, err := CompressedData(tc.mode, tc.supported)
+		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("mode %q: %v, %v; want %v, error with %q", tc.mode, got, err, tc.want, tc.err)
+		}
 	}
 }

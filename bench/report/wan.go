@@ -27,9 +27,9 @@ type WANRow struct {
 	// transfer, after its first and before its last 4 MiB.
 	SteadyGapMs   float64 `json:"steady_gap_ms"`
 	SteadyGaps100 int     `json:"steady_gaps_100ms"`
-	CPUSeconds   float64 `json:"cpu_seconds"`
-	Verified     string  `json:"verified"`
-	Error        string  `json:"error,omitempty"`
+	CPUSeconds    float64 `json:"cpu_seconds"`
+	Verified      string  `json:"verified"`
+	Error         string  `json:"error,omitempty"`
 	// Compression is snapjet's chunks per zstd level, from its log
 	// ("default:40 better:216").
 	Compression string `json:"compression,omitempty"`

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -36,6 +37,8 @@ type sendFlags struct {
 	retention time.Duration
 	rateLimit string
 	compress  string
+	// compressedData is the --compressed-data mode (sender.CompressedAuto...).
+	compressedData string
 }
 
 func (f *sendFlags) add(cmd *cobra.Command) {
@@ -49,6 +52,16 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.retention, "record-retention", coordinator.DefaultRecordRetention, "how long records of finished replications are kept")
 	cmd.Flags().StringVar(&f.rateLimit, "rate-limit", "", "bytes per second on the wire, e.g. 50MB/s (default: no limit)")
 	cmd.Flags().StringVar(&f.compress, "compress", streams.CompressAuto, "zstd level of the chunks: none, fastest, default, better, or auto (follows whether the link or the CPU holds the transfer back)")
+	cmd.Flags().StringVar(&f.compressedData, "compressed-data", sender.CompressedAuto, "send extents that btrfs compressed as they are (btrfs send --compressed-data, protocol 2): auto (when kernel and btrfs-progs can), always, or never (for targets using a btrfs receive older than 5.19)")
+}
+
+// source is the send stream's producer that the flags ask for.
+func (f *sendFlags) source(log *slog.Logger) (sender.Source, error) {
+	src, err := sender.NewBtrfsSource(f.compressedData, log)
+	if err != nil {
+		return nil, &exitError{2, fmt.Errorf("--compressed-data: %w", err)}
+	}
+	return src, nil
 }
 
 func (f *sendFlags) options(source string, targets []string) (sender.Options, error) {
@@ -89,6 +102,10 @@ replication first: it resumes, or discards the partial and starts over.`,
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
+			src, err := f.source(g.log)
+			if err != nil {
+				return err
+			}
 			var names []string
 			for _, t := range args[1:] {
 				if _, err := receiver.CheckTarget(t); err != nil {
@@ -119,7 +136,7 @@ replication first: it resumes, or discards the partial and starts over.`,
 				go func() { defer wg.Done(); _ = rc.Run(rctx) }()
 			}
 			opt.Targets = names
-			return runSend(ctx, g, b, m, opt)
+			return runSend(ctx, g, b, m, src, opt)
 		},
 	}
 	f.add(cmd)
@@ -151,6 +168,10 @@ func sendCmd(g *globals) *cobra.Command {
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
 			}
+			src, err := f.source(g.log)
+			if err != nil {
+				return err
+			}
 			m, stopMetrics, err := g.startMetrics(g.metricsListen)
 			if err != nil {
 				return err
@@ -161,7 +182,7 @@ func sendCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer b.Close()
-			return runSend(cmd.Context(), g, b, m, opt)
+			return runSend(cmd.Context(), g, b, m, src, opt)
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "comma-separated target names")
@@ -170,14 +191,14 @@ func sendCmd(g *globals) *cobra.Command {
 }
 
 // runSend runs the coordinator and the sender, and reports the outcome.
-func runSend(ctx context.Context, g *globals, b *broker.Broker, m *metrics.Metrics, opt sender.Options) error {
+func runSend(ctx context.Context, g *globals, b *broker.Broker, m *metrics.Metrics, src sender.Source, opt sender.Options) error {
 	coord, err := coordinator.New(ctx, b.NC, b.JS, g.log)
 	if err != nil {
 		return err
 	}
 	defer coord.Close()
 	prog := newProgress(g.log)
-	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Streams: sender.BtrfsSource{}, Log: g.log, OnProgress: prog.update, Metrics: m}
+	s := &sender.Sender{NC: b.NC, JS: b.JS, Coord: coord, Streams: src, Log: g.log, OnProgress: prog.update, Metrics: m}
 	res, err := s.Run(ctx, opt)
 	prog.done()
 	if err != nil {

@@ -87,7 +87,7 @@ receivers:
 		t.Fatalf("exit %d (%v), stdout %q", exitCode(err), err, out)
 	}
 	want := bad + `:3: jobs[0].source: "data" is a relative path (write an absolute path (the daemon runs from /))
-` + bad + `:4: jobs[0].schedul: unknown key (did you mean schedule? known keys here: chunk_size, compress, name, rate_limit, retain, schedule, source, targets, window)
+` + bad + `:4: jobs[0].schedul: unknown key (did you mean schedule? known keys here: chunk_size, compress, compressed_data, name, rate_limit, retain, schedule, source, targets, window)
 ` + bad + `:2: jobs[0].targets: missing (add targets: with a list of local directories and/or remote:NAME)
 ` + bad + `:2: jobs[0].schedule: missing (add schedule: "@every 1h" or a 5-field cron expression such as "0 * * * *")
 `

@@ -65,6 +65,7 @@ func (b *bench) runSections(ctx context.Context) error {
 				return dataset.SmallFiles(ctx, dir, s.smallFiles, b.cfg.seed)
 			})
 		}},
+		{"e", b.compressedSet},
 		{"resume", b.resumeSection},
 		{"memory", b.memorySection},
 		{wanSectionName, b.wanSection},
@@ -100,8 +101,29 @@ func (b *bench) fullSet(ctx context.Context, key, desc string, gen func(context.
 	return nil
 }
 
-func (b *bench) methods(ctx context.Context, ds *dataSet) {
-	for _, m := range []func(context.Context, *dataSet) report.Row{b.rawRow, b.sshRow, b.replicateRow, b.replicateProgsRow, b.threeRow} {
+// compressedSet is the text of set b on a subvolume that btrfs stores
+// compressed (zstd): snapjet sends its extents as they are, the pipes and
+// replicate --compressed-data never decompress them and compress again.
+func (b *bench) compressedSet(ctx context.Context) error {
+	ds, err := b.prepare(ctx, "e", textDesc+", stored compressed by btrfs (zstd)", func(ctx context.Context, dir string) error {
+		if out, err := exec.CommandContext(ctx, "btrfs", "property", "set", dir, "compression", "zstd").CombinedOutput(); err != nil {
+			return fmt.Errorf("btrfs property set %s compression zstd: %w: %s", dir, err, out)
+		}
+		return b.genText(ctx, dir)
+	})
+	if err != nil {
+		return err
+	}
+	b.methods(ctx, ds, b.rawRow, b.sshRow, b.replicateRow, b.replicateDecompressedRow)
+	return nil
+}
+
+// methods runs rows on ds, by default every method.
+func (b *bench) methods(ctx context.Context, ds *dataSet, rows ...func(context.Context, *dataSet) report.Row) {
+	if len(rows) == 0 {
+		rows = []func(context.Context, *dataSet) report.Row{b.rawRow, b.sshRow, b.replicateRow, b.replicateProgsRow, b.threeRow}
+	}
+	for _, m := range rows {
 		if ctx.Err() != nil {
 			return
 		}

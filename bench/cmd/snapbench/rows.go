@@ -29,7 +29,10 @@ const (
 	// to compare the two appliers on the same streams.
 	methodReplicateProgs = "snapjet replicate --receiver btrfs-progs"
 	methodThree          = "snapjet send + nats-server + snapjet receive"
-	targetName           = "t1"
+	// replicate with compressed extents decompressed on the way, as
+	// before --compressed-data (set e).
+	methodReplicateDecompressed = "snapjet replicate --compressed-data never"
+	targetName                  = "t1"
 )
 
 func (b *bench) sendCmd(ds *dataSet) *proc {
@@ -163,6 +166,10 @@ func (b *bench) replicateRow(ctx context.Context, ds *dataSet) report.Row {
 
 func (b *bench) replicateProgsRow(ctx context.Context, ds *dataSet) report.Row {
 	return b.replicateWith(ctx, ds, methodReplicateProgs, "replicate-progs", "--receiver", "btrfs-progs")
+}
+
+func (b *bench) replicateDecompressedRow(ctx context.Context, ds *dataSet) report.Row {
+	return b.replicateWith(ctx, ds, methodReplicateDecompressed, "replicate-decompressed", "--compressed-data", "never")
 }
 
 // replicateWith is a `snapjet replicate` row; extra are more flags.
