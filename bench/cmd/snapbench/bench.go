@@ -65,7 +65,7 @@ func (b *bench) runSections(ctx context.Context) error {
 				return dataset.SmallFiles(ctx, dir, s.smallFiles, b.cfg.seed)
 			})
 		}},
-		{"e", b.compressedSet},
+		{"f", b.compressedSet},
 		{"resume", b.resumeSection},
 		{"memory", b.memorySection},
 		{wanSectionName, b.wanSection},
@@ -105,7 +105,7 @@ func (b *bench) fullSet(ctx context.Context, key, desc string, gen func(context.
 // compressed (zstd): snapjet sends its extents as they are, the pipes and
 // replicate --compressed-data never decompress them and compress again.
 func (b *bench) compressedSet(ctx context.Context) error {
-	ds, err := b.prepare(ctx, "e", textDesc+", stored compressed by btrfs (zstd)", func(ctx context.Context, dir string) error {
+	ds, err := b.prepare(ctx, "f", textDesc+", stored compressed by btrfs (zstd)", func(ctx context.Context, dir string) error {
 		if out, err := exec.CommandContext(ctx, "btrfs", "property", "set", dir, "compression", "zstd").CombinedOutput(); err != nil {
 			return fmt.Errorf("btrfs property set %s compression zstd: %w: %s", dir, err, out)
 		}

@@ -56,7 +56,7 @@ var (
 	quick = sizes{random: 256 << 20, randomFiles: 4, text: 256 << 20, smallFiles: 10000, islands: [2]int64{256 << 20, 1 << 30}, image: 4 << 30}
 )
 
-const allSections = "a,b,c,d,e,resume,memory"
+const allSections = "a,b,c,d,f,resume,memory"
 
 // wanSection is run only when asked for (--wan or --sections wan): it
 // takes longer than the rest together.

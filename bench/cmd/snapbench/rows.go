@@ -30,7 +30,7 @@ const (
 	methodReplicateProgs = "snapjet replicate --receiver btrfs-progs"
 	methodThree          = "snapjet send + nats-server + snapjet receive"
 	// replicate with compressed extents decompressed on the way, as
-	// before --compressed-data (set e).
+	// before --compressed-data (set f).
 	methodReplicateDecompressed = "snapjet replicate --compressed-data never"
 	targetName                  = "t1"
 )

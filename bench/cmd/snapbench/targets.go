@@ -49,8 +49,8 @@ func (b *bench) evaluateTargets() {
 			add("(b) snapjet "+m.short+" wire bytes ≤ zstd -3", fmt.Sprintf("%.1f MB vs %.1f MB (%.2f×)", float64(r.WireBytes)/1e6, float64(zstdB.WireBytes)/1e6, float64(r.WireBytes)/float64(zstdB.WireBytes)), r.WireBytes <= zstdB.WireBytes, "")
 		}
 	}
-	if r, d := b.findRow("e", methodReplicate), b.findRow("e", methodReplicateDecompressed); r != nil && d != nil {
-		add("(e) compressed extents sent as they are: replicate faster than with --compressed-data never",
+	if r, d := b.findRow("f", methodReplicate), b.findRow("f", methodReplicateDecompressed); r != nil && d != nil {
+		add("(f) compressed extents sent as they are: replicate faster than with --compressed-data never",
 			fmt.Sprintf("%.2f× (%.0f vs %.0f MB/s of stream; CPU %.1f vs %.1f s)", r.MBps/d.MBps, r.MBps, d.MBps, r.CPUSeconds, d.CPUSeconds), r.MBps > d.MBps, "")
 	}
 	for _, budget := range []struct {
