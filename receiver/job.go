@@ -309,11 +309,25 @@ func (j *job) checkpointed(s synced) error {
 // the consumption, or asks the coordinator to reset the consumer, settles
 // first: an ack must never reach the consumer's successor, and the sync
 // must be over before the applier is aborted or finished.
+//
+// A sync cannot be cancelled (syncfs), and the checkpoint is written into
+// staging when it ends, so settle waits for it whatever the context; it
+// says so every waitLog.
 func (j *job) settle() error {
 	if j.syncing == nil {
 		return nil
 	}
-	return j.checkpointed(<-j.syncing)
+	since := time.Now()
+	tick := time.NewTicker(waitLog)
+	defer tick.Stop()
+	for {
+		select {
+		case s := <-j.syncing:
+			return j.checkpointed(s)
+		case <-tick.C:
+			j.log.Warn("waiting for the target's sync of a checkpoint", "dir", j.rc.dir, "since", since.Format(time.RFC3339), "waited", time.Since(since).Round(time.Second))
+		}
+	}
 }
 
 // checkpoint makes everything applied durable and acks it before it
