@@ -31,7 +31,18 @@ type publisher struct {
 	lastReport          time.Time
 	recoveredAt         int64 // chunk the last in-place recovery resumed at
 	retries             int   // recoveries in a row from recoveredAt
+	after               seqAt // where in the stream the chunks go
 }
+
+// seqAt says that chunk idx follows the message stored at stream sequence
+// seq; each chunk after it follows one more.
+type seqAt struct {
+	idx int64
+	seq uint64
+}
+
+// last is the stream sequence chunk idx must follow.
+func (a seqAt) last(idx int64) uint64 { return a.seq + uint64(idx-a.idx) }
 
 type pending struct {
 	fut        jetstream.PubAckFuture
@@ -39,15 +50,19 @@ type pending struct {
 	reconnects uint64 // the connection's reconnect count when published
 }
 
-// publishOpts makes the server refuse a chunk unless its predecessor is the
-// last message stored: a publish lost in a server restart while later ones
-// were replayed from the client's reconnect buffer can never leave a hole.
-func publishOpts(r *coordinator.Replication, idx int64) []jetstream.PublishOpt {
-	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(streams.StreamName(r.ID))}
-	if idx > 0 {
-		opts = append(opts, jetstream.WithExpectLastMsgID(streams.MsgID(r.ID, r.Attempt, idx-1)))
-	}
-	return opts
+// publishOpts makes the server refuse a message unless the stream's last
+// sequence is last, the one its predecessor was stored at: a publish lost in
+// a server restart while later ones were replayed from the client's
+// reconnect buffer can never leave a hole.
+//
+// It is the expected last sequence, not the expected last message id: a
+// clustered stream checks the sequence when its leader proposes the message
+// and refuses it with an error the sender recovers from, but checks the
+// message id only when the message is applied, where a mismatch (a chunk
+// republished across a change of leader) is a write error that stops the
+// stream (nats-server 2.15: "critical write error: last msgid mismatch").
+func publishOpts(r *coordinator.Replication, last uint64) []jetstream.PublishOpt {
+	return []jetstream.PublishOpt{jetstream.WithExpectStream(streams.StreamName(r.ID)), jetstream.WithExpectLastSequence(last)}
 }
 
 // windowLog is how often a sender waiting for room in the window says so.
@@ -55,8 +70,8 @@ const windowLog = 30 * time.Second
 
 // storedSize is what the stream stores for msg once published with
 // publishOpts: its subject, its headers and those the options add (the
-// expected stream, and the expected last message id, as long as the
-// message's own id), its data, and the store's own record. The window is counted in
+// expected stream, and the expected last sequence of up to 20 digits), its
+// data, and the store's own record. The window is counted in
 // these bytes; counted short, tiny chunks (zeros compress to a few bytes)
 // would let the stream outgrow its byte limit between two reads of its
 // size.
@@ -68,7 +83,7 @@ func storedSize(msg *nats.Msg) int64 {
 		}
 	}
 	n += len(jetstream.ExpectedStreamHeader) + len(streams.StreamName(msg.Header.Get(streams.HdrRepl))) + 4
-	n += len(jetstream.ExpectedLastMsgIDHeader) + len(msg.Header.Get(nats.MsgIdHdr)) + 4
+	n += len(jetstream.ExpectedLastSeqHeader) + 20 + 4
 	return int64(n)
 }
 
@@ -134,7 +149,7 @@ func (p *publisher) publish(ctx context.Context, j *job) error {
 		p.hold(j)
 		return err
 	}
-	fut, err := p.s.JS.PublishMsgAsync(j.msg, publishOpts(p.r, j.idx)...)
+	fut, err := p.s.JS.PublishMsgAsync(j.msg, publishOpts(p.r, p.after.last(j.idx))...)
 	if err != nil {
 		p.hold(j)
 		return fmt.Errorf("publish chunk %d of %s: %w", j.idx, p.r.ID, err)
@@ -203,6 +218,7 @@ func (p *publisher) republish(ctx context.Context, rp resumePoint, cause error) 
 	}
 	again := p.inflight
 	p.inflight = nil
+	p.after = seqAt{rp.idx, rp.seq}
 	for _, o := range again {
 		// A fresh message: the client keeps per-publish state (the ack
 		// inbox) in the one it sent before.

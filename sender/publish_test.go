@@ -1,12 +1,14 @@
 package sender
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
@@ -53,12 +55,19 @@ func TestStoredSizeCoversWhatTheStreamStores(t *testing.T) {
 	}
 	r := &coordinator.Replication{ID: id, Attempt: 1}
 	var counted int64
+	after := seqAt{0, 0} // chunk 0 of an empty stream
 	for i := range int64(50) {
 		msg := codec.EncodeChunk(id, 1, i, i*10, make([]byte, 10), xxhash.Sum64(make([]byte, 10)), streams.LevelDefault, nil) // compresses to almost nothing
 		counted += storedSize(msg)
-		if _, err := b.JS.PublishMsg(t.Context(), msg, publishOpts(r, i)...); err != nil {
+		if _, err := b.JS.PublishMsg(t.Context(), msg, publishOpts(r, after.last(i))...); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A chunk whose predecessor is not the stream's last message (one lost
+	// in a server restart) is refused, not stored after a hole.
+	hole := codec.EncodeChunk(id, 1, 51, 510, make([]byte, 10), xxhash.Sum64(make([]byte, 10)), streams.LevelDefault, nil)
+	if _, err := b.JS.PublishMsg(t.Context(), hole, publishOpts(r, after.last(51))...); !wrongLastSeq(err) {
+		t.Errorf("chunk 51 published after chunk 49: %v, want wrong last sequence", err)
 	}
 	info, err := st.Info(t.Context())
 	if err != nil {
@@ -69,4 +78,9 @@ func TestStoredSizeCoversWhatTheStreamStores(t *testing.T) {
 	} else {
 		t.Logf("stored %d bytes, counted %d", stored, counted)
 	}
+}
+
+func wrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

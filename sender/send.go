@@ -36,6 +36,7 @@ type job struct {
 // resumePoint is where an attempt continues: the first chunk not stored yet.
 type resumePoint struct {
 	idx, off int64
+	seq      uint64 // the stream's last sequence: chunk idx follows it
 	lastSum  uint64 // checksum of chunk idx-1, to prove the regenerated prefix
 	ended    bool   // the end marker is stored already
 	chunks   int64
@@ -46,20 +47,27 @@ type resumePoint struct {
 func findResume(ctx context.Context, st jetstream.Stream, r *coordinator.Replication) (resumePoint, error) {
 	m, err := st.GetLastMsgForSubject(ctx, streams.Subject(r.ID))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return resumePoint{}, nil
+		// Purged to nothing: the stream still counts on from its last sequence.
+		info, err := st.Info(ctx)
+		if err != nil {
+			return resumePoint{}, fmt.Errorf("find where the stream of %s left off: %w", r.ID, err)
+		}
+		return resumePoint{seq: info.State.LastSeq}, nil
 	}
 	if err != nil {
 		return resumePoint{}, fmt.Errorf("find where the stream of %s left off: %w", r.ID, err)
 	}
 	h, err := streams.DecodeHeader(m.Header)
 	if err != nil || h.Attempt != r.Attempt {
-		return resumePoint{}, nil // left from another attempt; the coordinator purges those
+		// Left from another attempt (the coordinator purges those); the
+		// stream holds one subject, so m is its last message.
+		return resumePoint{seq: m.Sequence}, nil
 	}
 	if h.Kind == streams.KindEnd {
 		return resumePoint{ended: true, chunks: h.Chunks, total: h.TotalBytes, digest: h.Digest}, nil
 	}
 	rawLen, _ := strconv.ParseInt(m.Header.Get(streams.HdrRawLen), 10, 64)
-	return resumePoint{idx: h.Index + 1, off: h.Offset + rawLen, lastSum: h.Sum}, nil
+	return resumePoint{idx: h.Index + 1, off: h.Offset + rawLen, seq: m.Sequence, lastSum: h.Sum}, nil
 }
 
 // sendAttempt publishes the current attempt of r from where the stream
@@ -123,7 +131,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 			}
 		}()
 	}
-	p := &publisher{s: s, r: r, st: st, log: log, comp: comp, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes, recoveredAt: -1}
+	p := &publisher{s: s, r: r, st: st, log: log, comp: comp, chunks: rp.idx, bytes: rp.off, wire: r.WireBytes, recoveredAt: -1, after: seqAt{rp.idx, rp.seq}}
 	pubErr := p.run(sctx, order)
 	if pubErr != nil {
 		// Only a failure stops the producer early: cancelling a send that
@@ -147,7 +155,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	}
 	sum := digest.String()
 	end := streams.EncodeEnd(r.ID, r.Attempt, p.chunks, p.bytes, sum)
-	if _, err := s.JS.PublishMsg(ctx, end, publishOpts(r, p.chunks)...); err != nil {
+	if _, err := s.JS.PublishMsg(ctx, end, publishOpts(r, p.after.last(p.chunks))...); err != nil {
 		return fmt.Errorf("publish end marker of %s: %w", r.ID, err)
 	}
 	log.Info("send stream stored", "chunks", p.chunks, "bytes", p.bytes, "wire_bytes", p.wire, "compression", comp.String(), "digest", sum)
