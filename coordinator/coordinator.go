@@ -45,7 +45,7 @@ type Coordinator struct {
 
 // New binds the state bucket and registers the coordinator micro service.
 // Close stops the service.
-func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) (*Coordinator, error) {
+func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, opts ...Option) (*Coordinator, error) {
 	store, err := OpenStore(ctx, js)
 	if err != nil {
 		return nil, err
@@ -59,7 +59,11 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("start coordinator service: %w", err)
 	}
-	c := NewWith(store, NewStreamLog(js, log), log)
+	sl := NewStreamLog(js, log)
+	for _, o := range opts {
+		o(sl)
+	}
+	c := NewWith(store, sl, log)
 	c.kv, c.svc = store.kv, svc
 	return c, nil
 }
@@ -249,6 +253,32 @@ func markSent(r *Replication, attempt int, chunks, total, wire int64, digest str
 	r.ChunksSent, r.BytesSent, r.WireBytes = chunks, total, max(wire, r.WireBytes)
 	r.TotalChunks, r.TotalBytes, r.Digest = chunks, total, digest
 	return r.setState(Sent)
+}
+
+// Resend moves a sent attempt back to sending when its stream no longer
+// holds anything: a stream in memory (replicate's, see StreamsInMemory)
+// dies with a killed process, and a wiped store loses a file one. The
+// targets still need what they have not applied, which only a new btrfs
+// send can give again; their partials stay, and each skips what it holds.
+// It reports whether it did: false while the stream holds the attempt, or
+// for an attempt that is over.
+func (c *Coordinator) Resend(ctx context.Context, id string, attempt int) (bool, error) {
+	last, err := c.stream.Last(ctx, id)
+	if err != nil || last != nil {
+		return false, err
+	}
+	resent := false
+	_, err = c.update(ctx, id, func(r *Replication) error {
+		if resent = r.State == Sent && r.Attempt == attempt; !resent {
+			return nil
+		}
+		return r.setState(Sending)
+	})
+	if err != nil || !resent {
+		return false, err
+	}
+	c.log.Warn("the stream of a sent attempt is gone (a stream in memory dies with its process); sending it again", "replication", id, "attempt", attempt)
+	return true, nil
 }
 
 // Restart discards the current attempt and starts the next one from the

@@ -405,3 +405,71 @@ func TestForgedReportIsRefused(t *testing.T) {
 		t.Errorf("a forged report changed the record: %s, siteB %s", r.State, r.Targets["siteB"].State)
 	}
 }
+
+// A sent attempt whose stream is gone (a stream in memory dies with its
+// process) goes back to sending, same attempt, so the sender sends it
+// again; while the stream holds it, or for another attempt, nothing moves.
+func TestResendWhenTheStreamIsGone(t *testing.T) {
+	f := newFixture(t)
+	f.create("r1", "nas")
+	f.publish("r1", 1, 0)
+	if err := f.c.MarkSent(f.ctx, "r1", 1, 1, 10, 10, "sha256:aa"); err != nil {
+		t.Fatal(err)
+	}
+	if resent, err := f.c.Resend(f.ctx, "r1", 1); err != nil || resent {
+		t.Fatalf("Resend with the stream in place: %v, %v; want false", resent, err)
+	}
+	if err := f.b.JS.DeleteStream(f.ctx, streams.StreamName("r1")); err != nil {
+		t.Fatal(err)
+	}
+	if resent, err := f.c.Resend(f.ctx, "r1", 2); err != nil || resent {
+		t.Fatalf("Resend of attempt 2 (it is 1): %v, %v; want false", resent, err)
+	}
+	if resent, err := f.c.Resend(f.ctx, "r1", 1); err != nil || !resent {
+		t.Fatalf("Resend after the stream was deleted: %v, %v; want true", resent, err)
+	}
+	if r := f.get("r1"); r.State != Sending || r.Attempt != 1 {
+		t.Fatalf("after Resend: %s attempt %d, want sending attempt 1", r.State, r.Attempt)
+	}
+	// The next BeginAttempt makes the stream and the target's consumer again.
+	if _, err := f.c.BeginAttempt(f.ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if f.consumer("r1", "nas") == nil {
+		t.Fatal("no consumer for nas after the stream was made again")
+	}
+}
+
+// With StreamsInMemory a replication whose window fits gets its stream in
+// memory, a larger one in the file store, and an existing stream keeps its
+// storage whatever the option says.
+func TestStreamsInMemory(t *testing.T) {
+	f := newFixture(t)
+	l := NewStreamLog(f.b.JS, slog.New(slog.DiscardHandler))
+	StreamsInMemory(1 << 20)(l)
+	storage := func(id string) jetstream.StorageType {
+		s, err := f.b.JS.Stream(f.ctx, streams.StreamName(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config.Storage
+	}
+	for _, tc := range []struct {
+		id     string
+		window int64
+		want   jetstream.StorageType
+	}{{"small", 1 << 20, jetstream.MemoryStorage}, {"large", 1<<20 + 1, jetstream.FileStorage}} {
+		if err := l.Open(f.ctx, tc.id, tc.window, 1<<10, []Dest{{Target: "nas"}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := storage(tc.id); got != tc.want {
+			t.Errorf("window %d: stream in %v, want %v", tc.window, got, tc.want)
+		}
+	}
+	if err := NewStreamLog(f.b.JS, slog.New(slog.DiscardHandler)).Open(f.ctx, "small", 1<<20, 1<<10, nil); err != nil {
+		t.Fatalf("opening a stream in memory without the option: %v", err)
+	}
+	if got := storage("small"); got != jetstream.MemoryStorage {
+		t.Errorf("an existing stream in memory, opened again: %v", got)
+	}
+}

@@ -92,6 +92,8 @@ type StreamLog struct {
 	js  jetstream.JetStream
 	log *slog.Logger
 
+	memoryUpTo int64 // windows up to this get a stream in memory (StreamsInMemory)
+
 	mu     sync.Mutex
 	domain string                         // of js, once known
 	at     map[string]jetstream.JetStream // each site's JetStream, through js's connection
@@ -223,9 +225,29 @@ func (l *StreamLog) stream(ctx context.Context, id string) (jetstream.Stream, er
 	return s, nil
 }
 
+// Option changes how New keeps replications.
+type Option func(*StreamLog)
+
+// StreamsInMemory keeps the stream of each new replication whose window is
+// at most maxWindow in the server's memory, not in its file store: for
+// replicate, whose targets are in its own process. There the store's copy
+// was a second write of every byte to disk (and a quarter of replicate's
+// CPU) for a durability the run does not need: the source snapshot stays,
+// and a native receive checkpoints. After a crash the stream is gone; the
+// next run sends the attempt again from the snapshot (Resend), and each
+// target skips the chunks its partial holds. The window bounds the memory
+// the stream takes.
+func StreamsInMemory(maxWindow int64) Option {
+	return func(l *StreamLog) { l.memoryUpTo = maxWindow }
+}
+
 // Open implements Log.
 func (l *StreamLog) Open(ctx context.Context, id string, window int64, chunk int, dests []Dest) error {
-	s, err := streams.EnsureStream(ctx, l.js, id, window, chunk)
+	storage := jetstream.FileStorage
+	if window <= l.memoryUpTo {
+		storage = jetstream.MemoryStorage
+	}
+	s, err := streams.EnsureStreamIn(ctx, l.js, id, window, chunk, storage)
 	if err != nil {
 		return err
 	}

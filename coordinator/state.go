@@ -35,7 +35,7 @@ const (
 var replTransitions = map[State][]State{
 	Planned: {Sending, Failed},
 	Sending: {Sent, Planned, Failed},
-	Sent:    {Done, Planned, Failed},
+	Sent:    {Done, Planned, Failed, Sending},
 	Failed:  {Planned},
 }
 

@@ -491,7 +491,11 @@ func (s *Sender) step(ctx context.Context, id string) (bool, error) {
 		return true, nil
 	}
 	if r.State == coordinator.Sent {
-		return false, s.waitChange(ctx, r, recheck)
+		// Sent, but the stream may have died with the process that
+		// held it in memory: then the targets wait for chunks of nobody.
+		if resent, err := s.Coord.Resend(ctx, id, r.Attempt); err != nil || !resent {
+			return false, s.waitChange(ctx, r, recheck)
+		}
 	}
 	r, err = s.Coord.BeginAttempt(ctx, id)
 	if err != nil {

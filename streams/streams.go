@@ -93,9 +93,19 @@ func MaxBytes(window int64, chunk int) int64 {
 	return window + int64(max(chunk, MaxChunk/16)) + 64<<10
 }
 
-// EnsureStream creates (or updates) the stream of a replication, bounded
-// by MaxBytes: publishes past it are refused.
+// EnsureStream creates (or updates) the stream of a replication in the
+// server's file store, bounded by MaxBytes: publishes past it are refused.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, repl string, window int64, chunk int) (jetstream.Stream, error) {
+	return EnsureStreamIn(ctx, js, repl, window, chunk, jetstream.FileStorage)
+}
+
+// EnsureStreamIn is EnsureStream with the storage of a new stream: an
+// existing one keeps its own (JetStream cannot change it), so a
+// replication begun in one storage ends in it.
+func EnsureStreamIn(ctx context.Context, js jetstream.JetStream, repl string, window int64, chunk int, storage jetstream.StorageType) (jetstream.Stream, error) {
+	if s, err := js.Stream(ctx, StreamName(repl)); err == nil {
+		storage = s.CachedInfo().Config.Storage
+	}
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName(repl),
 		Description: "snapjet send stream of replication " + repl,
@@ -103,7 +113,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, repl string, wind
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxBytes:    MaxBytes(window, chunk),
-		Storage:     jetstream.FileStorage,
+		Storage:     storage,
 		Duplicates:  DuplicateWindow,
 		AllowDirect: true,
 	}

@@ -136,7 +136,11 @@ replication first: it resumes, or discards the partial and starts over.`,
 				go func() { defer wg.Done(); _ = rc.Run(rctx) }()
 			}
 			opt.Targets = names
-			return runSend(ctx, g, b, m, src, opt)
+			var copts []coordinator.Option
+			if g.server == "" {
+				copts = append(copts, coordinator.StreamsInMemory(replicateMemoryWindow))
+			}
+			return runSend(ctx, g, b, m, src, opt, copts...)
 		},
 	}
 	f.add(cmd)
@@ -191,8 +195,8 @@ func sendCmd(g *globals) *cobra.Command {
 }
 
 // runSend runs the coordinator and the sender, and reports the outcome.
-func runSend(ctx context.Context, g *globals, b *broker.Broker, m *metrics.Metrics, src sender.Source, opt sender.Options) error {
-	coord, err := coordinator.New(ctx, b.NC, b.JS, g.log)
+func runSend(ctx context.Context, g *globals, b *broker.Broker, m *metrics.Metrics, src sender.Source, opt sender.Options, copts ...coordinator.Option) error {
+	coord, err := coordinator.New(ctx, b.NC, b.JS, g.log, copts...)
 	if err != nil {
 		return err
 	}

@@ -116,6 +116,12 @@ const (
 	replicateMemoryLimit = 160 << 20
 )
 
+// replicateMemoryWindow is the largest window whose stream replicate's
+// embedded server keeps in memory (coordinator.StreamsInMemory) rather than
+// in its file store: the default window, and up to twice it. A larger
+// --window is a wish to buffer more than RAM should hold.
+const replicateMemoryWindow = 2 * replicateWindow
+
 // replicatePull is the pull budget of replicate's in-process receivers:
 // no round trip to cover, so four chunks keep them busy, and the 32 MiB
 // default would only be memory (measured on 1 GiB of random data).
