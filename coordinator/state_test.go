@@ -25,7 +25,7 @@ func TestReplicationTransitions(t *testing.T) {
 		{Planned, Sent, false},  // nothing was sent
 		{Planned, Done, false},
 		{Sending, Done, false}, // no commit before the end marker
-		{Sent, Sending, true}, // its stream is gone: send the attempt again
+		{Sent, Sending, true},  // its stream is gone: send the attempt again
 		{Done, Planned, false}, // done is final
 		{Done, Failed, false},
 		{Done, Sending, false},
