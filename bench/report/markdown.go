@@ -85,7 +85,7 @@ func Markdown(r *Results) string {
 	}
 
 	if len(r.Memory) > 0 {
-		p("\n#### Peak RSS against stream size\n\n| Set | Send stream | Method | Wall s | snapjet send | snapjet receive | nats-server | snapjet replicate |\n|---|--:|---|--:|--:|--:|--:|--:|\n")
+		p("\n#### Peak RSS against stream size\n\n| Set | Send stream | Method | Wall s | snapjet send | snapjet receive | server (nats-server or snapjet server, as the method says) | snapjet replicate |\n|---|--:|---|--:|--:|--:|--:|--:|\n")
 		for _, x := range r.Memory {
 			if x.Error != "" {
 				p("| %s | | %s | failed | | | | %s |\n", x.Dataset, cell(x.Method), cell(x.Error))

@@ -105,15 +105,19 @@ const streamingMemoryLimit = 48 << 20
 func limitMemory() { limitMemoryTo(streamingMemoryLimit) }
 
 // replicateWindow and replicateMemoryLimit are replicate's defaults. All of
-// replicate's stream lives in its own process, and the embedded server keeps
-// 8 MiB blocks of it cached: 1 GiB of incompressible data peaked at
+// replicate's stream lives in its own process: with the file store, which
+// keeps 8 MiB blocks of it cached, 1 GiB of incompressible data peaked at
 // 792–945 MiB RSS with the sender's 1 GiB window. A heap limit alone does
 // not help (256 MiB: 431 MiB and three times slower, the GC running without
-// end); with a 32 MiB window and a 160 MiB limit the peak was 164 MiB on
-// random data and 163 MiB on text, in 12–13 s against 10–15 s unbounded.
+// end). With the stream in memory (StreamsInMemory) and a 32 MiB window the
+// live heap after each collection is 85–107 MB on 1 GiB of random data;
+// the limit caps the heap, and the RSS is the limit and about 14–20 MB of
+// program text and runtime: 181 MB at 160 MiB (5.2–5.8 s), 161–162 MB at
+// 140 MiB (6.3–7.4 s), 149 MB at 128 MiB (7.8 s, the GC busy). 140 MiB keeps
+// replicate under 160 MiB of RSS for a few tenths of a second per GiB.
 const (
 	replicateWindow      = 32 << 20
-	replicateMemoryLimit = 160 << 20
+	replicateMemoryLimit = 140 << 20
 )
 
 // replicateMemoryWindow is the largest window whose stream replicate's

@@ -34,7 +34,8 @@ func (b *bench) memorySection(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		for _, run := range []func(context.Context, *dataSet) report.Row{b.threeRow, b.replicateRow} {
+		threeOnSnapjet := func(ctx context.Context, ds *dataSet) report.Row { return b.threeRowOn(ctx, ds, methodThreeSnapjet) }
+		for _, run := range []func(context.Context, *dataSet) report.Row{b.threeRow, threeOnSnapjet, b.replicateRow} {
 			row := run(ctx, ds)
 			b.res.Rows = append(b.res.Rows, row)
 			m := report.Memory{Dataset: key, Method: row.Method, StreamBytes: ds.StreamBytes, WallSeconds: row.WallSeconds, Error: row.Error}
@@ -44,7 +45,7 @@ func (b *bench) memorySection(ctx context.Context) error {
 					m.SenderRSS = p.PeakRSS
 				case "snapjet receive":
 					m.ReceiverRSS = p.PeakRSS
-				case "nats-server":
+				case "nats-server", "snapjet server":
 					m.ServerRSS = p.PeakRSS
 				case "snapjet replicate":
 					m.ReplicateRSS = p.PeakRSS

@@ -29,6 +29,7 @@ const (
 	// to compare the two appliers on the same streams.
 	methodReplicateProgs = "snapjet replicate --receiver btrfs-progs"
 	methodThree          = "snapjet send + nats-server + snapjet receive"
+	methodThreeSnapjet   = "snapjet send + snapjet server + snapjet receive"
 	// replicate with compressed extents decompressed on the way, as
 	// before --compressed-data (set f).
 	methodReplicateDecompressed = "snapjet replicate --compressed-data never"
@@ -277,11 +278,22 @@ type baseline struct {
 // startThree starts nats-server on store and a receiver for the target,
 // and waits until both are up. The caller stops it with close.
 func (b *bench) startThree(ctx context.Context, g *proctree.Group, store, profileAs string) (*threeRun, error) {
+	return b.startThreeOn(ctx, g, methodThree, store, profileAs)
+}
+
+// startThreeOn is startThree with the server of method: the standalone
+// nats-server, or for methodThreeSnapjet `snapjet server` (the embedded
+// server with snapjet's heap limit).
+func (b *bench) startThreeOn(ctx context.Context, g *proctree.Group, method, store, profileAs string) (*threeRun, error) {
 	port, err := wire.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	t := &threeRun{server: command(b.cfg.natsServer, "-js", "-sd", store, "-p", strconv.Itoa(port), "-a", "127.0.0.1")}
+	server := command(b.cfg.natsServer, "-js", "-sd", store, "-p", strconv.Itoa(port), "-a", "127.0.0.1")
+	if method == methodThreeSnapjet {
+		server = command(b.cfg.snapjet, "server", "--store", store, "--listen", "127.0.0.1:"+strconv.Itoa(port))
+	}
+	t := &threeRun{server: server}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	t.serverURL = "nats://" + addr
 	if err := g.Start(t.server.cmd); err != nil {
@@ -345,7 +357,12 @@ func (t *threeRun) close(g *proctree.Group) {
 }
 
 func (b *bench) threeRow(ctx context.Context, ds *dataSet) report.Row {
-	return b.row(ctx, ds, methodThree, func(ctx context.Context, g *proctree.Group, r *report.Row) (time.Duration, string, error) {
+	return b.threeRowOn(ctx, ds, methodThree)
+}
+
+// threeRowOn is threeRow with the server of method (see startThreeOn).
+func (b *bench) threeRowOn(ctx context.Context, ds *dataSet, method string) report.Row {
+	return b.row(ctx, ds, method, func(ctx context.Context, g *proctree.Group, r *report.Row) (time.Duration, string, error) {
 		store, err := b.freshStore(ctx, ds)
 		if err != nil {
 			return 0, "", err
@@ -355,7 +372,7 @@ func (b *bench) threeRow(ctx context.Context, ds *dataSet) report.Row {
 			// The base goes through processes of its own; the measured
 			// ones start on the store the base left, as after a restart.
 			err := b.untimed(func(g *proctree.Group) error {
-				t, err := b.startThree(ctx, g, store, "")
+				t, err := b.startThreeOn(ctx, g, method, store, "")
 				if err != nil {
 					return err
 				}
@@ -373,7 +390,7 @@ func (b *bench) threeRow(ctx context.Context, ds *dataSet) report.Row {
 				return 0, "", err
 			}
 		}
-		t, err := b.startThree(ctx, g, store, ds.Key+"-three")
+		t, err := b.startThreeOn(ctx, g, method, store, ds.Key+"-three")
 		if err != nil {
 			return 0, "", err
 		}
@@ -392,7 +409,7 @@ func (b *bench) threeRow(ctx context.Context, ds *dataSet) report.Row {
 		up, down := t.up.Up()-up0, t.down.Down()-down0
 		r.WireBytes = up
 		r.ReceiverHop = down
-		r.WireNote = "snapjet send to nats-server, counted by the bench's TCP relay, NATS protocol included (server to receiver: receiver_hop_bytes in the JSON)"
+		r.WireNote = "snapjet send to the server, counted by the bench's TCP relay, NATS protocol included (server to receiver: receiver_hop_bytes in the JSON)"
 		rep, err := b.latestReplication(ctx, "--server", t.serverURL)
 		if err != nil {
 			return wall, "", err
