@@ -93,11 +93,6 @@ replication first: it resumes, or discards the partial and starts over.`,
 			if err != nil {
 				return err
 			}
-			// The targets are local: a small window costs no speed, and it
-			// is what bounds the embedded server's block caches.
-			if !cmd.Flags().Changed("window") {
-				opt.Window = replicateWindow
-			}
 			limitMemoryTo(replicateMemoryLimit)
 			if _, _, err := sender.CheckSource(args[0]); err != nil {
 				return err
@@ -144,6 +139,10 @@ replication first: it resumes, or discards the partial and starts over.`,
 		},
 	}
 	f.add(cmd)
+	// The targets are local: a small window costs no speed, and it is what
+	// the stream in memory holds at most.
+	f.window = replicateWindow
+	cmd.Flags().Lookup("window").DefValue = config.FormatSize(replicateWindow)
 	addApplierFlag(cmd, &applier)
 	return cmd
 }

@@ -111,20 +111,22 @@ func limitMemory() { limitMemoryTo(streamingMemoryLimit) }
 // not help (256 MiB: 431 MiB and three times slower, the GC running without
 // end). With the stream in memory (StreamsInMemory) and a 32 MiB window the
 // live heap after each collection is 85–107 MB on 1 GiB of random data;
-// the limit caps the heap, and the RSS is the limit and about 14–20 MB of
+// the limit caps the heap, and the RSS is the limit and 14–22 MB of
 // program text and runtime: 181 MB at 160 MiB (5.2–5.8 s), 161–162 MB at
-// 140 MiB (6.3–7.4 s), 149 MB at 128 MiB (7.8 s, the GC busy). 140 MiB keeps
-// replicate under 160 MiB of RSS for a few tenths of a second per GiB.
+// 140 MiB (6.1–7.4 s, but 161 MiB on the 2 GiB bench set), 155–156 MB at
+// 132 MiB (8.2–9.2 s, the GC busy). A 16 MiB window takes about 12 MB off
+// the live heap: at 132 MiB it ran in 6.9–7.2 s at 153 MB; an 8 MiB window
+// was too short a pipeline (8.5 s).
 const (
-	replicateWindow      = 32 << 20
-	replicateMemoryLimit = 140 << 20
+	replicateWindow      = 16 << 20
+	replicateMemoryLimit = 132 << 20
 )
 
 // replicateMemoryWindow is the largest window whose stream replicate's
 // embedded server keeps in memory (coordinator.StreamsInMemory) rather than
-// in its file store: the default window, and up to twice it. A larger
-// --window is a wish to buffer more than RAM should hold.
-const replicateMemoryWindow = 2 * replicateWindow
+// in its file store. A larger --window is a wish to buffer more than RAM
+// should hold.
+const replicateMemoryWindow = 64 << 20
 
 // replicatePull is the pull budget of replicate's in-process receivers:
 // no round trip to cover, so four chunks keep them busy, and the 32 MiB
