@@ -36,7 +36,8 @@ func TestWindowDecisions(t *testing.T) {
 
 // TestStoredSizeCoversWhatTheStreamStores publishes chunks with the
 // sender's options into a real stream and checks that storedSize never
-// counts short: the window, and the stream's byte limit, rely on it.
+// counts short: the window, and the stream's byte limit, rely on it. With
+// the same options a chunk after a missing one must be refused.
 func TestStoredSizeCoversWhatTheStreamStores(t *testing.T) {
 	b, err := broker.Connect(broker.Options{Store: t.TempDir(), Listen: "127.0.0.1:0", Name: t.Name(),
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -493,7 +493,11 @@ func (s *Sender) step(ctx context.Context, id string) (bool, error) {
 	if r.State == coordinator.Sent {
 		// Sent, but the stream may have died with the process that
 		// held it in memory: then the targets wait for chunks of nobody.
-		if resent, err := s.Coord.Resend(ctx, id, r.Attempt); err != nil || !resent {
+		resent, err := s.Coord.Resend(ctx, id, r.Attempt)
+		if err != nil {
+			return false, err // temporary: the driver logs it and steps again
+		}
+		if !resent {
 			return false, s.waitChange(ctx, r, recheck)
 		}
 	}
