@@ -112,7 +112,7 @@ func (p *publisher) run(ctx context.Context, order <-chan *job) error {
 		} else {
 			p.hold(j)
 		}
-		for err == nil && len(p.inflight) > maxInflight {
+		for err == nil && len(p.inflight) > p.s.maxInflight() {
 			err = p.confirmOldest(ctx)
 		}
 		if err != nil {

@@ -33,6 +33,17 @@ const (
 	DefaultOutageTimeout = 5 * time.Minute
 	// DefaultStallTimeout bounds how long a silent target holds the others.
 	DefaultStallTimeout = 10 * time.Minute
+	// DefaultInflight is how many chunks may be published and not yet
+	// confirmed by the server. Each costs its buffer and, until the
+	// connection has written it, nats.go's copy: 16 held about 48 MB of
+	// 1 MiB incompressible chunks when the server read slowly, and under
+	// send's 48 MiB heap limit the collector then ran once per chunk
+	// (1 GiB of random data through a standalone nats-server on the 2-core
+	// VM: 1069 collections, 16 CPU-s, 78 MB RSS, 20.6 s). 8 ran it in
+	// 9.6 s with 3.6 CPU-s, 37 collections and 61 MB, and 4 in 8.7 s. A
+	// sender reaches its server over a LAN or on the same host, where 8
+	// MiB unconfirmed cover the round trip many times over.
+	DefaultInflight = 8
 )
 
 // Options describe one replication run.
@@ -55,6 +66,10 @@ type Options struct {
 	RecordRetention time.Duration
 	// RateLimit bounds the wire bytes published per second; 0: no limit.
 	RateLimit int64
+	// Inflight is how many chunks may be published and not yet confirmed
+	// by the server (default DefaultInflight): memory against how far
+	// the server may be.
+	Inflight int
 	// Compress is the zstd level of the chunks (none, fastest, default,
 	// better) or streams.CompressAuto (also ""): the level follows whether
 	// the link or the CPU holds the transfer back.
@@ -104,9 +119,18 @@ type Sender struct {
 	outage   time.Duration // Options.OutageTimeout of the current run
 	limit    *wireLimiter  // Options.RateLimit of the current run
 	stall    time.Duration // Options.StallTimeout of the current run
+	inflight int           // Options.Inflight of the current run
 }
 
 func (s *Sender) workers() int { return max(2, runtime.GOMAXPROCS(0)) }
+
+// maxInflight is Options.Inflight or its default.
+func (s *Sender) maxInflight() int {
+	if s.inflight > 0 {
+		return s.inflight
+	}
+	return DefaultInflight
+}
 
 // Result is the outcome of a run: the records of one source snapshot that
 // it drove, one per group of targets that shared a parent (and one per
@@ -135,6 +159,7 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 		return nil, err
 	}
 	s.compress = opt.Compress
+	s.inflight = opt.Inflight
 	if s.codec == nil {
 		c, err := streams.NewCodec()
 		if err != nil {

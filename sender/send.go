@@ -21,9 +21,6 @@ import (
 // already published, so the attempt cannot be continued.
 var errStreamChanged = errors.New("the regenerated send stream differs from the chunks already stored")
 
-// maxInflight bounds published-but-unconfirmed chunks, and with them memory.
-const maxInflight = 16
-
 type job struct {
 	idx, off int64
 	rawLen   int

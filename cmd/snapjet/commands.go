@@ -136,6 +136,7 @@ replication first: it resumes, or discards the partial and starts over.`,
 				copts = append(copts, coordinator.StreamsInMemory(replicateMemoryWindow))
 			}
 			opt.Compress = replicateCompression(opt.Compress, g.server == "" && opt.Window <= replicateMemoryWindow)
+			opt.Inflight = replicateInflight
 			return runSend(ctx, g, b, m, src, opt, copts...)
 		},
 	}
