@@ -26,6 +26,7 @@ type publisher struct {
 	chunks, bytes, wire int64     // confirmed by the server
 	stored              int64     // estimate of the stream's size
 	sinceTrim           int64     // bytes published since the last trim
+	trimming            bool      // the stream outgrew trimAbove: its start is not kept
 	trimAfter           time.Time // no trim before (after a failed one)
 	inflight            []pending
 	lastReport          time.Time
@@ -355,17 +356,26 @@ const trimEvery = 32 << 20
 const trimAbove = 128 << 20
 
 // trim drops from the stream what every target has acked, once the stream
-// holds more than trimAbove and grew by trimEvery since the last trim. The
-// window stays what a slow or absent target may hold back; targets that
-// keep up no longer fill it. A failed trim is only logged: makeRoom purges
-// when the window is full.
+// has held more than trimAbove, every trimEvery it grows. The window stays
+// what a slow or absent target may hold back; targets that keep up no
+// longer fill it. A failed trim is only logged: makeRoom purges when the
+// window is full.
+//
+// Once the first trim dropped the stream's start there is nothing left to
+// keep, so the later ones no longer wait for the stream to outgrow
+// trimAbove again: they did, and a server held up to 160 MiB of recent
+// blocks cached in memory for each stream (1 GiB of random data through
+// snapjet server, whose heap limit then made the collector run 126 times
+// and doubled its CPU).
 //
 // A trim is an optimisation, so it never holds the publisher long: it is
 // skipped while the connection is down (the next publish starts the
 // recovery), bounded by trimTimeout (a site that cannot be read), and
 // after a failure the next one waits trimBackoff.
 func (p *publisher) trim(ctx context.Context) {
-	if p.sinceTrim < trimEvery || p.stored <= trimAbove || !p.s.NC.IsConnected() || time.Now().Before(p.trimAfter) {
+	var due bool
+	due, p.trimming = trimDue(p.stored, p.sinceTrim, p.trimming)
+	if !due || !p.s.NC.IsConnected() || time.Now().Before(p.trimAfter) {
 		return
 	}
 	p.sinceTrim = 0
@@ -385,6 +395,14 @@ func (p *publisher) trim(ctx context.Context) {
 		return
 	}
 	p.stored = int64(info.State.Bytes)
+}
+
+// trimDue says whether a stream of stored bytes, sinceTrim of them
+// published since the last trim, is due for one, and whether it is being
+// trimmed from now on: trimming says it already outgrew trimAbove.
+func trimDue(stored, sinceTrim int64, trimming bool) (due, nowTrimming bool) {
+	nowTrimming = trimming || stored > trimAbove
+	return nowTrimming && sinceTrim >= trimEvery, nowTrimming
 }
 
 // Bounds of a trim (see trim).

@@ -85,3 +85,23 @@ func wrongLastSeq(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
+
+func TestTrimDue(t *testing.T) {
+	for _, tc := range []struct {
+		name                  string
+		stored, sinceTrim     int64
+		trimming              bool
+		wantDue, wantTrimming bool
+	}{
+		{"a small stream keeps its start", trimAbove, 2 * trimEvery, false, false, false},
+		{"outgrowing trimAbove starts trimming", trimAbove + 1, trimEvery, false, true, true},
+		{"not before trimEvery more was published", trimAbove + 1, trimEvery - 1, false, false, true},
+		{"once trimmed, the next trims do not wait for trimAbove again", trimEvery, trimEvery, true, true, true},
+		{"once trimmed, still every trimEvery", 2 * trimEvery, trimEvery - 1, true, false, true},
+	} {
+		due, trimming := trimDue(tc.stored, tc.sinceTrim, tc.trimming)
+		if due != tc.wantDue || trimming != tc.wantTrimming {
+			t.Errorf("%s: trimDue(%d, %d, %v) = %v, %v; want %v, %v", tc.name, tc.stored, tc.sinceTrim, tc.trimming, due, trimming, tc.wantDue, tc.wantTrimming)
+		}
+	}
+}
