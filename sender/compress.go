@@ -18,7 +18,8 @@ import (
 type compression struct {
 	gate  compressGate
 	auto  bool
-	level atomic.Int32 // a streams.Level
+	floor streams.Level // the fastest level auto may step down to
+	level atomic.Int32  // a streams.Level
 
 	period waits
 	warm   bool // the first period is over
@@ -28,14 +29,19 @@ type compression struct {
 }
 
 // newCompression starts in mode: streams.CompressAuto, or a level's name.
-func newCompression(mode string, log func(from, to streams.Level, w waits, idleCores float64)) (*compression, error) {
+// With local (the stream stays in memory beside its targets: no link, no
+// disk before them) auto starts at fastest and may step down to none.
+func newCompression(mode string, local bool, log func(from, to streams.Level, w waits, idleCores float64)) (*compression, error) {
 	start, auto, err := streams.ParseCompression(mode)
 	if err != nil {
 		return nil, err
 	}
-	c := &compression{log: log, auto: auto}
+	c := &compression{log: log, auto: auto, floor: streams.LevelFastest}
 	if auto {
 		c.idle = newIdleMeter()
+		if local {
+			start, c.floor = streams.LevelFastest, streams.LevelNone
+		}
 	}
 	c.level.Store(int32(start))
 	return c, nil
@@ -43,8 +49,14 @@ func newCompression(mode string, log func(from, to streams.Level, w waits, idleC
 
 func (c *compression) next() streams.Level {
 	l := streams.Level(c.level.Load())
-	if l != streams.LevelNone && !c.gate.should() {
+	switch {
+	case l == streams.LevelNone:
+	case !c.gate.should():
 		l = streams.LevelNone
+	case c.gate.probing.Load():
+		// Whether the data compresses again shows at any level; the
+		// fastest costs the least when it still does not.
+		l = streams.LevelFastest
 	}
 	c.used[l].Add(1)
 	return l
@@ -86,7 +98,7 @@ func (c *compression) observe(w waits) {
 		return
 	}
 	cur := streams.Level(c.level.Load())
-	if next := nextLevel(cur, c.period, idleCores); next != cur {
+	if next := nextLevel(cur, c.floor, c.period, idleCores); next != cur {
 		c.level.Store(int32(next))
 		if c.log != nil {
 			c.log(cur, next, c.period, idleCores)
@@ -121,17 +133,18 @@ const (
 
 // nextLevel is the auto level after a period of waits w on a machine with
 // idleCores cores idle on average. Waiting for compression means the
-// level costs throughput: one step faster. Waiting for the link with cores
+// level costs throughput: one step faster, down to floor (fastest, or
+// none for a stream that crosses no link). Waiting for the link with cores
 // to spare means the CPU can buy fewer bytes on the wire: one step better.
 // Waiting for the link without spare cores holds the level: the wait may
 // be a server or a receiver on this machine short of CPU, which a higher
 // level would starve further. Anything else holds too.
-func nextLevel(cur streams.Level, w waits, idleCores float64) streams.Level {
-	floor := time.Duration(w.chunks) * noiseWait
+func nextLevel(cur, floor streams.Level, w waits, idleCores float64) streams.Level {
+	noise := time.Duration(w.chunks) * noiseWait
 	switch {
-	case w.compress > floor && w.compress > 2*w.link:
-		return max(cur-1, streams.LevelFastest)
-	case w.link > floor && w.link > 2*w.compress && idleCores >= spareCores:
+	case w.compress > noise && w.compress > 2*w.link:
+		return max(cur-1, floor)
+	case w.link > noise && w.link > 2*w.compress && idleCores >= spareCores:
 		return min(cur+1, streams.LevelBetter)
 	}
 	return cur
@@ -173,8 +186,12 @@ func (m *idleMeter) sample() float64 {
 }
 
 // compressGate skips compression for a while after chunks that did not
-// shrink: random data costs zstd time for nothing.
-type compressGate struct{ skip atomic.Int32 }
+// shrink: random data costs zstd time for nothing. Until a chunk shrinks
+// again it is probing.
+type compressGate struct {
+	skip    atomic.Int32
+	probing atomic.Bool
+}
 
 func (g *compressGate) should() bool {
 	if g.skip.Load() > 0 {
@@ -185,7 +202,9 @@ func (g *compressGate) should() bool {
 }
 
 func (g *compressGate) observe(wire, raw int) {
-	if wire*100 >= raw*97 {
+	shrank := wire*100 < raw*97
+	g.probing.Store(!shrank)
+	if !shrank {
 		g.skip.Store(15) // probe again after 15 chunks
 	}
 }

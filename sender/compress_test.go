@@ -78,7 +78,7 @@ func TestNextLevel(t *testing.T) {
 	tests := []struct {
 		name      string
 		cur       streams.Level
-		w         waits // over 16 chunks: the noise floor is 32 ms
+		w         waits // over 16 chunks: the noise floor is 32 ms; the floor is fastest, none for "a local stream"
 		idleCores float64
 		want      streams.Level
 	}{
@@ -93,12 +93,19 @@ func TestNextLevel(t *testing.T) {
 		{"both waited alike: holds", def, waits{compress: 300 * ms, link: 400 * ms}, 1.8, def},
 		{"compression is never switched off by the waits", fastest, waits{compress: 900 * ms}, 0, fastest},
 		{"none stays none (the fixed level, never auto)", none, waits{}, 2, none},
+		{"a local stream: waiting for compression at the fastest switches it off", fastest, waits{compress: 400 * ms, link: 10 * ms}, 0, none},
+		{"a local stream without compression, waiting for the targets, cores busy: holds", none, waits{link: 800 * ms}, 0.2, none},
+		{"a local stream without compression, waiting for the targets, cores idle: fastest", none, waits{link: 800 * ms}, 1.5, fastest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.w.chunks = periodChunks
-			if got := nextLevel(tc.cur, tc.w, tc.idleCores); got != tc.want {
-				t.Errorf("nextLevel(%s, %+v, %.2f) = %s, want %s", tc.cur, tc.w, tc.idleCores, got, tc.want)
+			floor := fastest
+			if strings.HasPrefix(tc.name, "a local stream") {
+				floor = none
+			}
+			if got := nextLevel(tc.cur, floor, tc.w, tc.idleCores); got != tc.want {
+				t.Errorf("nextLevel(%s, floor %s, %+v, %.2f) = %s, want %s", tc.cur, floor, tc.w, tc.idleCores, got, tc.want)
 			}
 		})
 	}
@@ -108,7 +115,7 @@ func TestNextLevel(t *testing.T) {
 // the default, ignores the first period and moves only after a whole one;
 // a bad mode is refused.
 func TestCompressionModes(t *testing.T) {
-	c, err := newCompression("better", nil)
+	c, err := newCompression("better", false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +127,7 @@ func TestCompressionModes(t *testing.T) {
 	}
 
 	var moves []string
-	c, err = newCompression(streams.CompressAuto, func(from, to streams.Level, _ waits, _ float64) { moves = append(moves, from.String()+">"+to.String()) })
+	c, err = newCompression(streams.CompressAuto, false, func(from, to streams.Level, _ waits, _ float64) { moves = append(moves, from.String()+">"+to.String()) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +157,7 @@ func TestCompressionModes(t *testing.T) {
 		t.Errorf("chunks per level %q", got)
 	}
 
-	if _, err := newCompression("max", nil); err == nil || !strings.Contains(err.Error(), "auto, none, fastest, default or better") {
+	if _, err := newCompression("max", false, nil); err == nil || !strings.Contains(err.Error(), "auto, none, fastest, default or better") {
 		t.Errorf("mode max: %v, want a refusal naming the levels", err)
 	}
 }
@@ -165,5 +172,59 @@ func TestIdleMeter(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // the interval measured, not a synchronisation
 	if idle, n := m.sample(), runtime.NumCPU(); idle < 0 || idle > float64(n)+0.5 {
 		t.Errorf("idle cores %.2f on a machine of %d", idle, n)
+	}
+}
+
+// A local stream's auto starts at fastest and switches compression off
+// after a period of waiting for it; elsewhere auto never goes below fastest.
+func TestLocalStreamCompressionMaySwitchOff(t *testing.T) {
+	c, err := newCompression(streams.CompressAuto, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.next(); got != streams.LevelFastest {
+		t.Errorf("auto on a local stream starts at %s, want fastest", got)
+	}
+	for i := 0; i < 3*periodChunks; i++ {
+		c.observe(waits{compress: time.Second, chunks: 1})
+	}
+	if got := c.next(); got != streams.LevelNone {
+		t.Errorf("auto on a local stream after periods of compression waits: %s, want none", got)
+	}
+
+	fixed, err := newCompression("default", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3*periodChunks; i++ {
+		fixed.observe(waits{compress: time.Second, chunks: 1})
+	}
+	if got := fixed.next(); got != streams.LevelDefault {
+		t.Errorf("a fixed level on a local stream moved to %s", got)
+	}
+}
+
+// After incompressible chunks the probe goes at the fastest level, whatever
+// auto chose; once a chunk shrinks again the chosen level is back.
+func TestProbeAtTheFastestLevel(t *testing.T) {
+	c, err := newCompression("better", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.next(); got != streams.LevelBetter {
+		t.Fatalf("first chunk at %s, want better", got)
+	}
+	c.gate.observe(1000, 1000)
+	for i := 0; i < 15; i++ {
+		if got := c.next(); got != streams.LevelNone {
+			t.Fatalf("chunk %d of the pause at %s, want none", i, got)
+		}
+	}
+	if got := c.next(); got != streams.LevelFastest {
+		t.Errorf("probe at %s, want fastest", got)
+	}
+	c.gate.observe(250, 1000)
+	if got := c.next(); got != streams.LevelBetter {
+		t.Errorf("after a chunk that shrank: %s, want better", got)
 	}
 }

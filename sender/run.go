@@ -66,6 +66,11 @@ type Options struct {
 	RecordRetention time.Duration
 	// RateLimit bounds the wire bytes published per second; 0: no limit.
 	RateLimit int64
+	// LocalStream says the stream stays in memory beside its targets
+	// (replicate with its embedded server): no link and no disk before
+	// them, so auto compression starts at fastest and may step down to
+	// none while compressing holds the transfer back.
+	LocalStream bool
 	// Inflight is how many chunks may be published and not yet confirmed
 	// by the server (default DefaultInflight): memory against how far
 	// the server may be.
@@ -120,6 +125,7 @@ type Sender struct {
 	limit    *wireLimiter  // Options.RateLimit of the current run
 	stall    time.Duration // Options.StallTimeout of the current run
 	inflight int           // Options.Inflight of the current run
+	local    bool          // Options.LocalStream of the current run
 }
 
 func (s *Sender) workers() int { return max(2, runtime.GOMAXPROCS(0)) }
@@ -159,7 +165,7 @@ func (s *Sender) Run(ctx context.Context, opt Options) (*Result, error) {
 		return nil, err
 	}
 	s.compress = opt.Compress
-	s.inflight = opt.Inflight
+	s.inflight, s.local = opt.Inflight, opt.LocalStream
 	if s.codec == nil {
 		c, err := streams.NewCodec()
 		if err != nil {

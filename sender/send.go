@@ -103,7 +103,7 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if err != nil {
 		return err
 	}
-	comp, err := newCompression(s.compress, func(from, to streams.Level, w waits, idleCores float64) {
+	comp, err := newCompression(s.compress, s.local, func(from, to streams.Level, w waits, idleCores float64) {
 		log.Debug("compression level", "from", from, "to", to, "read_wait", w.read, "compress_wait", w.compress, "link_wait", w.link, "idle_cores", idleCores)
 	})
 	if err != nil {

@@ -135,7 +135,7 @@ replication first: it resumes, or discards the partial and starts over.`,
 			if g.server == "" {
 				copts = append(copts, coordinator.StreamsInMemory(replicateMemoryWindow))
 			}
-			opt.Compress = replicateCompression(opt.Compress, g.server == "" && opt.Window <= replicateMemoryWindow)
+			opt.LocalStream = g.server == "" && opt.Window <= replicateMemoryWindow
 			opt.Inflight = replicateInflight
 			return runSend(ctx, g, b, m, src, opt, copts...)
 		},
@@ -145,22 +145,9 @@ replication first: it resumes, or discards the partial and starts over.`,
 	// the stream in memory holds at most.
 	f.window = replicateWindow
 	cmd.Flags().Lookup("window").DefValue = config.FormatSize(replicateWindow)
-	cmd.Flags().Lookup("compress").Usage += "; auto is none while the stream stays in the embedded server's memory"
+	cmd.Flags().Lookup("compress").Usage += "; with the stream in the embedded server's memory auto starts at fastest and may switch compression off"
 	addApplierFlag(cmd, &applier)
 	return cmd
-}
-
-// replicateCompression is the level replicate asks for: with the stream
-// in its own memory no byte crosses a link or reaches a disk before the
-// targets, so auto means none there. Compressing cost time for nothing:
-// 1 GiB of text took 12.3 s with auto (it settles on fastest) and 7.7-7.9 s
-// without compression, in 4 alternating runs on the 2-core VM; random data
-// is sent raw either way. A level named by --compress is kept.
-func replicateCompression(mode string, inMemory bool) string {
-	if inMemory && (mode == streams.CompressAuto || mode == "") {
-		return streams.LevelNone.String()
-	}
-	return mode
 }
 
 func addApplierFlag(cmd *cobra.Command, applier *string) {

@@ -134,22 +134,3 @@ func snapshotsIn(t *testing.T, dir string) []string {
 	}
 	return out
 }
-
-func TestReplicateCompressesNothingWhenTheStreamStaysInMemory(t *testing.T) {
-	for _, c := range []struct {
-		mode     string
-		inMemory bool
-		want     string
-	}{
-		{"auto", true, "none"},
-		{"", true, "none"},
-		{"auto", false, "auto"},
-		{"fastest", true, "fastest"},
-		{"better", true, "better"},
-		{"none", false, "none"},
-	} {
-		if got := replicateCompression(c.mode, c.inMemory); got != c.want {
-			t.Errorf("replicateCompression(%q, in memory %v) = %q, want %q", c.mode, c.inMemory, got, c.want)
-		}
-	}
-}
