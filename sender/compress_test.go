@@ -115,34 +115,30 @@ func TestNextLevel(t *testing.T) {
 // the default, ignores the first period and moves only after a whole one;
 // a bad mode is refused.
 func TestCompressionModes(t *testing.T) {
-	c, err := newCompression("better", false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 3*periodChunks; i++ {
-		c.observe(waits{compress: time.Second, chunks: 1})
-	}
-	if got := c.next(); got != streams.LevelBetter {
-		t.Errorf("fixed level better gave %s", got)
+	for _, local := range []bool{false, true} {
+		fixed, err := newCompression("better", local, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitForCompression(fixed, 3*periodChunks)
+		if got := fixed.next(); got != streams.LevelBetter {
+			t.Errorf("fixed level better (local stream %v) gave %s", local, got)
+		}
 	}
 
 	var moves []string
-	c, err = newCompression(streams.CompressAuto, false, func(from, to streams.Level, _ waits, _ float64) { moves = append(moves, from.String()+">"+to.String()) })
+	c, err := newCompression(streams.CompressAuto, false, func(from, to streams.Level, _ waits, _ float64) { moves = append(moves, from.String()+">"+to.String()) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := c.next(); got != streams.LevelDefault {
 		t.Errorf("auto starts at %s, want default", got)
 	}
-	for i := 0; i < periodChunks; i++ {
-		c.observe(waits{compress: time.Second, chunks: 1})
-	}
+	waitForCompression(c, periodChunks)
 	if got := c.next(); got != streams.LevelDefault {
 		t.Errorf("auto moved to %s on the first period (the start)", got)
 	}
-	for i := 0; i < periodChunks-1; i++ {
-		c.observe(waits{compress: time.Second, chunks: 1})
-	}
+	waitForCompression(c, periodChunks-1)
 	if got := c.next(); got != streams.LevelDefault {
 		t.Errorf("auto moved to %s before a whole period", got)
 	}
@@ -176,7 +172,8 @@ func TestIdleMeter(t *testing.T) {
 }
 
 // A local stream's auto starts at fastest and switches compression off
-// after a period of waiting for it; elsewhere auto never goes below fastest.
+// after a period of waiting for it (elsewhere auto never goes below
+// fastest: TestNextLevel).
 func TestLocalStreamCompressionMaySwitchOff(t *testing.T) {
 	c, err := newCompression(streams.CompressAuto, true, nil)
 	if err != nil {
@@ -185,23 +182,11 @@ func TestLocalStreamCompressionMaySwitchOff(t *testing.T) {
 	if got := c.next(); got != streams.LevelFastest {
 		t.Errorf("auto on a local stream starts at %s, want fastest", got)
 	}
-	for i := 0; i < 3*periodChunks; i++ {
-		c.observe(waits{compress: time.Second, chunks: 1})
-	}
+	waitForCompression(c, 3*periodChunks)
 	if got := c.next(); got != streams.LevelNone {
 		t.Errorf("auto on a local stream after periods of compression waits: %s, want none", got)
 	}
 
-	fixed, err := newCompression("default", true, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 3*periodChunks; i++ {
-		fixed.observe(waits{compress: time.Second, chunks: 1})
-	}
-	if got := fixed.next(); got != streams.LevelDefault {
-		t.Errorf("a fixed level on a local stream moved to %s", got)
-	}
 }
 
 // After incompressible chunks the probe goes at the fastest level, whatever
@@ -226,5 +211,13 @@ func TestProbeAtTheFastestLevel(t *testing.T) {
 	c.gate.observe(250, 1000)
 	if got := c.next(); got != streams.LevelBetter {
 		t.Errorf("after a chunk that shrank: %s, want better", got)
+	}
+}
+
+// waitForCompression tells c that the publisher waited a second for the
+// compressing workers on each of n chunks.
+func waitForCompression(c *compression, n int) {
+	for i := 0; i < n; i++ {
+		c.observe(waits{compress: time.Second, chunks: 1})
 	}
 }
