@@ -67,6 +67,15 @@ func TestCompressGateProbeCycle(t *testing.T) {
 	}
 }
 
+// levelCase is a row of TestNextLevel.
+type levelCase struct {
+	name      string
+	cur       streams.Level
+	w         waits // over 16 chunks: the noise floor is 32 ms
+	idleCores float64
+	want      streams.Level
+}
+
 func TestNextLevel(t *testing.T) {
 	ms := time.Millisecond
 	const (
@@ -75,13 +84,7 @@ func TestNextLevel(t *testing.T) {
 		def     = streams.LevelDefault
 		better  = streams.LevelBetter
 	)
-	tests := []struct {
-		name      string
-		cur       streams.Level
-		w         waits // over 16 chunks: the noise floor is 32 ms; the floor is fastest, none for "a local stream"
-		idleCores float64
-		want      streams.Level
-	}{
+	tests := []levelCase{
 		{"waiting for compression: faster", def, waits{compress: 400 * ms, link: 10 * ms}, 1.5, fastest},
 		{"waiting for compression at the fastest: stays", fastest, waits{compress: 400 * ms}, 0, fastest},
 		{"waiting for the link with cores to spare: better", def, waits{link: 800 * ms, compress: 20 * ms}, 1.2, better},
@@ -93,21 +96,22 @@ func TestNextLevel(t *testing.T) {
 		{"both waited alike: holds", def, waits{compress: 300 * ms, link: 400 * ms}, 1.8, def},
 		{"compression is never switched off by the waits", fastest, waits{compress: 900 * ms}, 0, fastest},
 		{"none stays none (the fixed level, never auto)", none, waits{}, 2, none},
-		{"a local stream: waiting for compression at the fastest switches it off", fastest, waits{compress: 400 * ms, link: 10 * ms}, 0, none},
-		{"a local stream without compression, waiting for the targets, cores busy: holds", none, waits{link: 800 * ms}, 0.2, none},
-		{"a local stream without compression, waiting for the targets, cores idle: fastest", none, waits{link: 800 * ms}, 1.5, fastest},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			tc.w.chunks = periodChunks
-			floor := fastest
-			if strings.HasPrefix(tc.name, "a local stream") {
-				floor = none
-			}
-			if got := nextLevel(tc.cur, floor, tc.w, tc.idleCores); got != tc.want {
-				t.Errorf("nextLevel(%s, floor %s, %+v, %.2f) = %s, want %s", tc.cur, floor, tc.w, tc.idleCores, got, tc.want)
-			}
-		})
+	// A local stream's floor is none.
+	local := []levelCase{
+		{"waiting for compression at the fastest switches it off", fastest, waits{compress: 400 * ms, link: 10 * ms}, 0, none},
+		{"without compression, waiting for the targets, cores busy: holds", none, waits{link: 800 * ms}, 0.2, none},
+		{"without compression, waiting for the targets, cores idle: fastest", none, waits{link: 800 * ms}, 1.5, fastest},
+	}
+	for floor, cases := range map[streams.Level][]levelCase{fastest: tests, none: local} {
+		for _, tc := range cases {
+			t.Run(floor.String()+" floor/"+tc.name, func(t *testing.T) {
+				tc.w.chunks = periodChunks
+				if got := nextLevel(tc.cur, floor, tc.w, tc.idleCores); got != tc.want {
+					t.Errorf("nextLevel(%s, floor %s, %+v, %.2f) = %s, want %s", tc.cur, floor, tc.w, tc.idleCores, got, tc.want)
+				}
+			})
+		}
 	}
 }
 
@@ -186,7 +190,6 @@ func TestLocalStreamCompressionMaySwitchOff(t *testing.T) {
 	if got := c.next(); got != streams.LevelNone {
 		t.Errorf("auto on a local stream after periods of compression waits: %s, want none", got)
 	}
-
 }
 
 // After incompressible chunks the probe goes at the fastest level, whatever

@@ -66,7 +66,9 @@ func TestReplicateKilledMidSendIsCompletedByTheNextRun(t *testing.T) {
 	}{
 		{name: "at a third of 256 MiB", bulk: 256 * mib, sig: syscall.SIGKILL, percents: []int{killPoint}},
 		{name: "at a third of 256 MiB with btrfs-progs receive", flags: []string{"--receiver", "btrfs-progs"}, bulk: 256 * mib, sig: syscall.SIGKILL, percents: []int{killPoint}},
-		{name: "near the end", bulk: 96 * mib, sig: syscall.SIGKILL, percents: []int{90}},
+		// replicate sends 96 MiB in about a second now, leaving the probe
+		// ~100 ms to see 90 %: the rate limit makes that half a second.
+		{name: "near the end", flags: []string{"--rate-limit", "20MB/s"}, bulk: 96 * mib, sig: syscall.SIGKILL, percents: []int{90}},
 		{name: "again while recovering", bulk: 128 * mib, sig: syscall.SIGKILL, percents: []int{killPoint, 70}},
 		{name: "interrupted with Ctrl-C", bulk: 96 * mib, sig: syscall.SIGINT, percents: []int{killPoint}},
 	}

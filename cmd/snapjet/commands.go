@@ -134,8 +134,9 @@ replication first: it resumes, or discards the partial and starts over.`,
 			var copts []coordinator.Option
 			if g.server == "" {
 				copts = append(copts, coordinator.StreamsInMemory(replicateMemoryWindow))
+				// The window that the coordinator keeps in memory.
+				opt.LocalStream = opt.Window <= replicateMemoryWindow
 			}
-			opt.LocalStream = g.server == "" && opt.Window <= replicateMemoryWindow
 			opt.Inflight = replicateInflight
 			return runSend(ctx, g, b, m, src, opt, copts...)
 		},

@@ -23,8 +23,8 @@ func (b *bench) findRow(set, method string) *report.Row {
 
 // snapjetMethods are the snapjet rows held against the goals. The wire
 // goal is for the methods whose chunks cross a connection: replicate keeps
-// its stream in its own memory and sends it raw (cmd/snapjet
-// replicateCompression), so it has no wire to weigh.
+// its stream in its own memory (sender.Options.LocalStream), where auto
+// may send chunks raw, so it has no wire to weigh.
 var snapjetMethods = []struct {
 	method, short, profile string
 	wire                   bool
