@@ -177,6 +177,9 @@ func (rc *Receiver) Run(ctx context.Context) error {
 		return err
 	}
 	defer lock.Close()
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	go rc.watchLock(ctx, lock, lockCheckEvery, stop)
 	svc, err := micro.AddService(rc.nc, micro.Config{
 		Name:        streams.ReceiverService,
 		Version:     "1.0.0",
@@ -237,6 +240,9 @@ func (rc *Receiver) Run(ctx context.Context) error {
 		j.cancel(context.Canceled) // stopping: native partials stay to resume
 		<-j.done
 	}
+	if cause := context.Cause(ctx); errors.Is(cause, filelock.ErrLost) {
+		return cause
+	}
 	return ctx.Err()
 }
 
@@ -254,6 +260,39 @@ func (rc *Receiver) lock() (*filelock.Lock, error) {
 	// The pid only names the holder in a refused receiver's error.
 	_ = l.SetNote(strconv.Itoa(os.Getpid()))
 	return l, nil
+}
+
+// lockCheckEvery is how often a running receiver makes sure its lock file
+// is still the one at .snapjet/receiver.lock.
+const lockCheckEvery = 2 * time.Second
+
+// watchLock stops the receiver, through stop, once its lock file has been
+// removed or replaced (a cleanup deleting .snapjet, say): a second
+// receiver could then lock the new file and apply the same stream into
+// the same staging area. This one stops rather than the newcomer because
+// it cannot tell whether one exists; its native partials stay, for
+// whichever receiver serves the target next. It checks every interval
+// until ctx ends.
+func (rc *Receiver) watchLock(ctx context.Context, l *filelock.Lock, every time.Duration, stop context.CancelCauseFunc) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := l.Check()
+		if errors.Is(err, filelock.ErrLost) {
+			err = driver.Permanent(fmt.Errorf("target %s: %w; stopped so that two receivers never serve one target: make sure no other receiver serves it, then start this one again", rc.dir, err))
+			rc.log.Error("receiver lock lost", "error", err)
+			stop(err)
+			return
+		}
+		if err != nil {
+			rc.log.Warn("check the receiver lock", "error", err)
+		}
+	}
 }
 
 // dispatch starts, replaces or stops the job of one replication. A job

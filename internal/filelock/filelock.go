@@ -9,11 +9,17 @@
 // another; the kernel drops the lock when the holder closes it or dies, so
 // a crashed holder never blocks the next one. The note is advisory text:
 // a refused process may read it empty while the holder is writing it.
+//
+// A flock belongs to the file, not to its name: if the file is removed or
+// replaced while held, the next TryLock creates and locks a new file at
+// the same path and succeeds. Check tells the holder that this happened;
+// TryLock never returns a lock on a file that no longer has the path.
 package filelock
 
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/gofrs/flock"
@@ -21,6 +27,14 @@ import (
 
 // ErrHeld means another holder has the lock.
 var ErrHeld = errors.New("locked by another holder")
+
+// ErrLost means the path no longer names the locked file (it was removed
+// or replaced), so another process can take a lock on it.
+var ErrLost = errors.New("lock file removed or replaced while locked")
+
+// lockAttempts bounds TryLock's retries when the file it locked loses its
+// path before the lock is checked (another process removing it).
+const lockAttempts = 3
 
 // Lock is a held lock; Close releases it.
 type Lock struct {
@@ -32,15 +46,44 @@ type Lock struct {
 // without waiting. Other errors are the open's or flock's, which name the
 // path.
 func TryLock(path string) (*Lock, error) {
-	fl := flock.New(path, flock.SetPermissions(0o600))
-	ok, err := fl.TryLock()
+	for range lockAttempts {
+		fl := flock.New(path, flock.SetPermissions(0o600))
+		ok, err := fl.TryLock()
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("%s: %w", path, ErrHeld)
+		}
+		l := &Lock{fl: fl, path: path}
+		err = l.Check()
+		if err == nil {
+			return l, nil
+		}
+		_ = fl.Close()
+		if !errors.Is(err, ErrLost) {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%s: %w %d times in a row: is something removing it?", path, ErrLost, lockAttempts)
+}
+
+// Check returns an error wrapping ErrLost when the lock's path no longer
+// names the file this lock holds, and nil while it does. A holder that
+// must stay the only one checks it from time to time.
+func (l *Lock) Check() error {
+	held, err := l.fl.Stat()
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("lock %s: %w", l.path, err)
 	}
-	if !ok {
-		return nil, fmt.Errorf("%s: %w", path, ErrHeld)
+	named, err := os.Stat(l.path)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && !os.SameFile(held, named)) {
+		return fmt.Errorf("%s: %w", l.path, ErrLost)
 	}
-	return &Lock{fl: fl, path: path}, nil
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", l.path, err)
+	}
+	return nil
 }
 
 // SetNote replaces the note that Note returns to others.
