@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -73,14 +74,79 @@ var ErrStoreInUse = errors.New("store is in use by another snapjet process")
 // Embedded is a running in-process server and the lock on its store.
 type Embedded struct {
 	*server.Server
-	lock *filelock.Lock
+	store   string
+	log     *slog.Logger
+	mu      sync.Mutex
+	lock    *filelock.Lock // replaced by guardStore when its file is lost
+	stopped chan struct{}  // closed by Stop: guardStore returns
+	guarded chan struct{}  // closed when guardStore returned
+	stop    sync.Once
 }
 
 // Stop shuts the server down and releases the store.
 func (e *Embedded) Stop() {
+	e.stop.Do(func() { close(e.stopped) })
+	<-e.guarded
 	e.Shutdown()
 	e.WaitForShutdown()
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	_ = e.lock.Close()
+}
+
+// storeLockCheckEvery is how often a running embedded server makes sure
+// its store's lock file is still the one it locked.
+var storeLockCheckEvery = 2 * time.Second
+
+// guardStore keeps the store locked while the server runs. A flock belongs
+// to the file, not its name: once the lock file is removed or replaced (a
+// cleanup of the store directory, say), another process could lock a new
+// one and start a second server on the same JetStream files, which would
+// corrupt them. So it locks the path again when it can, and when another
+// process got there first it shuts this server down: one of the two must
+// stop writing, and this is the one it can stop. A path it cannot lock for
+// another reason is only logged, and tried again. It returns when Stop is
+// called or once it shut the server down.
+func (e *Embedded) guardStore() {
+	defer close(e.guarded)
+	t := time.NewTicker(storeLockCheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stopped:
+			return
+		case <-t.C:
+		}
+		e.mu.Lock()
+		err := e.lock.Check()
+		e.mu.Unlock()
+		if !errors.Is(err, filelock.ErrLost) {
+			if err != nil {
+				e.log.Warn("check the store's lock", "store", e.store, "error", err)
+			}
+			continue
+		}
+		l, err := lockStore(e.store)
+		if err == nil {
+			_ = l.SetNote(e.ClientURL())
+			e.mu.Lock()
+			_ = e.lock.Close()
+			e.lock = l
+			e.mu.Unlock()
+			e.log.Warn("the store's lock file was removed or replaced: locked it again", "store", e.store)
+			continue
+		}
+		if !errors.Is(err, ErrStoreInUse) {
+			// Nobody else holds it (the directory may be gone with its
+			// files): there is no second server to make room for.
+			e.log.Warn("the store's lock file was removed or replaced and cannot be locked again", "store", e.store, "error", err)
+			continue
+		}
+		e.log.Error("another process locked the store after its lock file was removed or replaced: stopping the embedded server so that two never write one store; restart it once no other snapjet process serves the store",
+			"store", e.store, "error", err)
+		e.Shutdown()
+		return
+	}
 }
 
 const lockName = "snapjet.lock"

@@ -207,7 +207,9 @@ func StartServer(cfg ServerConfig) (*Embedded, error) {
 		attrs = append(attrs, "monitor", "http://"+a.String())
 	}
 	cfg.Log.Info("embedded NATS server ready", attrs...)
-	return &Embedded{Server: srv, lock: lock}, nil
+	e := &Embedded{Server: srv, store: cfg.Store, log: cfg.Log, lock: lock, stopped: make(chan struct{}), guarded: make(chan struct{})}
+	go e.guardStore()
+	return e, nil
 }
 
 // WatchHub logs when the site node's link to its hub comes up and goes
