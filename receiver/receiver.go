@@ -269,10 +269,12 @@ const lockCheckEvery = 2 * time.Second
 // watchLock stops the receiver, through stop, once its lock file has been
 // removed or replaced (a cleanup deleting .snapjet, say): a second
 // receiver could then lock the new file and apply the same stream into
-// the same staging area. This one stops rather than the newcomer because
-// it cannot tell whether one exists; its native partials stay, for
-// whichever receiver serves the target next. It checks every interval
-// until ctx ends.
+// the same staging area. Unlike the embedded server's store lock it is
+// not taken again: the lock lives in .snapjet next to the staging, so a
+// lost lock usually means lost staging, which a receiver started afresh
+// cleans up and resumes from the coordinator's state. Native partials
+// that are still there stay for it. It checks every interval until ctx
+// ends.
 func (rc *Receiver) watchLock(ctx context.Context, l *filelock.Lock, every time.Duration, stop context.CancelCauseFunc) {
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -74,12 +74,13 @@ var ErrStoreInUse = errors.New("store is in use by another snapjet process")
 // Embedded is a running in-process server and the lock on its store.
 type Embedded struct {
 	*server.Server
-	store   string
-	log     *slog.Logger
-	mu      sync.Mutex
-	lock    *filelock.Lock // replaced by guardStore when its file is lost
-	stopped chan struct{}  // closed by Stop: guardStore returns
-	guarded chan struct{}  // closed when guardStore returned
+	store string
+	log   *slog.Logger
+	// lock is guardStore's until it returned (it replaces a lost one);
+	// Stop closes it only after that.
+	lock    *filelock.Lock
+	stopped chan struct{} // closed by Stop: guardStore returns
+	guarded chan struct{} // closed when guardStore returned
 	stop    sync.Once
 }
 
@@ -89,8 +90,6 @@ func (e *Embedded) Stop() {
 	<-e.guarded
 	e.Shutdown()
 	e.WaitForShutdown()
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	_ = e.lock.Close()
 }
 
@@ -117,9 +116,7 @@ func (e *Embedded) guardStore() {
 			return
 		case <-t.C:
 		}
-		e.mu.Lock()
 		err := e.lock.Check()
-		e.mu.Unlock()
 		if !errors.Is(err, filelock.ErrLost) {
 			if err != nil {
 				e.log.Warn("check the store's lock", "store", e.store, "error", err)
@@ -129,10 +126,8 @@ func (e *Embedded) guardStore() {
 		l, err := lockStore(e.store)
 		if err == nil {
 			_ = l.SetNote(e.ClientURL())
-			e.mu.Lock()
 			_ = e.lock.Close()
 			e.lock = l
-			e.mu.Unlock()
 			e.log.Warn("the store's lock file was removed or replaced: locked it again", "store", e.store)
 			continue
 		}

@@ -39,14 +39,20 @@ func TestEmbeddedServerKeepsItsStoreLocked(t *testing.T) {
 		return errors.Is(err, filelock.ErrHeld)
 	}
 
-	t.Run("removed, locked again", func(t *testing.T) {
+	// start runs a server on a new store, stopped when the subtest ends,
+	// and returns the path of its lock file.
+	start := func(t *testing.T) (*Embedded, string, string) {
 		store := t.TempDir()
 		e, err := StartServer(ServerConfig{Store: store, Listen: "127.0.0.1:0", Log: log})
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer e.Stop()
-		path := filepath.Join(store, lockName)
+		t.Cleanup(e.Stop)
+		return e, store, filepath.Join(store, lockName)
+	}
+
+	t.Run("removed, locked again", func(t *testing.T) {
+		e, store, path := start(t)
 		if err := os.Remove(path); err != nil {
 			t.Fatal(err)
 		}
@@ -65,16 +71,10 @@ func TestEmbeddedServerKeepsItsStoreLocked(t *testing.T) {
 	})
 
 	t.Run("replaced by another process's, stops", func(t *testing.T) {
-		store := t.TempDir()
-		e, err := StartServer(ServerConfig{Store: store, Listen: "127.0.0.1:0", Log: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer e.Stop()
+		e, _, path := start(t)
 		// Another process locks a file of its own and renames it over the
 		// lock file: the path never names an unlocked file the server could
 		// take back first.
-		path := filepath.Join(store, lockName)
 		other, err := filelock.TryLock(path + ".other")
 		if err != nil {
 			t.Fatal(err)
