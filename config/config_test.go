@@ -104,7 +104,7 @@ func TestBadConfigs(t *testing.T) {
 		{"rate, window, chunk size, compression", job + "    rate_limit: 50MB\n    window: 1MiB\n    chunk_size: 32MiB\n    compress: max\n    compressed_data: yes\n", []string{
 			`bad.yaml:6: jobs[0].rate_limit: "50MB" is not a rate (write bytes per second such as 50MB/s or 800KiB/s)`,
 			`bad.yaml:8: jobs[0].chunk_size: "32MiB" is not a size between 64KiB and 16MiB (write a size from 64KiB to 16MiB, such as 1MiB)`,
-			`bad.yaml:9: jobs[0].compress: "max" is not a compression level (write auto, none, fastest, default or better)`,
+			`bad.yaml:9: jobs[0].compress: "max" is not a compression level (write auto, none, s2, fastest, default or better)`,
 			`bad.yaml:10: jobs[0].compressed_data: "yes" is not a compressed-data mode (write auto, always or never)`}},
 		{"window below two chunks", job + "    window: 1MiB\n    chunk_size: 1MiB\n", []string{
 			`bad.yaml:7: jobs[0].window: window 1048576 bytes holds fewer than 2 chunks of 1048576 bytes (make window at least twice chunk_size, so the sender can publish while receivers catch up)`}},

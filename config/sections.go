@@ -412,7 +412,7 @@ func (p *parser) rate(n *yaml.Node, path string) int64 {
 }
 
 func (p *parser) compress(n *yaml.Node, path string) string {
-	const fix = "write auto, none, fastest, default or better"
+	const fix = "write auto, none, s2, fastest, default or better"
 	v, ok := p.str(n, path, fix)
 	if !ok {
 		return ""

@@ -140,7 +140,7 @@ func (c *Coordinator) createFrom(ctx context.Context, from *Replication, id stri
 		ID: id, Origin: from.ID, Source: from.Source, SourceUUID: from.SourceUUID,
 		Snapshot: from.Snapshot, SnapshotName: from.SnapshotName, SnapshotUUID: from.SnapshotUUID,
 		Parent: g.Parent, ParentUUID: g.ParentUUID, ChunkSize: from.ChunkSize, Window: from.Window,
-		EstimatedBytes: from.EstimatedBytes, Targets: map[string]*Target{},
+		Decodes: from.Decodes, EstimatedBytes: from.EstimatedBytes, Targets: map[string]*Target{},
 	}
 	for _, name := range g.Targets {
 		r.Targets[name] = &Target{State: TPending, Attempts: attempts, Site: from.Targets[name].Site}

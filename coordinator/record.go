@@ -27,6 +27,10 @@ type Replication struct {
 	// sender must cut the stream exactly as before.
 	ChunkSize int   `json:"chunk_size"`
 	Window    int64 `json:"window"`
+	// Decodes is the optional chunk encodings every target announced it
+	// reads when the record was planned (streams.CommonDecodes): the
+	// sender uses no other. A split record keeps its origin's.
+	Decodes []string `json:"decodes,omitempty"`
 	// Progress of the current attempt's send.
 	ChunksSent  int64  `json:"chunks_sent"`
 	BytesSent   int64  `json:"bytes_sent"`

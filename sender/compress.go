@@ -2,6 +2,7 @@ package sender
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,10 +17,11 @@ import (
 // level the publisher's waits call for. Workers call next; only the
 // publisher calls observe.
 type compression struct {
-	gate  compressGate
-	auto  bool
-	floor streams.Level // the fastest level auto may step down to
-	level atomic.Int32  // a streams.Level
+	gate   compressGate
+	auto   bool
+	ladder []streams.Level // the levels auto may take, cheapest first
+	probe  streams.Level   // the level that tries whether data shrinks again
+	level  atomic.Int32    // a streams.Level
 
 	period waits
 	warm   bool // the first period is over
@@ -29,22 +31,44 @@ type compression struct {
 }
 
 // newCompression starts in mode: streams.CompressAuto, or a level's name.
-// With local (the stream stays in memory beside its targets: no link, no
-// disk before them) auto starts at fastest and may step down to none.
-func newCompression(mode string, local bool, log func(from, to streams.Level, w waits, idleCores float64)) (*compression, error) {
+// s2 says every target reads S2 (the record's Decodes): without it S2 is
+// never used, and a fixed s2 mode compresses at fastest instead. With
+// local (the stream stays in memory beside its targets: no link, no disk
+// before them) auto starts at fastest and may step down to none.
+func newCompression(mode string, local, s2 bool, log func(from, to streams.Level, w waits, idleCores float64)) (*compression, error) {
 	start, auto, err := streams.ParseCompression(mode)
 	if err != nil {
 		return nil, err
 	}
-	c := &compression{log: log, auto: auto, floor: streams.LevelFastest}
+	c := &compression{log: log, auto: auto, ladder: ladder(local, s2), probe: streams.LevelFastest}
+	if s2 {
+		c.probe = streams.LevelS2
+	} else if start == streams.LevelS2 {
+		start = streams.LevelFastest
+	}
 	if auto {
 		c.idle = newIdleMeter()
 		if local {
-			start, c.floor = streams.LevelFastest, streams.LevelNone
+			start = streams.LevelFastest
 		}
 	}
 	c.level.Store(int32(start))
 	return c, nil
+}
+
+// ladder is the levels auto moves between, cheapest first. A stream that
+// crosses a link keeps some compression: its bytes cost the link, which
+// the sender cannot see until the window is full. S2, when the targets
+// read it, is the cheapest compression.
+func ladder(local, s2 bool) []streams.Level {
+	var l []streams.Level
+	if local {
+		l = append(l, streams.LevelNone)
+	}
+	if s2 {
+		l = append(l, streams.LevelS2)
+	}
+	return append(l, streams.LevelFastest, streams.LevelDefault, streams.LevelBetter)
 }
 
 func (c *compression) next() streams.Level {
@@ -55,8 +79,8 @@ func (c *compression) next() streams.Level {
 		l = streams.LevelNone
 	case c.gate.probing.Load():
 		// Whether the data compresses again shows at any level; the
-		// fastest costs the least when it still does not.
-		l = streams.LevelFastest
+		// cheapest costs the least when it still does not.
+		l = c.probe
 	}
 	c.used[l].Add(1)
 	return l
@@ -98,7 +122,7 @@ func (c *compression) observe(w waits) {
 		return
 	}
 	cur := streams.Level(c.level.Load())
-	if next := nextLevel(cur, c.floor, c.period, idleCores); next != cur {
+	if next := nextLevel(cur, c.ladder, c.period, idleCores); next != cur {
 		c.level.Store(int32(next))
 		if c.log != nil {
 			c.log(cur, next, c.period, idleCores)
@@ -131,21 +155,24 @@ const (
 	spareCores = 0.5
 )
 
-// nextLevel is the auto level after a period of waits w on a machine with
-// idleCores cores idle on average. Waiting for compression means the
-// level costs throughput: one step faster, down to floor (fastest, or
-// none for a stream that crosses no link). Waiting for the link with cores
-// to spare means the CPU can buy fewer bytes on the wire: one step better.
-// Waiting for the link without spare cores holds the level: the wait may
-// be a server or a receiver on this machine short of CPU, which a higher
-// level would starve further. Anything else holds too.
-func nextLevel(cur, floor streams.Level, w waits, idleCores float64) streams.Level {
+// nextLevel is the auto level, one of ladder (cheapest first, holding
+// cur), after a period of waits w on a machine with idleCores cores idle
+// on average. Waiting for compression means the level costs throughput:
+// one step cheaper. Waiting for the link with cores to spare means the CPU
+// can buy fewer bytes on the wire: one step better. Waiting for the link
+// without spare cores holds the level: the wait may be a server or a
+// receiver on this machine short of CPU, which a higher level would starve
+// further. Anything else holds too.
+func nextLevel(cur streams.Level, ladder []streams.Level, w waits, idleCores float64) streams.Level {
+	i := slices.Index(ladder, cur)
 	noise := time.Duration(w.chunks) * noiseWait
 	switch {
+	case i < 0:
+		return cur
 	case w.compress > noise && w.compress > 2*w.link:
-		return max(cur-1, floor)
+		return ladder[max(i-1, 0)]
 	case w.link > noise && w.link > 2*w.compress && idleCores >= spareCores:
-		return min(cur+1, streams.LevelBetter)
+		return ladder[min(i+1, len(ladder)-1)]
 	}
 	return cur
 }

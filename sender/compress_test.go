@@ -80,6 +80,7 @@ func TestNextLevel(t *testing.T) {
 	ms := time.Millisecond
 	const (
 		none    = streams.LevelNone
+		s2      = streams.LevelS2
 		fastest = streams.LevelFastest
 		def     = streams.LevelDefault
 		better  = streams.LevelBetter
@@ -95,7 +96,14 @@ func TestNextLevel(t *testing.T) {
 		{"waits under the noise floor: holds", def, waits{compress: 30 * ms}, 1.8, def},
 		{"both waited alike: holds", def, waits{compress: 300 * ms, link: 400 * ms}, 1.8, def},
 		{"compression is never switched off by the waits", fastest, waits{compress: 900 * ms}, 0, fastest},
-		{"none stays none (the fixed level, never auto)", none, waits{}, 2, none},
+		{"a level off the ladder holds (none, a fixed level, never auto)", none, waits{compress: 900 * ms}, 2, none},
+	}
+	// Targets that read S2: it is the step below fastest, and the floor.
+	withS2 := []levelCase{
+		{"waiting for compression at the fastest: s2", fastest, waits{compress: 400 * ms}, 0, s2},
+		{"waiting for compression at s2: stays", s2, waits{compress: 900 * ms}, 0, s2},
+		{"at s2, waiting for the link with cores to spare: fastest", s2, waits{link: 800 * ms}, 1.2, fastest},
+		{"at s2, waiting for the link, cores busy: holds", s2, waits{link: 800 * ms}, 0.2, s2},
 	}
 	// A local stream's floor is none.
 	local := []levelCase{
@@ -103,12 +111,26 @@ func TestNextLevel(t *testing.T) {
 		{"without compression, waiting for the targets, cores busy: holds", none, waits{link: 800 * ms}, 0.2, none},
 		{"without compression, waiting for the targets, cores idle: fastest", none, waits{link: 800 * ms}, 1.5, fastest},
 	}
-	for floor, cases := range map[streams.Level][]levelCase{fastest: tests, none: local} {
-		for _, tc := range cases {
-			t.Run(floor.String()+" floor/"+tc.name, func(t *testing.T) {
+	localS2 := []levelCase{
+		{"waiting for compression at the fastest: s2", fastest, waits{compress: 400 * ms}, 0, s2},
+		{"waiting for compression at s2 switches it off", s2, waits{compress: 400 * ms}, 0, none},
+		{"without compression, waiting for the targets, cores idle: s2", none, waits{link: 800 * ms}, 1.5, s2},
+	}
+	for _, lc := range []struct {
+		name   string
+		ladder []streams.Level
+		cases  []levelCase
+	}{
+		{"link", ladder(false, false), tests},
+		{"link, s2", ladder(false, true), withS2},
+		{"local", ladder(true, false), local},
+		{"local, s2", ladder(true, true), localS2},
+	} {
+		for _, tc := range lc.cases {
+			t.Run(lc.name+"/"+tc.name, func(t *testing.T) {
 				tc.w.chunks = periodChunks
-				if got := nextLevel(tc.cur, floor, tc.w, tc.idleCores); got != tc.want {
-					t.Errorf("nextLevel(%s, floor %s, %+v, %.2f) = %s, want %s", tc.cur, floor, tc.w, tc.idleCores, got, tc.want)
+				if got := nextLevel(tc.cur, lc.ladder, tc.w, tc.idleCores); got != tc.want {
+					t.Errorf("nextLevel(%s, %v, %+v, %.2f) = %s, want %s", tc.cur, lc.ladder, tc.w, tc.idleCores, got, tc.want)
 				}
 			})
 		}
@@ -120,7 +142,7 @@ func TestNextLevel(t *testing.T) {
 // a bad mode is refused.
 func TestCompressionModes(t *testing.T) {
 	for _, local := range []bool{false, true} {
-		fixed, err := newCompression("better", local, nil)
+		fixed, err := newCompression("better", local, false, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +153,7 @@ func TestCompressionModes(t *testing.T) {
 	}
 
 	var moves []string
-	c, err := newCompression(streams.CompressAuto, false, func(from, to streams.Level, _ waits, _ float64) { moves = append(moves, from.String()+">"+to.String()) })
+	c, err := newCompression(streams.CompressAuto, false, false, func(from, to streams.Level, _ waits, _ float64) { moves = append(moves, from.String()+">"+to.String()) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +179,7 @@ func TestCompressionModes(t *testing.T) {
 		t.Errorf("chunks per level %q", got)
 	}
 
-	if _, err := newCompression("max", false, nil); err == nil || !strings.Contains(err.Error(), "auto, none, fastest, default or better") {
+	if _, err := newCompression("max", false, false, nil); err == nil || !strings.Contains(err.Error(), "auto, none, s2, fastest, default or better") {
 		t.Errorf("mode max: %v, want a refusal naming the levels", err)
 	}
 }
@@ -179,7 +201,7 @@ func TestIdleMeter(t *testing.T) {
 // after a period of waiting for it (elsewhere auto never goes below
 // fastest: TestNextLevel).
 func TestLocalStreamCompressionMaySwitchOff(t *testing.T) {
-	c, err := newCompression(streams.CompressAuto, true, nil)
+	c, err := newCompression(streams.CompressAuto, true, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +217,7 @@ func TestLocalStreamCompressionMaySwitchOff(t *testing.T) {
 // After incompressible chunks the probe goes at the fastest level, whatever
 // auto chose; once a chunk shrinks again the chosen level is back.
 func TestProbeAtTheFastestLevel(t *testing.T) {
-	c, err := newCompression("better", false, nil)
+	c, err := newCompression("better", false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,5 +244,47 @@ func TestProbeAtTheFastestLevel(t *testing.T) {
 func waitForCompression(c *compression, n int) {
 	for i := 0; i < n; i++ {
 		c.observe(waits{compress: time.Second, chunks: 1})
+	}
+}
+
+// S2 is used only when every target reads it: a fixed s2 mode for a
+// record without it compresses at fastest, and with it the probe after
+// incompressible chunks goes at S2, the cheapest.
+func TestS2OnlyWhenTheTargetsReadIt(t *testing.T) {
+	for _, tc := range []struct {
+		mode           string
+		s2             bool
+		first, probing streams.Level
+	}{
+		{"s2", false, streams.LevelFastest, streams.LevelFastest},
+		{"s2", true, streams.LevelS2, streams.LevelS2},
+		{"better", true, streams.LevelBetter, streams.LevelS2},
+		{streams.CompressAuto, false, streams.LevelDefault, streams.LevelFastest},
+	} {
+		c, err := newCompression(tc.mode, false, tc.s2, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.next(); got != tc.first {
+			t.Errorf("mode %s, targets read s2 %v: first chunk at %s, want %s", tc.mode, tc.s2, got, tc.first)
+		}
+		c.gate.observe(1000, 1000)
+		for i := 0; i < 15; i++ {
+			c.next()
+		}
+		if got := c.next(); got != tc.probing {
+			t.Errorf("mode %s, targets read s2 %v: probe at %s, want %s", tc.mode, tc.s2, got, tc.probing)
+		}
+	}
+	// Auto never reaches S2 when the targets do not read it.
+	c, err := newCompression(streams.CompressAuto, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		waitForCompression(c, periodChunks)
+		if got := c.next(); got == streams.LevelS2 {
+			t.Fatalf("auto stepped to s2 for targets that do not read it")
+		}
 	}
 }

@@ -317,6 +317,7 @@ func (s *Sender) createRecords(ctx context.Context, src string, srcInfo, snap bt
 			ParentUUID:   g.ParentUUID,
 			ChunkSize:    chunk,
 			Window:       window,
+			Decodes:      streams.CommonDecodes(inv, g.Targets),
 			Targets:      map[string]*coordinator.Target{},
 		}
 		if i > 0 {

@@ -75,9 +75,10 @@ type Options struct {
 	// by the server (default DefaultInflight): memory against how far
 	// the server may be.
 	Inflight int
-	// Compress is the zstd level of the chunks (none, fastest, default,
+	// Compress is the level of the chunks (none, s2, fastest, default,
 	// better) or streams.CompressAuto (also ""): the level follows whether
-	// the link or the CPU holds the transfer back.
+	// the link or the CPU holds the transfer back. S2 is used only when
+	// every target announced it reads it.
 	Compress string
 	// Intermediates, when set, chooses among the source snapshots that a
 	// target lacks (newer than its newest one, oldest first) those it

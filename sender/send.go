@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -103,11 +104,15 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if err != nil {
 		return err
 	}
-	comp, err := newCompression(s.compress, s.local, func(from, to streams.Level, w waits, idleCores float64) {
+	s2 := slices.Contains(r.Decodes, streams.EncS2)
+	comp, err := newCompression(s.compress, s.local, s2, func(from, to streams.Level, w waits, idleCores float64) {
 		log.Debug("compression level", "from", from, "to", to, "read_wait", w.read, "compress_wait", w.compress, "link_wait", w.link, "idle_cores", idleCores)
 	})
 	if err != nil {
 		return err
+	}
+	if l, auto, _ := streams.ParseCompression(s.compress); !auto && l == streams.LevelS2 && !s2 {
+		log.Warn("compression s2 was asked for, but not every target announced it reads S2 (a receiver older than S2); compressing at fastest instead: upgrade snapjet on the receiving side", "decodes", r.Decodes)
 	}
 	digest := streams.NewDigest()
 	order := make(chan *job, 2*s.workers()+2)
@@ -215,7 +220,7 @@ func (s *Sender) encode(r *coordinator.Replication, comp *compression, j *job) {
 		j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, j.sum, level, nil)
 		return
 	}
-	dst := s.bufs.get(r.ChunkSize)
+	dst := s.bufs.get(streams.MaxWire(level, r.ChunkSize))
 	j.msg = s.codec.EncodeChunk(r.ID, r.Attempt, j.idx, j.off, j.raw, j.sum, level, dst)
 	comp.gate.observe(len(j.msg.Data), j.rawLen)
 	if &j.msg.Data[0] == &dst[:1][0] {

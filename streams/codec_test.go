@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nats-io/nats.go"
 
@@ -65,6 +66,10 @@ func TestChunkRoundTrip(t *testing.T) {
 		{name: "largest chunk", raw: textBytes(streams.MaxChunk, 4), level: streams.LevelDefault, wantEnc: "zstd"},
 		{name: "fastest", raw: textBytes(1<<20, 5), level: streams.LevelFastest, wantEnc: "zstd"},
 		{name: "better", raw: textBytes(1<<20, 6), level: streams.LevelBetter, wantEnc: "zstd"},
+		{name: "s2", raw: textBytes(1<<20, 7), level: streams.LevelS2, wantEnc: "s2"},
+		{name: "s2, incompressible stays raw", raw: randomBytes(1<<20, 8), level: streams.LevelS2, wantEnc: "none"},
+		{name: "s2, largest chunk", raw: textBytes(streams.MaxChunk, 9), level: streams.LevelS2, wantEnc: "s2"},
+		{name: "s2, empty chunk", raw: []byte{}, level: streams.LevelS2, wantEnc: "none"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -73,8 +78,8 @@ func TestChunkRoundTrip(t *testing.T) {
 			if got := msg.Header.Get(streams.HdrEncoding); got != tc.wantEnc {
 				t.Errorf("encoding %q, want %q", got, tc.wantEnc)
 			}
-			if tc.wantEnc == "zstd" && len(msg.Data) >= len(tc.raw) {
-				t.Errorf("zstd payload %d bytes is not smaller than the raw %d", len(msg.Data), len(tc.raw))
+			if tc.wantEnc != "none" && len(msg.Data) >= len(tc.raw) {
+				t.Errorf("%s payload %d bytes is not smaller than the raw %d", tc.wantEnc, len(msg.Data), len(tc.raw))
 			}
 			if msg.Subject != streams.Subject("src-20261124T064512Z") {
 				t.Errorf("subject %q", msg.Subject)
@@ -129,6 +134,9 @@ func TestDecodeRefuses(t *testing.T) {
 	zipped := func() *nats.Msg {
 		return codec.EncodeChunk("r1", 1, 3, 0, text, xxhash.Sum64(text), streams.LevelDefault, nil)
 	}
+	s2ed := func() *nats.Msg {
+		return codec.EncodeChunk("r1", 1, 3, 0, text, xxhash.Sum64(text), streams.LevelS2, nil)
+	}
 	plain := func() *nats.Msg {
 		return codec.EncodeChunk("r1", 1, 3, 0, random, xxhash.Sum64(random), streams.LevelDefault, nil)
 	}
@@ -145,6 +153,11 @@ func TestDecodeRefuses(t *testing.T) {
 	bomb := func(m *nats.Msg) {
 		enc, _ := zstd.NewWriter(nil)
 		m.Data = enc.EncodeAll(make([]byte, streams.MaxChunk+1), nil)
+		m.Header.Set(streams.HdrRawLen, strconv.Itoa(streams.MaxChunk))
+	}
+	// An S2 block that inflates beyond MaxChunk while claiming MaxChunk.
+	s2bomb := func(m *nats.Msg) {
+		m.Data = s2.Encode(nil, make([]byte, streams.MaxChunk+1))
 		m.Header.Set(streams.HdrRawLen, strconv.Itoa(streams.MaxChunk))
 	}
 	tests := []struct {
@@ -170,6 +183,13 @@ func TestDecodeRefuses(t *testing.T) {
 		{"raw length missing", plain, del(streams.HdrRawLen), streams.ErrCorrupt, "raw length"},
 		{"raw length not a number", plain, set(streams.HdrRawLen, "1MiB"), streams.ErrCorrupt, "raw length"},
 		{"decompression bomb", zipped, bomb, streams.ErrCorrupt, "chunk 3"},
+		{"flipped byte in s2 payload", s2ed, flip(func(n int) int { return n / 2 }), streams.ErrCorrupt, "chunk 3"},
+		{"s2 payload truncated", s2ed, func(m *nats.Msg) { m.Data = m.Data[:len(m.Data)-1] }, streams.ErrCorrupt, "chunk 3"},
+		{"raw length one less on s2", s2ed, set(streams.HdrRawLen, strconv.Itoa(len(text)-1)), streams.ErrCorrupt, "header says"},
+		{"s2 decompression bomb", s2ed, s2bomb, streams.ErrCorrupt, "header says"},
+		{"s2 claimed for raw bytes", plain, set(streams.HdrEncoding, "s2"), streams.ErrCorrupt, "chunk 3"},
+		{"zstd claimed for an s2 payload", s2ed, set(streams.HdrEncoding, "zstd"), streams.ErrCorrupt, "decompress"},
+		{"s2 claimed for a zstd payload", zipped, set(streams.HdrEncoding, "s2"), streams.ErrCorrupt, "chunk 3"},
 		{"unknown encoding", zipped, set(streams.HdrEncoding, "lz4"), streams.ErrCorrupt, "unknown encoding"},
 		{"missing encoding", plain, del(streams.HdrEncoding), streams.ErrCorrupt, "unknown encoding"},
 		{"zstd claimed for raw bytes", plain, set(streams.HdrEncoding, "zstd"), streams.ErrCorrupt, "decompress"},
@@ -212,8 +232,12 @@ func TestDecodeRefuses(t *testing.T) {
 // change its output).
 func TestDecodeNeverAcceptsAlteredBytes(t *testing.T) {
 	codec := newCodec(t)
-	for _, raw := range [][]byte{textBytes(16<<10, 11), randomBytes(2<<10, 12)} {
-		msg := codec.EncodeChunk("r1", 1, 0, 0, raw, xxhash.Sum64(raw), streams.LevelDefault, nil)
+	for _, c := range []struct {
+		raw   []byte
+		level streams.Level
+	}{{textBytes(16<<10, 11), streams.LevelDefault}, {textBytes(16<<10, 13), streams.LevelS2}, {randomBytes(2<<10, 12), streams.LevelDefault}} {
+		raw := c.raw
+		msg := codec.EncodeChunk("r1", 1, 0, 0, raw, xxhash.Sum64(raw), c.level, nil)
 		refused := 0
 		for i := range msg.Data {
 			for _, bit := range []byte{0x01, 0x80} {

@@ -51,7 +51,7 @@ func (f *sendFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.stall, "stall-timeout", sender.DefaultStallTimeout, "drop a target from the run when it made no progress this long (its receiver or its link is down); the next run retries it")
 	cmd.Flags().DurationVar(&f.retention, "record-retention", coordinator.DefaultRecordRetention, "how long records of finished replications are kept")
 	cmd.Flags().StringVar(&f.rateLimit, "rate-limit", "", "bytes per second on the wire, e.g. 50MB/s (default: no limit)")
-	cmd.Flags().StringVar(&f.compress, "compress", streams.CompressAuto, "zstd level of the chunks: none, fastest, default, better, or auto (follows whether the link or the CPU holds the transfer back)")
+	cmd.Flags().StringVar(&f.compress, "compress", streams.CompressAuto, "compression of the chunks: none, s2, fastest, default, better (zstd levels from fastest), or auto (follows whether the link or the CPU holds the transfer back); s2 only where every target reads it")
 	cmd.Flags().StringVar(&f.compressedData, "compressed-data", sender.CompressedAuto, "send extents that btrfs compressed as they are (btrfs send --compressed-data, protocol 2): auto (when kernel and btrfs-progs can), always, or never (for targets using a btrfs receive older than 5.19)")
 }
 
