@@ -129,11 +129,69 @@ func TestNextLevel(t *testing.T) {
 		for _, tc := range lc.cases {
 			t.Run(lc.name+"/"+tc.name, func(t *testing.T) {
 				tc.w.chunks = periodChunks
-				if got := nextLevel(tc.cur, lc.ladder, tc.w, tc.idleCores); got != tc.want {
+				if got := nextLevel(tc.cur, lc.ladder, tc.w, tc.idleCores, false); got != tc.want {
 					t.Errorf("nextLevel(%s, %v, %+v, %.2f) = %s, want %s", tc.cur, lc.ladder, tc.w, tc.idleCores, got, tc.want)
 				}
 			})
 		}
+	}
+}
+
+// While the targets fall behind the sender, waiting for compression costs
+// nothing: the level holds. Everything else is as when they keep up.
+func TestNextLevelWhileTheTargetsFallBehind(t *testing.T) {
+	ms := time.Millisecond
+	l := ladder(false, true)
+	for _, tc := range []levelCase{
+		{"waiting for compression: holds", streams.LevelDefault, waits{compress: 400 * ms}, 0, streams.LevelDefault},
+		{"waiting for compression at the fastest: holds (no s2)", streams.LevelFastest, waits{compress: 900 * ms}, 0, streams.LevelFastest},
+		{"waiting for the link with cores to spare: better", streams.LevelFastest, waits{link: 800 * ms}, 1.2, streams.LevelDefault},
+		{"waiting for the link without spare cores: holds", streams.LevelS2, waits{link: 800 * ms}, 0.1, streams.LevelS2},
+	} {
+		tc.w.chunks = periodChunks
+		if got := nextLevel(tc.cur, l, tc.w, tc.idleCores, true); got != tc.want {
+			t.Errorf("%s: nextLevel(%s, %+v, %.2f, behind) = %s, want %s", tc.name, tc.cur, tc.w, tc.idleCores, got, tc.want)
+		}
+	}
+}
+
+// The pace is weighed over two seconds or more: stored chunks against the
+// fastest target's applied ones. Until a first stretch is measured the
+// targets count as behind; a local stream never does.
+func TestPace(t *testing.T) {
+	c, err := newCompression(streams.CompressAuto, false, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 12, 2, 14, 0, 0, 0, time.UTC)
+	steps := []struct {
+		after         time.Duration
+		sent, applied int64
+		behind        bool
+	}{
+		{0, 10, 0, true},                      // first sample: not measured yet
+		{1 * time.Second, 200, 190, true},     // too short a stretch to judge
+		{2 * time.Second, 200, 190, false},    // 190 sent, 190 applied
+		{4 * time.Second, 400, 300, true},     // 200 sent, 110 applied: behind
+		{6 * time.Second, 600, 485, false},    // 200 sent, 185 applied: within 10 %
+		{8 * time.Second, 600, 600, false},    // the sender waited: they caught up
+		{10 * time.Second, 900, 600, true},    // a target stopped applying
+		{12 * time.Second, 1000, 1000, false}, // and caught up
+	}
+	for i, s := range steps {
+		c.targets(at.Add(s.after), s.sent, s.applied)
+		if c.pace.behind != s.behind {
+			t.Errorf("step %d (%v: %d sent, %d applied): behind %v, want %v", i, s.after, s.sent, s.applied, c.pace.behind, s.behind)
+		}
+	}
+	local, err := newCompression(streams.CompressAuto, true, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local.targets(at, 10, 0)
+	local.targets(at.Add(3*time.Second), 500, 0)
+	if local.pace.behind {
+		t.Error("a local stream's targets counted as behind")
 	}
 }
 
@@ -286,5 +344,55 @@ func TestS2OnlyWhenTheTargetsReadIt(t *testing.T) {
 		if got := c.next(); got == streams.LevelS2 {
 			t.Fatalf("auto stepped to s2 for targets that do not read it")
 		}
+	}
+}
+
+// Across a link a cheaper level is on probation: it stays only if the
+// fastest target applies faster once it reaches the chunks at that level;
+// otherwise the level goes back and no cheaper one is tried again.
+func TestCheaperLevelOnProbation(t *testing.T) {
+	at := time.Date(2026, 12, 2, 14, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name  string
+		after float64 // the fastest target's chunks per second at fastest
+		want  streams.Level
+	}{
+		{"the link is full: back to default for good", 90, streams.LevelDefault},
+		{"the targets were short of CPU: fastest stays, s2 may follow", 120, streams.LevelS2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var moves []string
+			c, err := newCompression(streams.CompressAuto, false, true, func(from, to streams.Level, _ waits, _ float64) {
+				moves = append(moves, from.String()+">"+to.String())
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.targets(at, 0, 0)
+			c.targets(at.Add(2*time.Second), 200, 190) // the targets keep pace: 95 chunks/s
+			waitForCompression(c, 2*periodChunks)      // the first period warms up
+			if got := c.next(); got != streams.LevelFastest {
+				t.Fatalf("after waiting for compression: %s, want fastest", got)
+			}
+			waitForCompression(c, 3*periodChunks)
+			if got := c.next(); got != streams.LevelFastest {
+				t.Fatalf("on probation: %s, want fastest held", got)
+			}
+			// This stretch began on chunks of the level before: no verdict.
+			c.targets(at.Add(4*time.Second), 400, 240)
+			if !c.trial.on {
+				t.Fatal("judged on chunks compressed before the trial")
+			}
+			c.targets(at.Add(6*time.Second), 600, 240+int64(2*tc.after))
+			if c.trial.on {
+				t.Fatal("no verdict on a stretch of chunks at the new level")
+			}
+			waitForCompression(c, 3*periodChunks)
+			c.targets(at.Add(8*time.Second), 800, 800) // keeping pace again
+			waitForCompression(c, 3*periodChunks)
+			if got := c.next(); got != tc.want {
+				t.Errorf("level %s, want %s (moves %v)", got, tc.want, moves)
+			}
+		})
 	}
 }
