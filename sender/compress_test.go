@@ -80,7 +80,6 @@ func TestNextLevel(t *testing.T) {
 	ms := time.Millisecond
 	const (
 		none    = streams.LevelNone
-		s2      = streams.LevelS2
 		fastest = streams.LevelFastest
 		def     = streams.LevelDefault
 		better  = streams.LevelBetter
@@ -98,100 +97,28 @@ func TestNextLevel(t *testing.T) {
 		{"compression is never switched off by the waits", fastest, waits{compress: 900 * ms}, 0, fastest},
 		{"a level off the ladder holds (none, a fixed level, never auto)", none, waits{compress: 900 * ms}, 2, none},
 	}
-	// Targets that read S2: it is the step below fastest, and the floor.
-	withS2 := []levelCase{
-		{"waiting for compression at the fastest: s2", fastest, waits{compress: 400 * ms}, 0, s2},
-		{"waiting for compression at s2: stays", s2, waits{compress: 900 * ms}, 0, s2},
-		{"at s2, waiting for the link with cores to spare: fastest", s2, waits{link: 800 * ms}, 1.2, fastest},
-		{"at s2, waiting for the link, cores busy: holds", s2, waits{link: 800 * ms}, 0.2, s2},
-	}
 	// A local stream's floor is none.
 	local := []levelCase{
 		{"waiting for compression at the fastest switches it off", fastest, waits{compress: 400 * ms, link: 10 * ms}, 0, none},
 		{"without compression, waiting for the targets, cores busy: holds", none, waits{link: 800 * ms}, 0.2, none},
 		{"without compression, waiting for the targets, cores idle: fastest", none, waits{link: 800 * ms}, 1.5, fastest},
 	}
-	localS2 := []levelCase{
-		{"waiting for compression at the fastest: s2", fastest, waits{compress: 400 * ms}, 0, s2},
-		{"waiting for compression at s2 switches it off", s2, waits{compress: 400 * ms}, 0, none},
-		{"without compression, waiting for the targets, cores idle: s2", none, waits{link: 800 * ms}, 1.5, s2},
-	}
 	for _, lc := range []struct {
 		name   string
 		ladder []streams.Level
 		cases  []levelCase
 	}{
-		{"link", ladder(false, false), tests},
-		{"link, s2", ladder(false, true), withS2},
-		{"local", ladder(true, false), local},
-		{"local, s2", ladder(true, true), localS2},
+		{"link", ladder(false), tests},
+		{"local", ladder(true), local},
 	} {
 		for _, tc := range lc.cases {
 			t.Run(lc.name+"/"+tc.name, func(t *testing.T) {
 				tc.w.chunks = periodChunks
-				if got := nextLevel(tc.cur, lc.ladder, tc.w, tc.idleCores, false); got != tc.want {
+				if got := nextLevel(tc.cur, lc.ladder, tc.w, tc.idleCores); got != tc.want {
 					t.Errorf("nextLevel(%s, %v, %+v, %.2f) = %s, want %s", tc.cur, lc.ladder, tc.w, tc.idleCores, got, tc.want)
 				}
 			})
 		}
-	}
-}
-
-// While the targets fall behind the sender, waiting for compression costs
-// nothing: the level holds. Everything else is as when they keep up.
-func TestNextLevelWhileTheTargetsFallBehind(t *testing.T) {
-	ms := time.Millisecond
-	l := ladder(false, true)
-	for _, tc := range []levelCase{
-		{"waiting for compression: holds", streams.LevelDefault, waits{compress: 400 * ms}, 0, streams.LevelDefault},
-		{"waiting for compression at the fastest: holds (no s2)", streams.LevelFastest, waits{compress: 900 * ms}, 0, streams.LevelFastest},
-		{"waiting for the link with cores to spare: better", streams.LevelFastest, waits{link: 800 * ms}, 1.2, streams.LevelDefault},
-		{"waiting for the link without spare cores: holds", streams.LevelS2, waits{link: 800 * ms}, 0.1, streams.LevelS2},
-	} {
-		tc.w.chunks = periodChunks
-		if got := nextLevel(tc.cur, l, tc.w, tc.idleCores, true); got != tc.want {
-			t.Errorf("%s: nextLevel(%s, %+v, %.2f, behind) = %s, want %s", tc.name, tc.cur, tc.w, tc.idleCores, got, tc.want)
-		}
-	}
-}
-
-// The pace is weighed over two seconds or more: stored chunks against the
-// fastest target's applied ones. Until a first stretch is measured the
-// targets count as behind; a local stream never does.
-func TestPace(t *testing.T) {
-	c, err := newCompression(streams.CompressAuto, false, true, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	at := time.Date(2026, 12, 2, 14, 0, 0, 0, time.UTC)
-	steps := []struct {
-		after         time.Duration
-		sent, applied int64
-		behind        bool
-	}{
-		{0, 10, 0, true},                      // first sample: not measured yet
-		{1 * time.Second, 200, 190, true},     // too short a stretch to judge
-		{2 * time.Second, 200, 190, false},    // 190 sent, 190 applied
-		{4 * time.Second, 400, 300, true},     // 200 sent, 110 applied: behind
-		{6 * time.Second, 600, 485, false},    // 200 sent, 185 applied: within 10 %
-		{8 * time.Second, 600, 600, false},    // the sender waited: they caught up
-		{10 * time.Second, 900, 600, true},    // a target stopped applying
-		{12 * time.Second, 1000, 1000, false}, // and caught up
-	}
-	for i, s := range steps {
-		c.targets(at.Add(s.after), s.sent, s.applied)
-		if c.pace.behind != s.behind {
-			t.Errorf("step %d (%v: %d sent, %d applied): behind %v, want %v", i, s.after, s.sent, s.applied, c.pace.behind, s.behind)
-		}
-	}
-	local, err := newCompression(streams.CompressAuto, true, true, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	local.targets(at, 10, 0)
-	local.targets(at.Add(3*time.Second), 500, 0)
-	if local.pace.behind {
-		t.Error("a local stream's targets counted as behind")
 	}
 }
 
@@ -305,19 +232,20 @@ func waitForCompression(c *compression, n int) {
 	}
 }
 
-// S2 is used only when every target reads it: a fixed s2 mode for a
-// record without it compresses at fastest, and with it the probe after
-// incompressible chunks goes at S2, the cheapest.
-func TestS2OnlyWhenTheTargetsReadIt(t *testing.T) {
+// S2 is used only when asked for and every target reads it: a fixed s2
+// mode for a record without it compresses at fastest. Auto never picks it,
+// whatever the targets read, and the probe after incompressible chunks
+// goes at fastest.
+func TestS2OnlyWhenAskedAndTheTargetsReadIt(t *testing.T) {
 	for _, tc := range []struct {
-		mode           string
-		s2             bool
-		first, probing streams.Level
+		mode  string
+		s2    bool
+		first streams.Level
 	}{
-		{"s2", false, streams.LevelFastest, streams.LevelFastest},
-		{"s2", true, streams.LevelS2, streams.LevelS2},
-		{"better", true, streams.LevelBetter, streams.LevelS2},
-		{streams.CompressAuto, false, streams.LevelDefault, streams.LevelFastest},
+		{"s2", false, streams.LevelFastest},
+		{"s2", true, streams.LevelS2},
+		{"better", true, streams.LevelBetter},
+		{streams.CompressAuto, true, streams.LevelDefault},
 	} {
 		c, err := newCompression(tc.mode, false, tc.s2, nil)
 		if err != nil {
@@ -330,69 +258,20 @@ func TestS2OnlyWhenTheTargetsReadIt(t *testing.T) {
 		for i := 0; i < 15; i++ {
 			c.next()
 		}
-		if got := c.next(); got != tc.probing {
-			t.Errorf("mode %s, targets read s2 %v: probe at %s, want %s", tc.mode, tc.s2, got, tc.probing)
+		if got := c.next(); got != streams.LevelFastest {
+			t.Errorf("mode %s, targets read s2 %v: probe at %s, want fastest", tc.mode, tc.s2, got)
 		}
 	}
-	// Auto never reaches S2 when the targets do not read it.
-	c, err := newCompression(streams.CompressAuto, true, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 10; i++ {
-		waitForCompression(c, periodChunks)
-		if got := c.next(); got == streams.LevelS2 {
-			t.Fatalf("auto stepped to s2 for targets that do not read it")
+	for _, local := range []bool{false, true} {
+		c, err := newCompression(streams.CompressAuto, local, true, nil)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-}
-
-// Across a link a cheaper level is on probation: it stays only if the
-// fastest target applies faster once it reaches the chunks at that level;
-// otherwise the level goes back and no cheaper one is tried again.
-func TestCheaperLevelOnProbation(t *testing.T) {
-	at := time.Date(2026, 12, 2, 14, 0, 0, 0, time.UTC)
-	for _, tc := range []struct {
-		name  string
-		after float64 // the fastest target's chunks per second at fastest
-		want  streams.Level
-	}{
-		{"the link is full: back to default for good", 90, streams.LevelDefault},
-		{"the targets were short of CPU: fastest stays, s2 may follow", 120, streams.LevelS2},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var moves []string
-			c, err := newCompression(streams.CompressAuto, false, true, func(from, to streams.Level, _ waits, _ float64) {
-				moves = append(moves, from.String()+">"+to.String())
-			})
-			if err != nil {
-				t.Fatal(err)
+		for i := 0; i < 10; i++ {
+			waitForCompression(c, periodChunks)
+			if got := c.next(); got == streams.LevelS2 {
+				t.Fatalf("auto (local stream %v) stepped to s2", local)
 			}
-			c.targets(at, 0, 0)
-			c.targets(at.Add(2*time.Second), 200, 190) // the targets keep pace: 95 chunks/s
-			waitForCompression(c, 2*periodChunks)      // the first period warms up
-			if got := c.next(); got != streams.LevelFastest {
-				t.Fatalf("after waiting for compression: %s, want fastest", got)
-			}
-			waitForCompression(c, 3*periodChunks)
-			if got := c.next(); got != streams.LevelFastest {
-				t.Fatalf("on probation: %s, want fastest held", got)
-			}
-			// This stretch began on chunks of the level before: no verdict.
-			c.targets(at.Add(4*time.Second), 400, 240)
-			if !c.trial.on {
-				t.Fatal("judged on chunks compressed before the trial")
-			}
-			c.targets(at.Add(6*time.Second), 600, 240+int64(2*tc.after))
-			if c.trial.on {
-				t.Fatal("no verdict on a stretch of chunks at the new level")
-			}
-			waitForCompression(c, 3*periodChunks)
-			c.targets(at.Add(8*time.Second), 800, 800) // keeping pace again
-			waitForCompression(c, 3*periodChunks)
-			if got := c.next(); got != tc.want {
-				t.Errorf("level %s, want %s (moves %v)", got, tc.want, moves)
-			}
-		})
+		}
 	}
 }

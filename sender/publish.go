@@ -418,31 +418,15 @@ func fits(stored, need, window int64, msgs uint64) bool {
 	return stored+need <= window || msgs == 0
 }
 
-// fastestApplied is the most chunks a target still taking part in r's
-// attempt has applied.
-func fastestApplied(r *coordinator.Replication) int64 {
-	var most int64
-	for _, t := range r.Targets {
-		if !t.State.Terminal() {
-			most = max(most, t.ChunksApplied)
-		}
-	}
-	return most
-}
-
-// report publishes progress to the coordinator about once a second, and
-// gives auto compression the targets' pace from the record it gets back.
+// report publishes progress to the coordinator about once a second.
 func (p *publisher) report(ctx context.Context, force bool) {
 	if !force && time.Since(p.lastReport) < time.Second {
 		return
 	}
 	p.lastReport = time.Now()
 	p.s.Metrics.StreamUse(p.s.Job, p.stored, p.r.Window)
-	r, err := p.s.Coord.Progress(ctx, p.r.ID, p.r.Attempt, p.chunks, p.bytes, p.wire)
-	if err != nil {
+	if err := p.s.Coord.Progress(ctx, p.r.ID, p.r.Attempt, p.chunks, p.bytes, p.wire); err != nil {
 		p.log.Warn("record progress", "error", err)
-	} else {
-		p.comp.targets(p.lastReport, p.chunks, fastestApplied(r))
 	}
 	if p.s.OnProgress != nil {
 		p.s.OnProgress(Progress{ID: p.r.ID, Bytes: p.bytes, Wire: p.wire, Estimated: p.r.EstimatedBytes})

@@ -81,6 +81,7 @@ func main() {
 	rates := flag.String("wan-rates", "200,1000", "WAN link rates, Mbit/s")
 	wanSets := flag.String("wan-sets", "random,text", "WAN data sets")
 	flag.IntVar(&cfg.wan.repeats, "repeats", 3, "runs of every WAN row (median and range are reported)")
+	flag.StringVar(&cfg.wan.compress, "wan-compress", "", "snapjet's --compress in the WAN rows (default: snapjet's own, auto)")
 	flag.Int64Var(&cfg.wan.size, "wan-size", 0, "bytes per WAN data set (default 1 GiB, 256 MiB with --quick)")
 	flag.Parse()
 	sectionsSet := false

@@ -47,7 +47,9 @@ type wanConfig struct {
 	rates   []int // Mbit/s
 	sets    []string
 	repeats int
-	size    int64 // bytes per data set; 0: 1 GiB, 256 MiB with --quick
+	// compress is the snapjet rows' --compress ("": snapjet's default).
+	compress string
+	size     int64 // bytes per data set; 0: 1 GiB, 256 MiB with --quick
 }
 
 // profileCell is where --profile takes snapjet's CPU profiles in the WAN
@@ -225,7 +227,11 @@ func (b *bench) wanRow(ctx context.Context, link *wanlink.Link, sshSrv *sshloop.
 				return 0, "", fmt.Errorf("%w: %s", err, recv.stderr)
 			}
 			var s *wanlink.Sampler
-			send := b.snapjet(profileAs, "send", "--server", "nats://"+addr, "--to", targetName, ds.subvol)
+			args := []string{"send", "--server", "nats://" + addr, "--to", targetName}
+			if b.cfg.wan.compress != "" {
+				args = append(args, "--compress", b.cfg.wan.compress)
+			}
+			send := b.snapjet(profileAs, append(args, ds.subvol)...)
 			wall, err := b.timed(func() error {
 				s = link.Sample(sampleEvery)
 				if err := g.Start(send.cmd); err != nil {
