@@ -51,7 +51,7 @@ type Level int
 
 const (
 	LevelNone    Level = iota // store the chunk raw
-	LevelS2                   // S2: for a CPU-bound sender whose targets all read it
+	LevelS2                   // S2: asked for (auto never picks it), where every target reads it
 	LevelFastest              // zstd's fastest
 	LevelDefault              // about zstd -3
 	LevelBetter               // about zstd -7
