@@ -372,6 +372,7 @@ func FuzzDecode(f *testing.F) {
 		codec.EncodeChunk("r1", 1, 0, 0, textBytes(4096, 9), xxhash.Sum64(textBytes(4096, 9)), streams.LevelDefault, nil),
 		codec.EncodeChunk("r1", 2, 5, 1<<20, randomBytes(512, 10), xxhash.Sum64(randomBytes(512, 10)), streams.LevelDefault, nil),
 		codec.EncodeChunk("r1", 1, 0, 0, nil, xxhash.Sum64(nil), streams.LevelDefault, nil),
+		codec.EncodeChunk("r1", 1, 2, 8192, textBytes(4096, 14), xxhash.Sum64(textBytes(4096, 14)), streams.LevelS2, nil),
 		streams.EncodeEnd("r1", 1, 3, 3000, "sha256:ab"),
 	} {
 		h := func(k string) string { return m.Header.Get(k) }
