@@ -366,7 +366,7 @@ const inventoryTimeout = 10 * time.Second
 // writable leftover of an interrupted receive) is not a base. It names the
 // site the receiver is at, so that the coordinator gives the site a copy.
 func (rc *Receiver) Inventory(ctx context.Context) (streams.Inventory, error) {
-	inv := streams.Inventory{Target: rc.target, Dir: rc.dir, Snapshots: []streams.Held{}, Decodes: streams.Decodes}
+	inv := streams.Inventory{Target: rc.target, Dir: rc.dir, Snapshots: []streams.Held{}, Decodes: streams.Decodes()}
 	site, err := rc.site(ctx)
 	if err != nil {
 		return inv, err

@@ -71,7 +71,7 @@ const (
 
 // Decodes lists the optional encodings this build reads, for its
 // receivers' inventories. none and zstd every version reads.
-var Decodes = []string{EncS2}
+func Decodes() []string { return []string{EncS2} }
 
 func (l Level) String() string {
 	if l < 0 || int(l) >= len(levelNames) {

@@ -125,16 +125,16 @@ type Inventory struct {
 	// that it never sees.
 	StateDomain string `json:"state_domain,omitempty"`
 	// Decodes lists the optional chunk encodings the receiver reads
-	// (Decodes of its build); a receiver older than the field sends none.
+	// (Decodes() of its build); a receiver older than the field sends none.
 	Decodes []string `json:"decodes,omitempty"`
 }
 
 // CommonDecodes is the optional encodings every one of targets announced in
-// invs, in the order of this build's Decodes: what a stream to all of them
+// invs, in the order of this build's Decodes(): what a stream to all of them
 // may use. A target without an inventory announced nothing.
 func CommonDecodes(invs map[string]Inventory, targets []string) []string {
 	var out []string
-	for _, enc := range Decodes {
+	for _, enc := range Decodes() {
 		all := len(targets) > 0
 		for _, t := range targets {
 			all = all && slices.Contains(invs[t].Decodes, enc)

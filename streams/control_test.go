@@ -11,7 +11,7 @@ import (
 // targets announced it: an older receiver, or one that did not answer,
 // takes it out.
 func TestCommonDecodes(t *testing.T) {
-	now := streams.Inventory{Decodes: streams.Decodes}
+	now := streams.Inventory{Decodes: streams.Decodes()}
 	old := streams.Inventory{}
 	invs := map[string]streams.Inventory{"a": now, "b": now, "old": old,
 		"odd": {Decodes: []string{"lz4", streams.EncS2}}}
