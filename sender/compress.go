@@ -21,6 +21,8 @@ type compression struct {
 	auto   bool
 	ladder []streams.Level // the levels auto may take, cheapest first
 	level  atomic.Int32    // a streams.Level
+	// s2Refused: s2 was asked for, but not every target reads it.
+	s2Refused bool
 
 	period waits
 	warm   bool // the first period is over
@@ -41,7 +43,7 @@ func newCompression(mode string, local, s2 bool, log func(from, to streams.Level
 	}
 	c := &compression{log: log, auto: auto, ladder: ladder(local)}
 	if start == streams.LevelS2 && !s2 {
-		start = streams.LevelFastest
+		start, c.s2Refused = streams.LevelFastest, true
 	}
 	if auto {
 		c.idle = newIdleMeter()

@@ -254,6 +254,9 @@ func TestS2OnlyWhenAskedAndTheTargetsReadIt(t *testing.T) {
 		if got := c.next(); got != tc.first {
 			t.Errorf("mode %s, targets read s2 %v: first chunk at %s, want %s", tc.mode, tc.s2, got, tc.first)
 		}
+		if refused := tc.mode == "s2" && !tc.s2; c.s2Refused != refused {
+			t.Errorf("mode %s, targets read s2 %v: s2 refused %v, want %v (the sender warns on it)", tc.mode, tc.s2, c.s2Refused, refused)
+		}
 		c.gate.observe(1000, 1000)
 		for i := 0; i < 15; i++ {
 			c.next()

@@ -104,14 +104,13 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if err != nil {
 		return err
 	}
-	s2 := slices.Contains(r.Decodes, streams.EncS2)
-	comp, err := newCompression(s.compress, s.local, s2, func(from, to streams.Level, w waits, idleCores float64) {
+	comp, err := newCompression(s.compress, s.local, slices.Contains(r.Decodes, streams.EncS2), func(from, to streams.Level, w waits, idleCores float64) {
 		log.Debug("compression level", "from", from, "to", to, "read_wait", w.read, "compress_wait", w.compress, "link_wait", w.link, "idle_cores", idleCores)
 	})
 	if err != nil {
 		return err
 	}
-	if l, auto, _ := streams.ParseCompression(s.compress); !auto && l == streams.LevelS2 && !s2 {
+	if comp.s2Refused {
 		log.Warn("compression s2 was asked for, but not every target announced it reads S2 (a receiver older than S2); compressing at fastest instead: upgrade snapjet on the receiving side", "decodes", r.Decodes)
 	}
 	digest := streams.NewDigest()

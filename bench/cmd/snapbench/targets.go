@@ -133,14 +133,14 @@ func (b *bench) evaluateWAN(add func(goal, figure string, met bool, profileRow s
 			continue
 		}
 		figure := fmt.Sprintf("link use %.2f, longest steady gap %.0f ms, %.1f s", c.Utilisation.Median, c.SteadyGapMs.Median, c.Wall.Median)
+		ssh, ok := cells[key(c)]
 		ahead := true
-		if ssh, ok := cells[key(c)]; ok {
+		if ok {
 			figure += fmt.Sprintf(" against ssh+zstd's %.1f s", ssh.Wall.Median)
 			ahead = c.Wall.Median < ssh.Wall.Median
 		}
 		add(where+": ≥ 0.95 of the link, ahead of ssh+zstd, no steady stall > 100 ms", figure,
 			c.Utilisation.Median >= 0.95 && ahead && c.SteadyGapMs.Median <= 100, "")
-		ssh, ok := cells[key(c)]
 		if !ok || c.Set != "text" {
 			continue
 		}
