@@ -130,7 +130,9 @@ func TestFanOutDeadReceiverDoesNotHoldBackTheOther(t *testing.T) {
 	dead := newTarget(t, 2<<30, "spare")
 	srv := startServer(t)
 	startReceiver(t, srv.url(), "backup", live)
-	deadRecv := startReceiver(t, srv.url(), "spare", dead)
+	// The receiver to be killed reads through a slow link, so the kill
+	// lands midway through its stream however fast the other one is.
+	deadRecv := startReceiver(t, slowLink(t, srv), "spare", dead)
 	send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup,spare", source)
 
 	rep := waitForReplication(t, send, srv.liveStatus, "the kill point of one receiver", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, dead))

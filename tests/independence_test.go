@@ -154,7 +154,9 @@ func TestTemporaryFailureOfOneTargetCostsTheOthersNothing(t *testing.T) {
 	flaky := newTarget(t, 1<<30, "flaky")
 	srv := startServer(t)
 	startReceiver(t, srv.url(), "good", good)
-	startReceiver(t, srv.url(), "flaky", flaky, "--receiver", "btrfs-progs")
+	// flaky reads through a slow link, so its btrfs receive is still
+	// running when the test looks for it to kill it.
+	startReceiver(t, slowLink(t, srv), "flaky", flaky, "--receiver", "btrfs-progs")
 	send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "good,flaky", source)
 
 	rep := waitForReplication(t, send, srv.liveStatus, "flaky's receive under way", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, flaky))
@@ -199,7 +201,9 @@ func receivePID(t *testing.T, target string) int {
 func TestSecondSenderIsRefusedWhileTheLeaseIsHeld(t *testing.T) {
 	source, target, size := newPair(t, dataSet{seed: 36, bulk: 64 * mib})
 	srv := startServer(t)
-	recv := startReceiver(t, srv.url(), "backup", target)
+	// The first receiver reads through a slow link, so it is killed while
+	// the first sender is still under way.
+	recv := startReceiver(t, slowLink(t, srv), "backup", target)
 	first := startSnapjet(t, "send-first", "send", "--server", srv.url(), "--to", "backup", source)
 	rep := waitForReplication(t, first, srv.liveStatus, "the first sender under way", newProbe(t, srv.url()).appliedAtLeast(20, size, chunkSize, target))
 	recv.kill() // hold the first sender where it is

@@ -222,8 +222,10 @@ func TestSenderKilledMidSendResumes(t *testing.T) {
 	source, target, size := newPair(t, dataSet{seed: 5, bulk: 96 * mib})
 	srv := startServer(t)
 	startReceiver(t, srv.url(), "backup", target)
-	args := []string{"send", "--server", srv.url(), "--to", "backup", source}
-	send := startSnapjet(t, "send", args...)
+	args := []string{"send", "--to", "backup", source}
+	// The first sender publishes through a slow link, so the kill lands
+	// while it is still publishing; the rerun goes direct.
+	send := startSnapjet(t, "send", append(args, "--server", slowLink(t, srv))...)
 
 	rep := waitForReplication(t, send, srv.liveStatus, "the sender's kill point", newProbe(t, srv.url()).sentAtLeast(killPoint, size, chunkSize, ""))
 	t.Log("killing the sender")
@@ -231,7 +233,7 @@ func TestSenderKilledMidSendResumes(t *testing.T) {
 	assertNoPartialCommitted(t, target, rep)
 
 	t.Log("running the same send command again")
-	if res := runSnapjet(t, transferTimeout, "send-rerun", args...); res.code != 0 {
+	if res := runSnapjet(t, transferTimeout, "send-rerun", append(args, "--server", srv.url())...); res.code != 0 {
 		t.Fatalf("rerun of send failed with code %d: %s", res.code, res.stderr)
 	}
 	assertAllChunksApplied(t, assertDone(t, srv.status(), rep.SnapshotName), target, 0)
@@ -246,10 +248,11 @@ func TestServerRestartedMidTransfer(t *testing.T) {
 			source, target, size := newPair(t, dataSet{seed: 6, bulk: 64 * mib})
 			srv := startServer(t)
 			recv := startReceiver(t, srv.url(), "backup", target)
-			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", source)
+			// The sender publishes through a slow link; stop the server while
+			// it is still publishing, so that both sides lose their
+			// connection in the middle of their work.
+			send := startSnapjet(t, "send", "send", "--server", slowLink(t, srv), "--to", "backup", source)
 
-			// Stop while the sender is still publishing, so that both sides
-			// lose their connection in the middle of their work.
 			rep := waitForReplication(t, send, srv.liveStatus, "the server's stop point", newProbe(t, srv.url()).sentAtLeast(killPoint, size, chunkSize, ""))
 			const lost = "NATS connection lost"
 			before := map[*proc]int{send: strings.Count(send.stderr.String(), lost), recv: strings.Count(recv.stderr.String(), lost)}

@@ -33,6 +33,7 @@ func TestReceiverConnectionCutMidTransfer(t *testing.T) {
 			source, target, size := newPair(t, dataSet{seed: 3, bulk: 96 * mib})
 			srv := startServer(t)
 			proxy := startProxy(t, srv.addr)
+			proxy.SetDelay(slowLinkDelay) // the cut lands mid-transfer, however fast the machine
 			t.Logf("receiver connects through a proxy at %s, the sender directly to %s", proxy.Addr(), srv.addr)
 			recv := startReceiver(t, "nats://"+proxy.Addr(), "backup", target)
 			send := startSnapjet(t, "send", "send", "--server", srv.url(), "--to", "backup", "--chunk-size", strconv.Itoa(smallChunk), source)

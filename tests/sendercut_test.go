@@ -17,8 +17,9 @@ func TestSenderConnectionCutMidTransfer(t *testing.T) {
 	proxy := startProxy(t, srv.addr)
 	startReceiver(t, srv.url(), "backup", target)
 	t.Logf("sender connects through a proxy at %s, the receiver directly to %s", proxy.Addr(), srv.addr)
-	// A small window keeps the sender in step with the receiver, so the cut
-	// lands while it is still publishing.
+	// A small window keeps the sender in step with the receiver and the
+	// link is slow, so the cut lands while the sender is still publishing.
+	proxy.SetDelay(slowLinkDelay)
 	send := startSnapjet(t, "send", "send", "--server", "nats://"+proxy.Addr(), "--to", "backup", "--window", "16777216", source)
 
 	rep := waitForReplication(t, send, srv.liveStatus, "the cut point", newProbe(t, srv.url()).appliedAtLeast(killPoint, size, chunkSize, target))
