@@ -223,16 +223,16 @@ func (c *Coordinator) BeginAttempt(ctx context.Context, id string) (*Replication
 	})
 }
 
-// Progress records the sender's counters for the current attempt.
-func (c *Coordinator) Progress(ctx context.Context, id string, attempt int, chunks, bytes, wire int64) error {
-	_, err := c.update(ctx, id, func(r *Replication) error {
+// Progress records the sender's counters for the current attempt and
+// returns the record: its targets' counters say how far behind they are.
+func (c *Coordinator) Progress(ctx context.Context, id string, attempt int, chunks, bytes, wire int64) (*Replication, error) {
+	return c.update(ctx, id, func(r *Replication) error {
 		if r.Attempt != attempt {
 			return nil
 		}
 		r.ChunksSent, r.BytesSent, r.WireBytes = chunks, bytes, wire
 		return nil
 	})
-	return err
 }
 
 // MarkSent records that the end marker of attempt is stored.

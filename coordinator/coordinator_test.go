@@ -367,13 +367,17 @@ func TestRewindReplaysOrRestarts(t *testing.T) {
 func TestProgressOfAnOldAttemptIsIgnored(t *testing.T) {
 	f := newFixture(t)
 	f.create("r1", "a")
-	if err := f.c.Progress(f.ctx, "r1", 1, 3, 3000, 1000); err != nil {
+	r, err := f.c.Progress(f.ctx, "r1", 1, 3, 3000, 1000)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if r.ChunksSent != 3 || r.Targets["a"] == nil {
+		t.Errorf("Progress returned %+v, want the record with its 3 chunks and target a", r)
 	}
 	if _, err := f.c.Restart(f.ctx, "r1", f.get("r1").Attempt, "test", false); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.c.Progress(f.ctx, "r1", 1, 9, 9000, 9000); err != nil {
+	if _, err := f.c.Progress(f.ctx, "r1", 1, 9, 9000, 9000); err != nil {
 		t.Fatal(err)
 	}
 	if r := f.get("r1"); r.ChunksSent != 0 || r.BytesSent != 0 {

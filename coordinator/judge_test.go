@@ -344,11 +344,11 @@ func TestJudge(t *testing.T) {
 
 func TestJudgeCopiesCounters(t *testing.T) {
 	r := sentRecord()
-	rep := streams.Report{Event: streams.EvProgress, Target: "a", Attempt: 2, ChunksApplied: 3, BytesApplied: 3000, Redelivered: 1}
+	rep := streams.Report{Event: streams.EvProgress, Target: "a", Attempt: 2, ChunksApplied: 3, BytesApplied: 3000, Redelivered: 1, BusyMs: 250, ElapsedMs: 1000}
 	if _, _, _, err := judge(r, rep, false, DefaultMaxAttempts); err != nil {
 		t.Fatal(err)
 	}
-	if got := *r.Targets["a"]; got.ChunksApplied != 3 || got.BytesApplied != 3000 || got.RedeliveredChunks != 1 {
+	if got := *r.Targets["a"]; got.ChunksApplied != 3 || got.BytesApplied != 3000 || got.RedeliveredChunks != 1 || got.BusyMs != 250 || got.ElapsedMs != 1000 {
 		t.Errorf("counters %+v", got)
 	}
 	stale := rep

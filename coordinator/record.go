@@ -60,8 +60,18 @@ type Target struct {
 	BytesApplied      int64  `json:"bytes_applied"`
 	ChunksApplied     int64  `json:"chunks_applied"`
 	RedeliveredChunks int64  `json:"redelivered_chunks"`
-	Path              string `json:"path,omitempty"`
-	Error             string `json:"error"`
+	// BusyMs and ElapsedMs are the latest report's (streams.Report): unlike
+	// the counters above they start again with a new receiver process.
+	BusyMs    int64  `json:"busy_ms,omitempty"`
+	ElapsedMs int64  `json:"elapsed_ms,omitempty"`
+	Path      string `json:"path,omitempty"`
+	Error     string `json:"error"`
+}
+
+// resetCounters starts the target's counters again for a new attempt or a
+// replay of the stream.
+func (t *Target) resetCounters() {
+	t.BytesApplied, t.ChunksApplied, t.RedeliveredChunks, t.BusyMs, t.ElapsedMs = 0, 0, 0, 0, 0
 }
 
 // setState moves the replication, refusing what the state machine forbids.
@@ -147,7 +157,7 @@ func (r *Replication) newAttempt(reason string) error {
 			return err
 		}
 		t.Attempts++
-		t.BytesApplied, t.ChunksApplied, t.RedeliveredChunks = 0, 0, 0
+		t.resetCounters()
 	}
 	return nil
 }

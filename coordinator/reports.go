@@ -42,6 +42,8 @@ func judge(r *Replication, rep streams.Report, startStored bool, budget int) (st
 		t.ChunksApplied = max(t.ChunksApplied, rep.ChunksApplied)
 		t.BytesApplied = max(t.BytesApplied, rep.BytesApplied)
 		t.RedeliveredChunks = max(t.RedeliveredChunks, rep.Redelivered)
+		// A new receiver process counts its time from zero again.
+		t.BusyMs, t.ElapsedMs = rep.BusyMs, rep.ElapsedMs
 	}
 	switch rep.Event {
 	case streams.EvProgress:
@@ -131,7 +133,7 @@ func trouble(r *Replication, name, why string, replay, full bool, budget int) (e
 	switch {
 	case replay && !full:
 		t.Attempts++
-		t.BytesApplied, t.ChunksApplied, t.RedeliveredChunks = 0, 0, 0
+		t.resetCounters()
 		return resetConsumer, reason, r.setTarget(name, TPending, "")
 	case alone && full:
 		return restartFull, reason, nil

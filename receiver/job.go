@@ -42,6 +42,8 @@ type job struct {
 	digest  *streams.Digest
 
 	next, bytes, redelivered int64
+	began                    time.Time     // when this process took up the attempt
+	busy                     time.Duration // handling deliveries, not waiting for them
 	lastProgress             time.Time
 	reported                 int64 // chunks applied as of the last progress report
 	buf                      []byte
@@ -82,12 +84,14 @@ func (j *job) ckptDue() bool {
 }
 
 func (j *job) counters(ev streams.Event) streams.Report {
-	return streams.Report{Event: ev, Attempt: j.r.Attempt, ChunksApplied: j.next, BytesApplied: j.bytes, Redelivered: j.redelivered}
+	return streams.Report{Event: ev, Attempt: j.r.Attempt, ChunksApplied: j.next, BytesApplied: j.bytes, Redelivered: j.redelivered,
+		BusyMs: j.busy.Milliseconds(), ElapsedMs: time.Since(j.began).Milliseconds()}
 }
 
 // run returns nil when the attempt ended here (committed, failed,
 // discarded or replaced) and an error for trouble worth retrying.
 func (j *job) run(ctx context.Context) error {
+	j.began = time.Now()
 	if err := j.attempt(ctx); err != nil && !errors.Is(err, errAttemptEnded) {
 		return err
 	}
@@ -493,7 +497,9 @@ func (j *job) consume(ctx context.Context, cons jetstream.Consumer) error {
 			if meta, err := d.msg.Metadata(); err == nil {
 				j.lastSeq = meta.Sequence.Stream
 			}
+			start := time.Now()
 			done, err := j.handle(ctx, d.msg)
+			j.busy += time.Since(start)
 			if err != nil || done {
 				return err
 			}

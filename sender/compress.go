@@ -27,8 +27,14 @@ type compression struct {
 	period waits
 	warm   bool // the first period is over
 	idle   *idleMeter
-	log    func(from, to streams.Level, w waits, idleCores float64)
-	used   [streams.LevelBetter + 1]atomic.Int64 // chunks per level
+	// pace is what holds the transfer back, judged every paceWindow from
+	// the record's target counters since paceFrom (see judgePace); only
+	// for auto across a link (paced): a local stream has no link to fill.
+	paced    bool
+	pace     pace
+	paceFrom paceSample
+	log      func(from, to streams.Level, w waits, idleCores float64, p pace)
+	used     [streams.LevelBetter + 1]atomic.Int64 // chunks per level
 }
 
 // newCompression starts in mode: streams.CompressAuto, or a level's name.
@@ -36,17 +42,18 @@ type compression struct {
 // s2 mode compresses at fastest instead. With local (the stream stays in
 // memory beside its targets: no link, no disk before them) auto starts at
 // fastest and may step down to none.
-func newCompression(mode string, local, s2 bool, log func(from, to streams.Level, w waits, idleCores float64)) (*compression, error) {
+func newCompression(mode string, local, s2 bool, log func(from, to streams.Level, w waits, idleCores float64, p pace)) (*compression, error) {
 	start, auto, err := streams.ParseCompression(mode)
 	if err != nil {
 		return nil, err
 	}
-	c := &compression{log: log, auto: auto, ladder: ladder(local)}
+	c := &compression{log: log, auto: auto, ladder: ladder(local, s2)}
 	if start == streams.LevelS2 && !s2 {
 		start, c.s2Refused = streams.LevelFastest, true
 	}
 	if auto {
 		c.idle = newIdleMeter()
+		c.paced = !local
 		if local {
 			start = streams.LevelFastest
 		}
@@ -55,17 +62,18 @@ func newCompression(mode string, local, s2 bool, log func(from, to streams.Level
 	return c, nil
 }
 
-// ladder is the levels auto moves between, cheapest first. A stream that
-// crosses a link keeps zstd: its bytes cost the link, which the sender
-// cannot see until its window (1 GiB by default) is full. S2 is not on
-// the ladder: its 40 % more bytes pay only where the targets, not the
-// link, hold the transfer back, and the sender cannot tell the two apart
-// (bench/README.md, the S2 runs of 2026-12-02); an operator who knows
-// asks for it (--compress s2).
-func ladder(local bool) []streams.Level {
+// ladder is the levels auto moves between, cheapest first. A local
+// stream may go without compression. A stream that crosses a link may go
+// down to S2 where every target reads it (s2), but only while the link has
+// room (nextLevel): S2's 40 % more bytes than zstd's fastest cost time on
+// a full link.
+func ladder(local, s2 bool) []streams.Level {
 	l := []streams.Level{streams.LevelFastest, streams.LevelDefault, streams.LevelBetter}
-	if local {
+	switch {
+	case local:
 		return append([]streams.Level{streams.LevelNone}, l...)
+	case s2:
+		return append([]streams.Level{streams.LevelS2}, l...)
 	}
 	return l
 }
@@ -121,13 +129,33 @@ func (c *compression) observe(w waits) {
 		return
 	}
 	cur := streams.Level(c.level.Load())
-	if next := nextLevel(cur, c.ladder, c.period, idleCores); next != cur {
+	if next := nextLevel(cur, c.ladder, c.period, idleCores, c.pace); next != cur {
 		c.level.Store(int32(next))
 		if c.log != nil {
-			c.log(cur, next, c.period, idleCores)
+			c.log(cur, next, c.period, idleCores, c.pace)
 		}
 	}
 	c.period = waits{}
+}
+
+// paceWindow is how much of the targets' history judgePace weighs at a
+// time: receivers report about once a second, so it spans several reports.
+const paceWindow = 3 * time.Second
+
+// targets takes the targets' counters the publisher read from the record
+// (about once a second) and judges the pace every paceWindow.
+func (c *compression) targets(s paceSample) {
+	if !c.paced {
+		return
+	}
+	if c.paceFrom.at.IsZero() || len(c.paceFrom.targets) == 0 {
+		c.paceFrom = s
+		return
+	}
+	if s.at.Sub(c.paceFrom.at) < paceWindow {
+		return
+	}
+	c.pace, c.paceFrom = judgePace(c.paceFrom, s), s
 }
 
 // waits is where the publisher spent its time over some chunks: waiting
@@ -156,24 +184,110 @@ const (
 
 // nextLevel is the auto level, one of ladder (cheapest first, holding
 // cur), after a period of waits w on a machine with idleCores cores idle
-// on average. Waiting for compression means the level costs throughput:
-// one step cheaper. Waiting for the link with cores to spare means the CPU
-// can buy fewer bytes on the wire: one step better. Waiting for the link
+// on average, the targets' pace being p.
+//
+// The sender's own waits see the link only once its window is full: until
+// then the stream buffers its lead. So a pace of paceLink (targets waiting
+// for chunks while they fall behind) comes first: the link is full, a
+// cheaper level only adds bytes to it, and with cores to spare a better one
+// takes bytes off (S2 is left even without them). Otherwise waiting for
+// compression means the level costs throughput: one step cheaper, but down
+// to S2 only once the targets were seen to keep up or to be short of CPU
+// themselves. Waiting for the link with cores to spare means the CPU can
+// buy fewer bytes on the wire: one step better. Waiting for the link
 // without spare cores holds the level: the wait may be a server or a
 // receiver on this machine short of CPU, which a higher level would starve
 // further. Anything else holds too.
-func nextLevel(cur streams.Level, ladder []streams.Level, w waits, idleCores float64) streams.Level {
+func nextLevel(cur streams.Level, ladder []streams.Level, w waits, idleCores float64, p pace) streams.Level {
 	i := slices.Index(ladder, cur)
 	noise := time.Duration(w.chunks) * noiseWait
+	up := ladder[min(i+1, len(ladder)-1)]
 	switch {
 	case i < 0:
 		return cur
+	case p == paceLink && (idleCores >= spareCores || cur == streams.LevelS2):
+		return up
+	case p == paceLink:
+		return cur
 	case w.compress > noise && w.compress > 2*w.link:
-		return ladder[max(i-1, 0)]
+		down := ladder[max(i-1, 0)]
+		if down == streams.LevelS2 && p != paceSender && p != paceTargets {
+			return cur
+		}
+		return down
 	case w.link > noise && w.link > 2*w.compress && idleCores >= spareCores:
-		return ladder[min(i+1, len(ladder)-1)]
+		return up
 	}
 	return cur
+}
+
+// pace is what holds a transfer back, as the targets' counters show it.
+type pace int
+
+const (
+	paceUnknown pace = iota // no two reports of a target to compare yet
+	paceSender              // every target keeps up with the sender
+	paceTargets             // a target falls behind, busy with the chunks it has
+	paceLink                // a target falls behind, waiting for chunks: the link is full
+)
+
+func (p pace) String() string {
+	return [...]string{"unknown", "sender", "targets", "link"}[p]
+}
+
+// paceSample is the sender's count of chunks stored and its targets'
+// counters from the record, at one moment by the sender's clock.
+type paceSample struct {
+	at      time.Time
+	sent    int64
+	targets map[string]targetCounters
+}
+
+// targetCounters are one target's counters from its latest report; busy
+// and elapsed are by the receiver's clock.
+type targetCounters struct {
+	applied       int64
+	busy, elapsed time.Duration
+}
+
+// Thresholds of judgePace: a target falls behind when the sender stored
+// more than behindMargin faster than the target applied; it is busy when
+// it handled chunks more than busyShare of the time.
+const (
+	behindMargin = 0.10
+	busyShare    = 0.5
+)
+
+// judgePace compares the sender's rate between two samples with each
+// target's own, measured between the same two of its reports by its own
+// clock (so neither clock skew nor the reports' age matters). Any target
+// that falls behind while mostly waiting for chunks means the link is
+// what is full; one that falls behind while busy means the targets are;
+// all keeping up means the sender is the bottleneck.
+func judgePace(from, to paceSample) pace {
+	dt := to.at.Sub(from.at)
+	if dt <= 0 {
+		return paceUnknown
+	}
+	sent := float64(to.sent-from.sent) / dt.Seconds()
+	p := paceUnknown
+	for name, t := range to.targets {
+		f, ok := from.targets[name]
+		el := t.elapsed - f.elapsed
+		if !ok || el <= 0 {
+			continue // a new receiver process, or no report in between
+		}
+		applied := float64(t.applied-f.applied) / el.Seconds()
+		switch {
+		case sent <= applied*(1+behindMargin):
+			p = max(p, paceSender)
+		case float64(t.busy-f.busy) < busyShare*float64(el):
+			return paceLink
+		default:
+			p = paceTargets
+		}
+	}
+	return p
 }
 
 // idleMeter measures the machine's idle cores between two samples, from

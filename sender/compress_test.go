@@ -74,6 +74,7 @@ type levelCase struct {
 	w         waits // over 16 chunks: the noise floor is 32 ms
 	idleCores float64
 	want      streams.Level
+	pace      pace // paceUnknown where not given
 }
 
 func TestNextLevel(t *testing.T) {
@@ -83,39 +84,58 @@ func TestNextLevel(t *testing.T) {
 		fastest = streams.LevelFastest
 		def     = streams.LevelDefault
 		better  = streams.LevelBetter
+		s2      = streams.LevelS2
 	)
 	tests := []levelCase{
-		{"waiting for compression: faster", def, waits{compress: 400 * ms, link: 10 * ms}, 1.5, fastest},
-		{"waiting for compression at the fastest: stays", fastest, waits{compress: 400 * ms}, 0, fastest},
-		{"waiting for the link with cores to spare: better", def, waits{link: 800 * ms, compress: 20 * ms}, 1.2, better},
-		{"waiting for the link at the best: stays", better, waits{link: 800 * ms}, 1.9, better},
-		{"waiting for the link without spare cores: holds (the wait may be a starved server or receiver)", def, waits{link: 800 * ms}, 0.3, def},
-		{"waiting for the link, no core idle: holds", better, waits{link: 800 * ms}, 0, better},
-		{"waiting for btrfs send: holds", def, waits{read: 2000 * ms, compress: 5 * ms, link: 5 * ms}, 1.8, def},
-		{"waits under the noise floor: holds", def, waits{compress: 30 * ms}, 1.8, def},
-		{"both waited alike: holds", def, waits{compress: 300 * ms, link: 400 * ms}, 1.8, def},
-		{"compression is never switched off by the waits", fastest, waits{compress: 900 * ms}, 0, fastest},
-		{"a level off the ladder holds (none, a fixed level, never auto)", none, waits{compress: 900 * ms}, 2, none},
+		{"waiting for compression: faster", def, waits{compress: 400 * ms, link: 10 * ms}, 1.5, fastest, paceUnknown},
+		{"waiting for compression at the fastest: stays", fastest, waits{compress: 400 * ms}, 0, fastest, paceUnknown},
+		{"waiting for the link with cores to spare: better", def, waits{link: 800 * ms, compress: 20 * ms}, 1.2, better, paceUnknown},
+		{"waiting for the link at the best: stays", better, waits{link: 800 * ms}, 1.9, better, paceUnknown},
+		{"waiting for the link without spare cores: holds (the wait may be a starved server or receiver)", def, waits{link: 800 * ms}, 0.3, def, paceUnknown},
+		{"waiting for the link, no core idle: holds", better, waits{link: 800 * ms}, 0, better, paceUnknown},
+		{"waiting for btrfs send: holds", def, waits{read: 2000 * ms, compress: 5 * ms, link: 5 * ms}, 1.8, def, paceUnknown},
+		{"waits under the noise floor: holds", def, waits{compress: 30 * ms}, 1.8, def, paceUnknown},
+		{"both waited alike: holds", def, waits{compress: 300 * ms, link: 400 * ms}, 1.8, def, paceUnknown},
+		{"compression is never switched off by the waits", fastest, waits{compress: 900 * ms}, 0, fastest, paceUnknown},
+		{"a level off the ladder holds (none, a fixed level, never auto)", none, waits{compress: 900 * ms}, 2, none, paceUnknown},
+		{"the link full with cores to spare: better, though compression was waited for", def, waits{compress: 400 * ms}, 1.5, better, paceLink},
+		{"the link full without spare cores: holds, never cheaper", def, waits{compress: 400 * ms}, 0.2, def, paceLink},
+		{"targets keeping up, no S2 to read: fastest is the floor", fastest, waits{compress: 400 * ms}, 0, fastest, paceSender},
+	}
+	// Where every target reads S2 it is the floor, taken only once the
+	// targets were seen to keep up or to be busy, and left when the link
+	// is full.
+	withS2 := []levelCase{
+		{"waiting for compression, targets keeping up: s2", fastest, waits{compress: 400 * ms}, 0, s2, paceSender},
+		{"waiting for compression, targets busy: s2", fastest, waits{compress: 400 * ms}, 0, s2, paceTargets},
+		{"waiting for compression, the targets' pace not known yet: holds", fastest, waits{compress: 400 * ms}, 0, fastest, paceUnknown},
+		{"waiting for compression, the link full: holds", fastest, waits{compress: 400 * ms}, 0, fastest, paceLink},
+		{"at s2, the link full, no core idle: back to fastest", s2, waits{compress: 400 * ms}, 0, fastest, paceLink},
+		{"at s2, targets keeping up: stays", s2, waits{compress: 400 * ms}, 0, s2, paceSender},
+		{"at s2, waiting for the link with cores to spare: fastest", s2, waits{link: 800 * ms}, 1.5, fastest, paceSender},
+		{"above the floor nothing changes: default to fastest", def, waits{compress: 400 * ms}, 0, fastest, paceUnknown},
 	}
 	// A local stream's floor is none.
 	local := []levelCase{
-		{"waiting for compression at the fastest switches it off", fastest, waits{compress: 400 * ms, link: 10 * ms}, 0, none},
-		{"without compression, waiting for the targets, cores busy: holds", none, waits{link: 800 * ms}, 0.2, none},
-		{"without compression, waiting for the targets, cores idle: fastest", none, waits{link: 800 * ms}, 1.5, fastest},
+		{"waiting for compression at the fastest switches it off", fastest, waits{compress: 400 * ms, link: 10 * ms}, 0, none, paceUnknown},
+		{"without compression, waiting for the targets, cores busy: holds", none, waits{link: 800 * ms}, 0.2, none, paceUnknown},
+		{"without compression, waiting for the targets, cores idle: fastest", none, waits{link: 800 * ms}, 1.5, fastest, paceUnknown},
 	}
 	for _, lc := range []struct {
 		name   string
 		ladder []streams.Level
 		cases  []levelCase
 	}{
-		{"link", ladder(false), tests},
-		{"local", ladder(true), local},
+		{"link", ladder(false, false), tests},
+		{"link, targets read s2", ladder(false, true), withS2},
+		{"local", ladder(true, false), local},
+		{"local, targets read s2", ladder(true, true), local},
 	} {
 		for _, tc := range lc.cases {
 			t.Run(lc.name+"/"+tc.name, func(t *testing.T) {
 				tc.w.chunks = periodChunks
-				if got := nextLevel(tc.cur, lc.ladder, tc.w, tc.idleCores); got != tc.want {
-					t.Errorf("nextLevel(%s, %v, %+v, %.2f) = %s, want %s", tc.cur, lc.ladder, tc.w, tc.idleCores, got, tc.want)
+				if got := nextLevel(tc.cur, lc.ladder, tc.w, tc.idleCores, tc.pace); got != tc.want {
+					t.Errorf("nextLevel(%s, %v, %+v, %.2f, %s) = %s, want %s", tc.cur, lc.ladder, tc.w, tc.idleCores, tc.pace, got, tc.want)
 				}
 			})
 		}
@@ -138,7 +158,9 @@ func TestCompressionModes(t *testing.T) {
 	}
 
 	var moves []string
-	c, err := newCompression(streams.CompressAuto, false, false, func(from, to streams.Level, _ waits, _ float64) { moves = append(moves, from.String()+">"+to.String()) })
+	c, err := newCompression(streams.CompressAuto, false, false, func(from, to streams.Level, _ waits, _ float64, _ pace) {
+		moves = append(moves, from.String()+">"+to.String())
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,9 +255,9 @@ func waitForCompression(c *compression, n int) {
 }
 
 // S2 is used only when asked for and every target reads it: a fixed s2
-// mode for a record without it compresses at fastest. Auto never picks it,
-// whatever the targets read, and the probe after incompressible chunks
-// goes at fastest.
+// mode for a record without it compresses at fastest. Auto never picks it
+// before the targets' pace is known, and the probe after incompressible
+// chunks goes at fastest.
 func TestS2OnlyWhenAskedAndTheTargetsReadIt(t *testing.T) {
 	for _, tc := range []struct {
 		mode  string
@@ -273,8 +295,107 @@ func TestS2OnlyWhenAskedAndTheTargetsReadIt(t *testing.T) {
 		for i := 0; i < 10; i++ {
 			waitForCompression(c, periodChunks)
 			if got := c.next(); got == streams.LevelS2 {
-				t.Fatalf("auto (local stream %v) stepped to s2", local)
+				t.Fatalf("auto (local stream %v) stepped to s2 before the targets' pace was known", local)
 			}
 		}
+	}
+}
+
+// Auto on a stream across a link reaches S2 once the records show the
+// targets keeping up with a sender that waits for compression, and leaves
+// it when they show a full link; the pace is judged over paceWindow.
+func TestAutoTakesS2OnlyWhileTheLinkHasRoom(t *testing.T) {
+	c, err := newCompression(streams.CompressAuto, false, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	// sample is the record at n seconds: the sender stored sent chunks a
+	// second, the target applied applied of them, busy busy of its time.
+	sample := func(n int, sent, applied int64, busy float64) paceSample {
+		sec := time.Duration(n) * time.Second
+		return paceSample{at: at.Add(sec), sent: sent * int64(n), targets: map[string]targetCounters{
+			"a": {applied: applied * int64(n), busy: time.Duration(busy * float64(sec)), elapsed: sec}}}
+	}
+	level := func() streams.Level {
+		waitForCompression(c, 3*periodChunks)
+		return c.next()
+	}
+	c.targets(sample(1, 100, 100, 0.3))
+	c.targets(sample(2, 100, 100, 0.3))
+	if got := level(); got != streams.LevelFastest {
+		t.Fatalf("before a whole pace window: %s, want fastest", got)
+	}
+	c.targets(sample(4, 100, 100, 0.3))
+	if got := level(); got != streams.LevelS2 {
+		t.Fatalf("targets keeping up with a sender short of CPU: %s, want s2", got)
+	}
+	c.targets(sample(7, 100, 100, 0.3))
+	if got := level(); got != streams.LevelS2 {
+		t.Fatalf("still keeping up: %s, want s2", got)
+	}
+	// From 7 s on the sender stores 100 chunks a second, the target applies
+	// 60 while waiting most of the time: the link is full.
+	full := paceSample{at: at.Add(10 * time.Second), sent: 1000, targets: map[string]targetCounters{
+		"a": {applied: 700 + 180, busy: 2100*time.Millisecond + 900*time.Millisecond, elapsed: 10 * time.Second}}}
+	c.targets(full)
+	if c.pace != paceLink {
+		t.Fatalf("pace %s, want link", c.pace)
+	}
+	if got := level(); got != streams.LevelFastest {
+		t.Errorf("the link full: %s, want fastest", got)
+	}
+
+	// A local stream crosses no link: its pace is never judged.
+	local, err := newCompression(streams.CompressAuto, true, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local.targets(sample(7, 100, 100, 0.3))
+	local.targets(full)
+	if local.pace != paceUnknown {
+		t.Errorf("a local stream's pace judged %s", local.pace)
+	}
+}
+
+func TestJudgePace(t *testing.T) {
+	at := time.Now()
+	sec := time.Second
+	// from: the sender had stored 100 chunks, target a applied 90 after
+	// 10 s of which it was busy 4.
+	from := paceSample{at: at, sent: 100, targets: map[string]targetCounters{"a": {applied: 90, busy: 4 * sec, elapsed: 10 * sec}}}
+	to := func(sent int64, t map[string]targetCounters) paceSample {
+		return paceSample{at: at.Add(3 * sec), sent: sent, targets: t}
+	}
+	tests := []struct {
+		name string
+		to   paceSample
+		want pace
+	}{
+		{"keeping up, by the target's own clock", to(400, map[string]targetCounters{"a": {applied: 390, busy: 5 * sec, elapsed: 13 * sec}}), paceSender},
+		{"keeping up within the margin", to(400, map[string]targetCounters{"a": {applied: 365, busy: 5 * sec, elapsed: 13 * sec}}), paceSender},
+		{"the report 2 s late: its own 1 s counts", to(400, map[string]targetCounters{"a": {applied: 190, busy: 4500 * time.Millisecond, elapsed: 11 * sec}}), paceSender},
+		{"falling behind, waiting for chunks: the link", to(400, map[string]targetCounters{"a": {applied: 240, busy: 5 * sec, elapsed: 13 * sec}}), paceLink},
+		{"falling behind, busy: the targets", to(400, map[string]targetCounters{"a": {applied: 240, busy: 6500 * time.Millisecond, elapsed: 13 * sec}}), paceTargets},
+		{"no report since: unknown", to(400, map[string]targetCounters{"a": {applied: 90, busy: 4 * sec, elapsed: 10 * sec}}), paceUnknown},
+		{"a new receiver process (its clock from zero): unknown", to(400, map[string]targetCounters{"a": {applied: 300, busy: sec, elapsed: 2 * sec}}), paceUnknown},
+		{"the target gone: unknown", to(400, map[string]targetCounters{}), paceUnknown},
+		{"the sender stored nothing (its window full): keeping up", to(100, map[string]targetCounters{"a": {applied: 100, busy: 5 * sec, elapsed: 13 * sec}}), paceSender},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := judgePace(from, tc.to); got != tc.want {
+				t.Errorf("judgePace = %s, want %s", got, tc.want)
+			}
+		})
+	}
+	// Of two targets, one waiting on a full link outweighs one keeping up.
+	two := from
+	two.targets = map[string]targetCounters{"a": from.targets["a"], "b": {applied: 50, busy: sec, elapsed: 10 * sec}}
+	got := judgePace(two, to(400, map[string]targetCounters{
+		"a": {applied: 390, busy: 5 * sec, elapsed: 13 * sec},
+		"b": {applied: 150, busy: 1500 * time.Millisecond, elapsed: 13 * sec}}))
+	if got != paceLink {
+		t.Errorf("a keeping up, b behind and waiting: %s, want link", got)
 	}
 }

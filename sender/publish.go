@@ -411,6 +411,20 @@ const (
 	trimBackoff = 30 * time.Second
 )
 
+// sampleOf is what pace needs of record r, read at the given moment, when
+// the sender had stored sent chunks: the counters of the targets still
+// taking part, from their latest reports.
+func sampleOf(r *coordinator.Replication, at time.Time, sent int64) paceSample {
+	s := paceSample{at: at, sent: sent, targets: map[string]targetCounters{}}
+	for name, t := range r.Targets {
+		if !t.State.Terminal() && t.ElapsedMs > 0 {
+			s.targets[name] = targetCounters{applied: t.ChunksApplied,
+				busy: time.Duration(t.BusyMs) * time.Millisecond, elapsed: time.Duration(t.ElapsedMs) * time.Millisecond}
+		}
+	}
+	return s
+}
+
 // fits says whether a message of need bytes may be stored now. An empty
 // stream always takes the next chunk, whatever the window: a chunk larger
 // than the window must still make progress.
@@ -418,15 +432,20 @@ func fits(stored, need, window int64, msgs uint64) bool {
 	return stored+need <= window || msgs == 0
 }
 
-// report publishes progress to the coordinator about once a second.
+// report publishes progress to the coordinator about once a second, and
+// gives auto compression the targets' counters from the record it gets
+// back.
 func (p *publisher) report(ctx context.Context, force bool) {
 	if !force && time.Since(p.lastReport) < time.Second {
 		return
 	}
 	p.lastReport = time.Now()
 	p.s.Metrics.StreamUse(p.s.Job, p.stored, p.r.Window)
-	if err := p.s.Coord.Progress(ctx, p.r.ID, p.r.Attempt, p.chunks, p.bytes, p.wire); err != nil {
+	r, err := p.s.Coord.Progress(ctx, p.r.ID, p.r.Attempt, p.chunks, p.bytes, p.wire)
+	if err != nil {
 		p.log.Warn("record progress", "error", err)
+	} else {
+		p.comp.targets(sampleOf(r, p.lastReport, p.chunks))
 	}
 	if p.s.OnProgress != nil {
 		p.s.OnProgress(Progress{ID: p.r.ID, Bytes: p.bytes, Wire: p.wire, Estimated: p.r.EstimatedBytes})

@@ -104,8 +104,8 @@ func (s *Sender) sendAttempt(ctx context.Context, r *coordinator.Replication, st
 	if err != nil {
 		return err
 	}
-	comp, err := newCompression(s.compress, s.local, slices.Contains(r.Decodes, streams.EncS2), func(from, to streams.Level, w waits, idleCores float64) {
-		log.Debug("compression level", "from", from, "to", to, "read_wait", w.read, "compress_wait", w.compress, "link_wait", w.link, "idle_cores", idleCores)
+	comp, err := newCompression(s.compress, s.local, slices.Contains(r.Decodes, streams.EncS2), func(from, to streams.Level, w waits, idleCores float64, p pace) {
+		log.Debug("compression level", "from", from, "to", to, "read_wait", w.read, "compress_wait", w.compress, "link_wait", w.link, "idle_cores", idleCores, "pace", p)
 	})
 	if err != nil {
 		return err

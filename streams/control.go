@@ -68,6 +68,14 @@ type Report struct {
 	ChunksApplied int64  `json:"chunks_applied"`
 	BytesApplied  int64  `json:"bytes_applied"`
 	Redelivered   int64  `json:"redelivered_chunks"`
+	// BusyMs is how long this receiver process has spent handling chunks
+	// of the attempt, ElapsedMs how long it has been at it, both by its own
+	// clock, in milliseconds; the rest of its time it waited for chunks.
+	// Between two reports they give the target's pace and how busy it was,
+	// which tell the sender whether the link or the targets hold a transfer
+	// back. Older receivers leave them out.
+	BusyMs    int64 `json:"busy_ms,omitempty"`
+	ElapsedMs int64 `json:"elapsed_ms,omitempty"`
 	// EvReceived: what the receiver saw and what the kernel says.
 	Digest       string `json:"digest,omitempty"`
 	ReceivedUUID string `json:"received_uuid,omitempty"`
