@@ -11,9 +11,11 @@ import (
 )
 
 // Chunks compressed with S2 (`send --compress s2`, the level auto takes
-// for a CPU-bound sender) reach a target whose receiver announced it reads
-// S2: the record keeps that announcement, the sender's chunks went S2 and
-// shrank, and the received tree equals the source.
+// while the link has room) reach a target whose receiver announced it
+// reads S2: the record keeps that announcement, the sender's chunks went S2
+// and shrank, and the received tree equals the source. The receiver
+// reported its pace (time at the attempt, time busy), which auto reads to
+// tell a full link from busy targets.
 func TestS2ChunksReachATargetThatReadsThem(t *testing.T) {
 	source, target, _ := newPair(t, dataSet{seed: 43, bulk: 4 * mib})
 	var text bytes.Buffer
@@ -43,6 +45,11 @@ func TestS2ChunksReachATargetThatReadsThem(t *testing.T) {
 	t.Logf("figures: %d bytes of send stream, %d on the wire (%.3f)", rep.TotalBytes, rep.WireBytes, float64(rep.WireBytes)/float64(rep.TotalBytes))
 	if rep.WireBytes*10 > rep.TotalBytes*7 {
 		t.Errorf("%d wire bytes for a %d-byte stream of mostly text: the chunks did not shrink", rep.WireBytes, rep.TotalBytes)
+	}
+	for name, ts := range rep.Targets {
+		if ts.ElapsedMs <= 0 || ts.BusyMs < 0 || ts.BusyMs > ts.ElapsedMs {
+			t.Errorf("target %s reported %d ms busy of %d ms at the attempt: want 0 <= busy <= elapsed, elapsed > 0", name, ts.BusyMs, ts.ElapsedMs)
+		}
 	}
 	assertReplicated(t, rep.Snapshot, target)
 }

@@ -43,6 +43,8 @@ type targetStatus struct {
 	BytesApplied      int64  `json:"bytes_applied"`
 	ChunksApplied     int64  `json:"chunks_applied"`
 	RedeliveredChunks int64  `json:"redelivered_chunks"`
+	BusyMs            int64  `json:"busy_ms"`
+	ElapsedMs         int64  `json:"elapsed_ms"`
 	Path              string `json:"path"`
 	Error             string `json:"error"`
 	Attempts          int    `json:"attempts"`
