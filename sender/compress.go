@@ -190,10 +190,13 @@ const (
 // then the stream buffers its lead. So a pace of paceLink (targets waiting
 // for chunks while they fall behind) comes first: the link is full, a
 // cheaper level only adds bytes to it, and with cores to spare a better one
-// takes bytes off (S2 is left even without them). Otherwise waiting for
-// compression means the level costs throughput: one step cheaper, but down
-// to S2 only once the targets were seen to keep up or to be short of CPU
-// themselves. Waiting for the link with cores to spare means the CPU can
+// takes bytes off. S2 is taken only while every target keeps up
+// (paceSender) and left as soon as one falls behind, busy or not: on
+// shared or loaded cores a receiver behind a full link can look busy
+// (bench/README.md, the grid of 17:04), and S2's bytes cost a full link
+// more than its CPU saves. Otherwise waiting for compression means the
+// level costs throughput: one step cheaper. Waiting for the link with
+// cores to spare means the CPU can
 // buy fewer bytes on the wire: one step better. Waiting for the link
 // without spare cores holds the level: the wait may be a server or a
 // receiver on this machine short of CPU, which a higher level would starve
@@ -205,13 +208,15 @@ func nextLevel(cur streams.Level, ladder []streams.Level, w waits, idleCores flo
 	switch {
 	case i < 0:
 		return cur
-	case p == paceLink && (idleCores >= spareCores || cur == streams.LevelS2):
+	case cur == streams.LevelS2 && (p == paceLink || p == paceTargets):
+		return up
+	case p == paceLink && idleCores >= spareCores:
 		return up
 	case p == paceLink:
 		return cur
 	case w.compress > noise && w.compress > 2*w.link:
 		down := ladder[max(i-1, 0)]
-		if down == streams.LevelS2 && p != paceSender && p != paceTargets {
+		if down == streams.LevelS2 && p != paceSender {
 			return cur
 		}
 		return down

@@ -103,11 +103,11 @@ func TestNextLevel(t *testing.T) {
 		{"targets keeping up, no S2 to read: fastest is the floor", fastest, waits{compress: 400 * ms}, 0, fastest, paceSender},
 	}
 	// Where every target reads S2 it is the floor, taken only once the
-	// targets were seen to keep up or to be busy, and left when the link
-	// is full.
+	// targets were seen to keep up, and left when one falls behind.
 	withS2 := []levelCase{
 		{"waiting for compression, targets keeping up: s2", fastest, waits{compress: 400 * ms}, 0, s2, paceSender},
-		{"waiting for compression, targets busy: s2", fastest, waits{compress: 400 * ms}, 0, s2, paceTargets},
+		{"waiting for compression, a target behind and busy: holds", fastest, waits{compress: 400 * ms}, 0, fastest, paceTargets},
+		{"at s2, a target behind and busy: back to fastest", s2, waits{compress: 400 * ms}, 0, fastest, paceTargets},
 		{"waiting for compression, the targets' pace not known yet: holds", fastest, waits{compress: 400 * ms}, 0, fastest, paceUnknown},
 		{"waiting for compression, the link full: holds", fastest, waits{compress: 400 * ms}, 0, fastest, paceLink},
 		{"at s2, the link full, no core idle: back to fastest", s2, waits{compress: 400 * ms}, 0, fastest, paceLink},
