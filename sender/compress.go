@@ -14,8 +14,8 @@ import (
 
 // compression chooses the level of each chunk: none while the gate has
 // seen the data not shrink, else the fixed level or, in auto mode, the
-// level the publisher's waits call for. Workers call next; only the
-// publisher calls observe.
+// level the publisher's waits and the targets' pace call for. Workers call
+// next; only the publisher calls observe and targets.
 type compression struct {
 	gate   compressGate
 	auto   bool
@@ -148,7 +148,7 @@ func (c *compression) targets(s paceSample) {
 	if !c.paced {
 		return
 	}
-	if c.paceFrom.at.IsZero() || len(c.paceFrom.targets) == 0 {
+	if len(c.paceFrom.targets) == 0 {
 		c.paceFrom = s
 		return
 	}
@@ -196,11 +196,10 @@ const (
 // (bench/README.md, the grid of 17:04), and S2's bytes cost a full link
 // more than its CPU saves. Otherwise waiting for compression means the
 // level costs throughput: one step cheaper. Waiting for the link with
-// cores to spare means the CPU can
-// buy fewer bytes on the wire: one step better. Waiting for the link
-// without spare cores holds the level: the wait may be a server or a
-// receiver on this machine short of CPU, which a higher level would starve
-// further. Anything else holds too.
+// cores to spare means the CPU can buy fewer bytes on the wire: one step
+// better. Waiting for the link without spare cores holds the level: the
+// wait may be a server or a receiver on this machine short of CPU, which a
+// higher level would starve further. Anything else holds too.
 func nextLevel(cur streams.Level, ladder []streams.Level, w waits, idleCores float64, p pace) streams.Level {
 	i := slices.Index(ladder, cur)
 	noise := time.Duration(w.chunks) * noiseWait

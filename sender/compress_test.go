@@ -205,8 +205,8 @@ func TestIdleMeter(t *testing.T) {
 }
 
 // A local stream's auto starts at fastest and switches compression off
-// after a period of waiting for it (elsewhere auto never goes below
-// fastest: TestNextLevel).
+// after a period of waiting for it (elsewhere auto goes below fastest only
+// to S2, where every target reads it: TestNextLevel).
 func TestLocalStreamCompressionMaySwitchOff(t *testing.T) {
 	c, err := newCompression(streams.CompressAuto, true, false, nil)
 	if err != nil {
@@ -254,11 +254,11 @@ func waitForCompression(c *compression, n int) {
 	}
 }
 
-// S2 is used only when asked for and every target reads it: a fixed s2
-// mode for a record without it compresses at fastest. Auto never picks it
-// before the targets' pace is known, and the probe after incompressible
-// chunks goes at fastest.
-func TestS2OnlyWhenAskedAndTheTargetsReadIt(t *testing.T) {
+// S2 is used only where every target reads it: a fixed s2 mode for a
+// record without it compresses at fastest. Auto never picks it before the
+// targets' pace is known, and the probe after incompressible chunks goes at
+// fastest.
+func TestS2OnlyWhereEveryTargetReadsIt(t *testing.T) {
 	for _, tc := range []struct {
 		mode  string
 		s2    bool

@@ -51,7 +51,7 @@ type Level int
 
 const (
 	LevelNone    Level = iota // store the chunk raw
-	LevelS2                   // S2: asked for (auto never picks it), where every target reads it
+	LevelS2                   // S2: where every target reads it; auto's floor while the link has room
 	LevelFastest              // zstd's fastest
 	LevelDefault              // about zstd -3
 	LevelBetter               // about zstd -7
