@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/snapjet/snapjet/internal/retry"
 )
 
 // Version is the message format this build writes and the only one it reads.
@@ -223,18 +225,61 @@ func ConsumerConfig(target string) jetstream.ConsumerConfig {
 
 // ResetConsumer deletes and recreates target's consumer so that it delivers
 // the stream again from fromSeq, or from its first stored message when
-// fromSeq is 0.
+// fromSeq is 0. Deleting (rather than moving the consumer in place) ends
+// every pull still open on the old consumer, so nothing of the new start is
+// delivered to a receiver that has moved on.
+//
+// nats-server can race its own delete and create of one consumer name: a
+// state write of the deleted consumer still queued for the disk lands in the
+// directory its successor takes. The create then fails with a server error
+// (a rename of o.dat.tmp that finds no file), or the successor starts from
+// its predecessor's stored state (it has delivered something before it
+// delivered anything). Both are tried again, a bounded number of times.
 func ResetConsumer(ctx context.Context, s jetstream.Stream, target string, fromSeq uint64) error {
+	b := retry.New(50*time.Millisecond, 500*time.Millisecond)
+	var err error
+	for try := 1; ; try++ {
+		err = recreateConsumer(ctx, s, target, fromSeq)
+		if err == nil || !errors.Is(err, errRecreateRaced) || try == recreateTries {
+			break
+		}
+		if b.Wait(ctx) != nil {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("reset consumer of %s: %w", target, err)
+	}
+	return nil
+}
+
+// recreateTries bounds ResetConsumer's tries: the server's race needs a
+// state write of the old consumer still in flight, which the next try,
+// tens of milliseconds later, no longer finds.
+const recreateTries = 5
+
+// errRecreateRaced marks a recreate that met the server's own race.
+var errRecreateRaced = errors.New("the server's delete and create of the consumer raced")
+
+func recreateConsumer(ctx context.Context, s jetstream.Stream, target string, fromSeq uint64) error {
 	err := s.DeleteConsumer(ctx, ConsumerName(target))
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fmt.Errorf("reset consumer of %s: %w", target, err)
+		return err
 	}
 	cfg := ConsumerConfig(target)
 	if fromSeq > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, fromSeq
 	}
-	if _, err := s.CreateOrUpdateConsumer(ctx, cfg); err != nil {
-		return fmt.Errorf("reset consumer of %s: %w", target, err)
+	c, err := s.CreateOrUpdateConsumer(ctx, cfg)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.Code >= 500 {
+		return fmt.Errorf("%w: %w", errRecreateRaced, err)
+	}
+	if err != nil {
+		return err
+	}
+	if ci := c.CachedInfo(); ci.Delivered.Consumer > 0 || ci.AckFloor.Consumer > 0 {
+		return fmt.Errorf("%w: the new consumer took over the deleted one's state (delivered %d)", errRecreateRaced, ci.Delivered.Consumer)
 	}
 	return nil
 }
