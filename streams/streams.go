@@ -272,7 +272,7 @@ func recreateConsumer(ctx context.Context, s jetstream.Stream, target string, fr
 	}
 	c, err := s.CreateOrUpdateConsumer(ctx, cfg)
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.Code >= 500 {
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeConsumerCreate {
 		return fmt.Errorf("%w: %w", errRecreateRaced, err)
 	}
 	if err != nil {
