@@ -245,6 +245,9 @@ type paceSample struct {
 	at      time.Time
 	sent    int64
 	targets map[string]targetCounters
+	// mute counts the targets that report progress but no pace: receivers
+	// older than the pace, whose lag nothing shows.
+	mute int
 }
 
 // targetCounters are one target's counters from its latest report; busy
@@ -272,9 +275,13 @@ const (
 // sender is the bottleneck. Receivers on a link measured at 200 Mbit/s
 // were busy 0.74-0.85 of the time while falling behind, with the cores
 // shared with the sender (bench/README.md).
+//
+// A mute target (one reporting no pace) makes the pace unknown: S2 is taken
+// only while every target is seen to keep up, and an old receiver that
+// reads S2 could otherwise be sent it while it falls behind.
 func judgePace(from, to paceSample) pace {
 	dt := to.at.Sub(from.at)
-	if dt <= 0 {
+	if dt <= 0 || to.mute > 0 {
 		return paceUnknown
 	}
 	sent := float64(to.sent-from.sent) / dt.Seconds()

@@ -382,6 +382,8 @@ func TestJudgePace(t *testing.T) {
 		{"a new receiver process (its clock from zero): unknown", to(400, map[string]targetCounters{"a": {applied: 300, busy: sec, elapsed: 2 * sec}}), paceUnknown},
 		{"the target gone: unknown", to(400, map[string]targetCounters{}), paceUnknown},
 		{"the sender stored nothing (its window full): keeping up", to(100, map[string]targetCounters{"a": {applied: 100, busy: 5 * sec, elapsed: 13 * sec}}), paceSender},
+		{"keeping up, next to a receiver that reports no pace: unknown", paceSample{at: at.Add(3 * sec), sent: 400, mute: 1,
+			targets: map[string]targetCounters{"a": {applied: 390, busy: 5 * sec, elapsed: 13 * sec}}}, paceUnknown},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

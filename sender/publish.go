@@ -417,9 +417,13 @@ const (
 func sampleOf(r *coordinator.Replication, at time.Time, sent int64) paceSample {
 	s := paceSample{at: at, sent: sent, targets: map[string]targetCounters{}}
 	for name, t := range r.Targets {
-		if !t.State.Terminal() && t.ElapsedMs > 0 {
+		switch {
+		case t.State.Terminal():
+		case t.ElapsedMs > 0:
 			s.targets[name] = targetCounters{applied: t.ChunksApplied,
 				busy: time.Duration(t.BusyMs) * time.Millisecond, elapsed: time.Duration(t.ElapsedMs) * time.Millisecond}
+		case t.ChunksApplied > 0:
+			s.mute++ // a receiver older than the pace
 		}
 	}
 	return s

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/nats-io/nats.go/jetstream"
@@ -103,5 +104,25 @@ func TestTrimDue(t *testing.T) {
 		if due != tc.wantDue || trimming != tc.wantTrimming {
 			t.Errorf("%s: trimDue(%d, %d, %v) = %v, %v; want %v, %v", tc.name, tc.stored, tc.sinceTrim, tc.trimming, due, trimming, tc.wantDue, tc.wantTrimming)
 		}
+	}
+}
+
+// TestSampleOf checks what the pace reads of the record: the counters of
+// the targets taking part, and a count of those whose receivers report
+// progress but no pace.
+func TestSampleOf(t *testing.T) {
+	r := &coordinator.Replication{ID: "r1", Attempt: 1, Targets: map[string]*coordinator.Target{
+		"paced":     {State: coordinator.TReceiving, ChunksApplied: 40, BusyMs: 300, ElapsedMs: 1000},
+		"old":       {State: coordinator.TReceiving, ChunksApplied: 40},
+		"unstarted": {State: coordinator.TPending},
+		"done":      {State: coordinator.TCommitted, ChunksApplied: 90, BusyMs: 900, ElapsedMs: 2000},
+	}}
+	s := sampleOf(r, time.Now(), 50)
+	want := targetCounters{applied: 40, busy: 300 * time.Millisecond, elapsed: time.Second}
+	if len(s.targets) != 1 || s.targets["paced"] != want {
+		t.Errorf("targets %v, want only paced: %v", s.targets, want)
+	}
+	if s.mute != 1 {
+		t.Errorf("mute %d, want 1 (old)", s.mute)
 	}
 }
