@@ -319,6 +319,8 @@ func TestClusterFromDeployExample(t *testing.T) {
 // processes, with TLS and the password of user snapjet.
 type cluster struct {
 	nodes [3]*proc
+	leafs [3]string // each node's leafnode listener, where sites link
+	certs *certs
 	urls  string   // every node, comma-separated, with the user name
 	env   []string // SNAPJET_SERVER, SNAPJET_TLS_CA, SNAPJET_PASSWORD for snapjet
 	creds broker.Credentials
@@ -332,9 +334,10 @@ func startCluster(t *testing.T) *cluster {
 	for i := range 3 {
 		clients[i], routes[i] = freeAddr(t), freeAddr(t)
 	}
-	cl := &cluster{creds: broker.Credentials{TLSCA: c.ca.CAFile, Password: password}}
+	cl := &cluster{certs: c, creds: broker.Credentials{TLSCA: c.ca.CAFile, Password: password}}
 	for i := range 3 {
-		repl := []string{"0.0.0.0:4222", clients[i], "0.0.0.0:6222", routes[i], "0.0.0.0:7422", freeAddr(t),
+		cl.leafs[i] = freeAddr(t)
+		repl := []string{"0.0.0.0:4222", clients[i], "0.0.0.0:6222", routes[i], "0.0.0.0:7422", cl.leafs[i],
 			"/var/lib/nats/jetstream", t.TempDir(), "CHANGE-ME-clients", password}
 		for j := range 3 {
 			repl = append(repl, fmt.Sprintf("hub-%d.example.net:6222", j+1), routes[j])
