@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -30,6 +32,10 @@ type Work struct {
 	// Site is the JetStream domain whose copy of the stream the target
 	// consumes; empty for the stream itself, in the state's domain.
 	Site string `json:"site,omitempty"`
+	// Error is why the target failed or was last sent back, and only the
+	// target's own reason: the replication's may name another target,
+	// which a site must not learn.
+	Error string `json:"error,omitempty"`
 }
 
 // Wanted reports whether w asks its target to receive now.
@@ -47,7 +53,7 @@ func (w *Work) Over(attempt int) bool {
 func workOf(r *Replication, target string) *Work {
 	return &Work{ID: r.ID, Target: target, Source: r.Source, State: r.State, Attempt: r.Attempt, TargetState: r.Targets[target].State,
 		SnapshotName: r.SnapshotName, SnapshotUUID: r.SnapshotUUID, ChunkSize: r.ChunkSize, Window: r.Window,
-		Site: r.Targets[target].Site}
+		Site: r.Targets[target].Site, Error: r.Targets[target].Error}
 }
 
 func workKey(target, id string) string { return "work." + target + "." + id }
@@ -123,6 +129,40 @@ func (s *Store) Work(ctx context.Context, target, id string) (*Work, error) {
 		return nil, fmt.Errorf("read work of %s for %s: %w", id, target, err)
 	}
 	return decodeWork(e.Value())
+}
+
+// Listed is a target's view of one replication and when the coordinator
+// last changed it.
+type Listed struct {
+	*Work
+	Updated time.Time `json:"updated"`
+}
+
+// ListWork returns target's views, the least recently changed first. It
+// reads only target's own keys, which is all a client at an isolated site
+// may read of the state.
+func (s *Store) ListWork(ctx context.Context, target string) ([]Listed, error) {
+	keys, err := s.kv.ListKeysFiltered(ctx, "work."+target+".>")
+	if err != nil {
+		return nil, fmt.Errorf("list work of %s: %w", target, err)
+	}
+	var out []Listed
+	for k := range keys.Keys() {
+		e, err := s.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", k, err)
+		}
+		w, err := decodeWork(e.Value())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", k, err)
+		}
+		out = append(out, Listed{Work: w, Updated: e.Created()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Updated.Before(out[j].Updated) })
+	return out, nil
 }
 
 // WatchWork delivers target's views as they change, starting with the

@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,8 +16,9 @@ import (
 // Each receiver reads only its own work views: a record written through
 // the store publishes one view per target, a view changes only when what
 // its receiver needs changes (another target's progress does not wake it),
-// a target's watch sees no other target's keys, and deleting the record
-// deletes its views.
+// a target's watch sees no other target's keys, a view carries its own
+// target's error and no other's, ListWork lists a target's views and no
+// other's, and deleting the record deletes its views.
 func TestWorkViews(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -77,7 +79,7 @@ func TestWorkViews(t *testing.T) {
 
 	// a commits: its view says so and its receiver's job is over.
 	r.Targets["a"].State = coordinator.TCommitted
-	if _, err = s.Update(ctx, r, rev); err != nil {
+	if rev, err = s.Update(ctx, r, rev); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -87,6 +89,43 @@ func TestWorkViews(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("a's watch did not deliver the committed view")
+	}
+
+	// b fails: its view carries its own reason; a's view carries nothing
+	// of it, not even the replication's error, which names b.
+	r.Targets["b"].State, r.Targets["b"].Error = coordinator.TFailed, "target out of space"
+	r.State, r.Error = coordinator.Failed, "target b failed: target out of space"
+	if _, err = s.Update(ctx, r, rev); err != nil {
+		t.Fatal(err)
+	}
+	r2 := &coordinator.Replication{ID: "r2", Source: "/srv/data", State: coordinator.Sending, Attempt: 1,
+		Targets: map[string]*coordinator.Target{"a": {State: coordinator.TPending, Attempts: 1}}}
+	if _, err := s.Create(ctx, r2); err != nil {
+		t.Fatal(err)
+	}
+	listed := func(target string) string {
+		t.Helper()
+		ws, err := s.ListWork(ctx, target)
+		if err != nil {
+			t.Fatalf("ListWork(%s): %v", target, err)
+		}
+		var out []string
+		for _, w := range ws {
+			if w.Target != target || w.Updated.IsZero() {
+				t.Errorf("ListWork(%s) listed %+v", target, w)
+			}
+			out = append(out, w.ID+":"+string(w.TargetState)+":"+w.Error)
+		}
+		return strings.Join(out, " ")
+	}
+	if got, want := listed("a"), "r1:committed: r2:pending:"; got != want {
+		t.Errorf("a's listed views: %q, want %q (the least recently changed first)", got, want)
+	}
+	if got, want := listed("b"), "r1:failed:target out of space"; got != want {
+		t.Errorf("b's listed views: %q, want %q", got, want)
+	}
+	if got := listed("c"); got != "" {
+		t.Errorf("a target without work lists %q", got)
 	}
 
 	if err := s.Delete(ctx, "r1"); err != nil {

@@ -273,9 +273,9 @@ func receiveCmd(g *globals) *cobra.Command {
 
 func statusCmd(g *globals) *cobra.Command {
 	var asJSON, offline bool
-	var file string
+	var file, target string
 	cmd := &cobra.Command{
-		Use:   "status [--server URL | --store DIR [--offline] | --config FILE] [--json]",
+		Use:   "status [--server URL | --store DIR [--offline] | --config FILE | --target NAME] [--json]",
 		Short: "Show replications, the state of every target, bytes and the last error; with --config, what is late and why",
 		Long: `Without --config: every replication on record, per target, with its state,
 bytes and last error.
@@ -284,6 +284,13 @@ With --config FILE: per job and target, the last success and its age, the
 next scheduled run, the replication in progress and the last error; exits 1
 when a job is overdue (a target without a success within twice the job's
 interval, or none on record).
+
+With --target NAME: that target as its site sees it, reading nothing else
+of the state (so it works at an isolated site, with --js-domain and
+--inbox-prefix as its receiver has them): whether its receiver answers and
+what it holds, and each replication addressed to it with the target's
+state and error; exits 1 when the receiver does not answer or the
+replication changed last failed on the target.
 
 Status never starts a server: without a reachable one (--server, the
 config's server.url, or the embedded server of a running daemon or server on
@@ -294,6 +301,9 @@ it for the moment; a store that holds no snapjet state is refused even then.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			opts := broker.Options{Server: g.server, Store: g.store, Listen: g.listen, Name: "snapjet status", JoinOnly: true, Log: g.log}
+			if target != "" && file != "" {
+				return &exitError{2, fmt.Errorf("--target and --config ask for different reports: give one")}
+			}
 			var cfg *config.Config
 			if file != "" {
 				var err error
@@ -315,13 +325,16 @@ it for the moment; a store that holds no snapjet state is refused even then.`,
 				return &exitError{1, fmt.Errorf("status unknown: %w", err)}
 			}
 			defer b.Close()
+			if target != "" {
+				return targetStatus(ctx, cmd.OutOrStdout(), b, target, asJSON)
+			}
 			store, err := coordinator.OpenStore(ctx, b.JS)
 			if err != nil {
-				return err
+				return unreadableState(err)
 			}
 			all, err := store.List(ctx)
 			if err != nil {
-				return err
+				return unreadableState(err)
 			}
 			if cfg != nil {
 				return printJobStatus(cmd.OutOrStdout(), jobstatus.Of(cfg.Jobs, all, time.Now()), asJSON)
@@ -348,6 +361,7 @@ it for the moment; a store that holds no snapjet state is refused even then.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&file, "config", "", "report per job of this config file (and use its server section)")
 	cmd.Flags().BoolVar(&offline, "offline", false, "when no process serves the store, read it by embedding a server for the moment")
+	cmd.Flags().StringVar(&target, "target", "", "report on this target alone, as its site sees it (works at an isolated site)")
 	return cmd
 }
 

@@ -129,6 +129,34 @@ func TestSitesIsolated(t *testing.T) {
 			t.Errorf("%s exited:\n%s", p.name, p.out.String())
 		}
 	}
+	siteStatus(t, siteAddr["site-a"], id)
+
+	recvA.kill()
+	code, out := run(t, cmdTimeout, "status --target nas-a without its receiver", nil, snapjetBin, "status", "--server", "nats://"+siteAddr["site-a"],
+		"--js-domain", "hub", "--inbox-prefix", "_INBOX_site-a", "--target", "nas-a")
+	if code != 1 || !strings.Contains(out, "receiver does not answer") || !strings.Contains(out, "snapjet receive --target nas-a") {
+		t.Errorf("status --target nas-a with its receiver down: exit %d, want 1 and the fix:\n%s", code, out)
+	}
+}
+
+// siteStatus runs snapjet status at site-a as its operator would, with the
+// site's permissions: --target nas-a shows its committed replication and
+// its receiver; nas-b's and the whole state are refused, naming the fix.
+func siteStatus(t *testing.T, siteA, id string) {
+	t.Helper()
+	at := []string{"status", "--server", "nats://" + siteA, "--js-domain", "hub", "--inbox-prefix", "_INBOX_site-a"}
+	code, out := run(t, cmdTimeout, "status --target nas-a at site-a", nil, snapjetBin, append(at, "--target", "nas-a")...)
+	if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "committed") || !strings.Contains(out, "site site-a") {
+		t.Errorf("status --target nas-a at site-a: exit %d, want 0 and a line for %s committed, from a receiver at site-a:\n%s", code, id, out)
+	}
+	code, out = run(t, cmdTimeout, "status --target nas-b at site-a", nil, snapjetBin, append(at, "--target", "nas-b")...)
+	if code != 1 || strings.Contains(out, id) || !strings.Contains(out, "only its own targets") {
+		t.Errorf("status --target nas-b at site-a: exit %d, want 1, nothing of %s, and a pointer to the site's own targets:\n%s", code, id, out)
+	}
+	code, out = run(t, cmdTimeout, "status at site-a", nil, snapjetBin, at...)
+	if code != 1 || strings.Contains(out, id) || !strings.Contains(out, "--target") {
+		t.Errorf("status at site-a: exit %d, want 1, nothing of %s, and a pointer to --target:\n%s", code, id, out)
+	}
 }
 
 // isolationCase is one thing site-a must not do to what is site-b's or
