@@ -154,20 +154,9 @@ func TestClusterLeaderKilledMidTransfer(t *testing.T) {
 	source, payload := newSource(t, 96<<20)
 	dst := loopfs.New(t, 512<<20)
 
-	cl := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	b, err := broker.Connect(broker.Options{Server: cl.urls, Name: "observer", Credentials: cl.creds, Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	cl.waitJetStream(t, ctx, b)
-
-	// Create the state bucket R3 first, as deploy/README.md says.
-	if code, _ := run(t, cmdTimeout, "status --replicas 3", cl.env, snapjetBin, "status", "--replicas", "3"); code != 0 {
-		t.Fatalf("snapjet status --replicas 3: exit %d", code)
-	}
+	cl, b := startClusterWithState(ctx, t)
 	launch(t, "receiver", cl.env, snapjetBin, "receive", "--target", "nas", dst.Dir)
 	send := launch(t, "send", cl.env, snapjetBin, "send", "--replicas", "3", "--window", "33554432", "--to", "nas", "--receiver-wait", "60s", source)
 
@@ -214,6 +203,24 @@ func TestClusterLeaderKilledMidTransfer(t *testing.T) {
 	appliedOnce(t, cl.env, "nas", "after the failover")
 }
 
+// startClusterWithState starts the hub of deploy/nats/cluster, creates the
+// state bucket with three replicas first, as deploy/README.md says, and
+// returns the hub with a client of it for the test's own looks.
+func startClusterWithState(ctx context.Context, t *testing.T) (*cluster, *broker.Broker) {
+	t.Helper()
+	cl := startCluster(t)
+	b, err := broker.Connect(broker.Options{Server: cl.urls, Name: "observer", Credentials: cl.creds, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	cl.waitJetStream(t, ctx, b)
+	if code, _ := run(t, cmdTimeout, "status --replicas 3", cl.env, snapjetBin, "status", "--replicas", "3"); code != 0 {
+		t.Fatalf("snapjet status --replicas 3: exit %d", code)
+	}
+	return cl, b
+}
+
 // appliedOnce reads snapjet status --json with env and fails the test
 // unless it shows one replication, done, whose target committed after
 // applying each of its chunks exactly once.
@@ -250,25 +257,17 @@ func appliedOnce(t *testing.T, env []string, target, when string) {
 // and kills -9 the hub node that carries the site's link while the site's
 // copy fills, once that node also leads the hub's stream and the site's
 // feed. The link must move to another node, both leaderships too, and the
-// copy go on from where it was: the send succeeds, the target holds exactly the source
-// with each chunk applied once, and the site's copy is gone at the end.
+// copy go on from where it was: the send succeeds, the target holds
+// exactly the source with each chunk applied once, and the site's copy is
+// gone at the end.
 func TestClusteredHubFeedsASiteThroughTheLossOfANode(t *testing.T) {
 	binaries(t)
 	source, payload := newSource(t, 96<<20)
 	dst := loopfs.New(t, 512<<20)
 
-	cl := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	hubClient, err := broker.Connect(broker.Options{Server: cl.urls, Name: "observer", Credentials: cl.creds, Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hubClient.Close()
-	cl.waitJetStream(t, ctx, hubClient)
-	if code, _ := run(t, cmdTimeout, "status --replicas 3", cl.env, snapjetBin, "status", "--replicas", "3"); code != 0 {
-		t.Fatalf("snapjet status --replicas 3: exit %d", code)
-	}
+	cl, hubClient := startClusterWithState(ctx, t)
 
 	var hubs []string
 	for _, l := range cl.leafs {
