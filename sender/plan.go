@@ -324,7 +324,7 @@ func (s *Sender) createRecords(ctx context.Context, src string, srcInfo, snap bt
 			r.ID = coordinator.SplitID(base, g.Targets[0])
 		}
 		if g.ParentUUID == "" {
-			r.EstimatedBytes = apparentSize(snap.Path)
+			r.EstimatedBytes = fullStreamSize(snap.Path, sendsCompressed(s.Streams))
 		}
 		for _, t := range g.Targets {
 			r.Targets[t] = &coordinator.Target{State: coordinator.TPending, Site: inv[t].Site}

@@ -609,8 +609,23 @@ func (s *Sender) waitChange(ctx context.Context, r *coordinator.Replication, d t
 	}
 }
 
-// apparentSize estimates a full send stream from the files' sizes; it only
-// feeds the ETA, so errors just make it smaller.
+// fullStreamSize estimates the stream of a full send of snapshot, for the
+// ETA alone: the data its extents hold, as the stream carries it (with
+// compressed, compressed extents as they are). Where the extents cannot be
+// read, the files' sizes.
+func fullStreamSize(snapshot string, compressed bool) int64 {
+	size, err := btrfs.DataSizeOf(snapshot)
+	switch {
+	case err != nil:
+		return apparentSize(snapshot)
+	case compressed:
+		return size.Encoded
+	}
+	return size.Plain
+}
+
+// apparentSize is the files' sizes under root; errors just make it
+// smaller.
 func apparentSize(root string) int64 {
 	var total int64
 	_ = filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {

@@ -67,6 +67,13 @@ func (s *btrfsStream) Close() error {
 	return fmt.Errorf("btrfs send of %s: %w", s.snapshot, err)
 }
 
+// sendsCompressed reports whether src sends compressed extents as they
+// are, which makes the stream about as large as the data on disk.
+func sendsCompressed(src Source) bool {
+	b, ok := src.(BtrfsSource)
+	return ok && b.CompressedData
+}
+
 // NewBtrfsSource is the BtrfsSource of a compressed-data mode on this
 // machine; it logs what it chose and why.
 func NewBtrfsSource(mode string, log *slog.Logger) (BtrfsSource, error) {

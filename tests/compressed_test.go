@@ -62,6 +62,14 @@ func TestCompressedExtentsTravelAsTheyAre(t *testing.T) {
 				t.Fatal("status lists no replication after a successful replicate")
 			}
 			assertReplicated(t, rep.Snapshot, target)
+			// The ETA's estimate follows what the stream carries: compressed
+			// extents at their size on disk where they travel as they are
+			// (the files' sizes were 6.8 times that stream).
+			ratio := float64(rep.Estimated) / float64(rep.TotalBytes)
+			t.Logf("figures: estimated %d bytes for a %d-byte stream: %.2f", rep.Estimated, rep.TotalBytes, ratio)
+			if ratio < 0.67 || ratio > 1.5 {
+				t.Errorf("the ETA's estimate is %.2f times the stream (%d of %d bytes), want 0.67-1.5", ratio, rep.Estimated, rep.TotalBytes)
+			}
 			got := encodedExtents(t, filepath.Join(target, rep.SnapshotName, "log.txt"))
 			if tc.encoded && got == 0 {
 				t.Error("the received file has no compressed extents: they were decompressed on the way")

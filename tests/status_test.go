@@ -33,6 +33,7 @@ type replication struct {
 	WireBytes    int64                   `json:"wire_bytes"`
 	TotalBytes   int64                   `json:"total_bytes"`
 	TotalChunks  int64                   `json:"total_chunks"`
+	Estimated    int64                   `json:"estimated_bytes"`
 	Decodes      []string                `json:"decodes"`
 	Error        string                  `json:"error"`
 	Targets      map[string]targetStatus `json:"targets"`
