@@ -74,11 +74,14 @@ var (
 	_ [4096 - unsafe.Sizeof(searchArgs{})]struct{}
 )
 
-// DataSizeOf reads the file extent items of the subvolume at path with
-// BTRFS_IOC_TREE_SEARCH (which needs CAP_SYS_ADMIN, as send does). A
-// file's data shared with another file of the subvolume counts twice,
-// though send may clone it: the figure is for an estimate.
-func DataSizeOf(path string) (DataSize, error) {
+// DataSizeOf reads the file extent items of the subvolume at path that
+// were written after transaction since (0 for all of them: a full send;
+// the parent's CTransID for an incremental one), with
+// BTRFS_IOC_TREE_SEARCH, which needs CAP_SYS_ADMIN as send does. The
+// figure is an estimate: data shared between files counts each time,
+// though send may clone it, and an incremental send also carries what
+// changed without new data (renames, deletions, metadata).
+func DataSizeOf(path string, since uint64) (DataSize, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return DataSize{}, fmt.Errorf("data size of %s: %w", path, err)
@@ -87,9 +90,11 @@ func DataSizeOf(path string) (DataSize, error) {
 	var size DataSize
 	// Tree 0 is the tree of the subvolume that holds the open file. The
 	// key range is compound (objectid, type, offset): items of other
-	// types inside it come back too and are skipped.
+	// types inside it come back too and are skipped. The transaction
+	// range skips the tree blocks unchanged since then; a changed block
+	// also holds older items, which the item's own generation tells.
 	args := searchArgs{Key: searchKey{MinObjectID: firstFreeObjectID, MaxObjectID: math.MaxUint64,
-		MinType: extentDataKey, MaxType: extentDataKey, MaxOffset: math.MaxUint64, MaxTransID: math.MaxUint64}}
+		MinType: extentDataKey, MaxType: extentDataKey, MaxOffset: math.MaxUint64, MinTransID: since + 1, MaxTransID: math.MaxUint64}}
 	for {
 		args.Key.NrItems = math.MaxUint32
 		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), iocTreeSearch, uintptr(unsafe.Pointer(&args))); errno != 0 {
@@ -111,8 +116,8 @@ func DataSizeOf(path string) (DataSize, error) {
 			if len(buf) < searchHeaderSize+n {
 				return DataSize{}, fmt.Errorf("data size of %s: short search result", path)
 			}
-			if typ == extentDataKey {
-				size.add(buf[searchHeaderSize : searchHeaderSize+n])
+			if item := buf[searchHeaderSize : searchHeaderSize+n]; typ == extentDataKey && len(item) >= 8 && binary.LittleEndian.Uint64(item) > since {
+				size.add(item)
 			}
 			buf = buf[searchHeaderSize+n:]
 		}

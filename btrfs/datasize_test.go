@@ -41,7 +41,7 @@ func TestDataSizeOfPredictsTheFullSendStream(t *testing.T) {
 	snap := filepath.Join(root, "snap")
 	must(t, btrfs.Snapshot(ctx, src, snap, true))
 
-	size, err := btrfs.DataSizeOf(snap)
+	size, err := btrfs.DataSizeOf(snap, 0)
 	must(t, err)
 	plain := streamLength(t, snap, btrfs.SendOptions{})
 	encoded := streamLength(t, snap, btrfs.SendOptions{CompressedData: true})
@@ -74,4 +74,40 @@ func streamLength(t *testing.T, snap string, opt btrfs.SendOptions) int64 {
 	must(t, out.Close())
 	must(t, p.Wait())
 	return n
+}
+
+// From a parent, DataSizeOf counts only the data written since the parent
+// was made: a new file and a rewritten range of an old one, not the rest,
+// close to the incremental stream's length.
+func TestDataSizeOfSinceAParent(t *testing.T) {
+	root := newFS(t, 1<<30)
+	ctx := context.Background()
+	src := filepath.Join(root, "src")
+	must(t, btrfs.CreateSubvolume(ctx, src))
+	writeFile(t, filepath.Join(src, "old"), randomBytes(1, 16<<20), 0o644)
+	writeFile(t, filepath.Join(src, "kept"), randomBytes(2, 8<<20), 0o644)
+	must(t, btrfs.Sync(src))
+	parent := filepath.Join(root, "parent")
+	must(t, btrfs.Snapshot(ctx, src, parent, true))
+
+	writeFile(t, filepath.Join(src, "new"), randomBytes(3, 4<<20), 0o644)
+	f, err := os.OpenFile(filepath.Join(src, "old"), os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt(randomBytes(4, 1<<20), 4<<20)
+	must(t, err)
+	must(t, f.Close())
+	must(t, btrfs.Sync(src))
+	snap := filepath.Join(root, "snap")
+	must(t, btrfs.Snapshot(ctx, src, snap, true))
+
+	size, err := btrfs.DataSizeOf(snap, inspect(t, parent).CTransID)
+	must(t, err)
+	stream := streamLength(t, snap, btrfs.SendOptions{Parent: parent})
+	t.Logf("figures: %d bytes since the parent for a %d-byte incremental stream", size.Plain, stream)
+	if want := int64(5 << 20); size.Plain != want || size.Encoded != want {
+		t.Errorf("since the parent: %+v, want %d plain and encoded: the new file and the rewritten MiB", size, want)
+	}
+	if r := float64(size.Plain) / float64(stream); r < 0.95 || r > 1.0 {
+		t.Errorf("predicted %d bytes for a %d-byte incremental stream (%.3f), want 0.95-1.0 of it", size.Plain, stream, r)
+	}
 }

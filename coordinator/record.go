@@ -38,7 +38,8 @@ type Replication struct {
 	TotalBytes  int64  `json:"total_bytes"`
 	TotalChunks int64  `json:"total_chunks"`
 	Digest      string `json:"digest,omitempty"`
-	// EstimatedBytes is the apparent size of the snapshot, for an ETA.
+	// EstimatedBytes is what the send stream is expected to carry (see
+	// btrfs.DataSizeOf), for a progress bar and an ETA; 0 when unknown.
 	EstimatedBytes int64              `json:"estimated_bytes,omitempty"`
 	Error          string             `json:"error"`
 	Targets        map[string]*Target `json:"targets"`

@@ -609,15 +609,27 @@ func (s *Sender) waitChange(ctx context.Context, r *coordinator.Replication, d t
 	}
 }
 
-// fullStreamSize estimates the stream of a full send of snapshot, for the
-// ETA alone: the data its extents hold, as the stream carries it (with
-// compressed, compressed extents as they are). Where the extents cannot be
-// read, the files' sizes.
-func fullStreamSize(snapshot string, compressed bool) int64 {
-	size, err := btrfs.DataSizeOf(snapshot)
+// streamSize estimates the send stream of snapshot, for the progress bar
+// and the ETA alone: the data its extents hold, as the stream carries it
+// (with compressed, compressed extents as they are), or for an incremental
+// send from parent (a path, "" for a full send) the data written since
+// parent was made. Where the extents cannot be read, a full send's
+// estimate is the files' sizes and an incremental one's unknown (0).
+func streamSize(snapshot, parent string, compressed bool) int64 {
+	var since uint64
+	if parent != "" {
+		p, err := btrfs.Inspect(parent)
+		if err != nil {
+			return 0
+		}
+		since = p.CTransID
+	}
+	size, err := btrfs.DataSizeOf(snapshot, since)
 	switch {
-	case err != nil:
+	case err != nil && parent == "":
 		return apparentSize(snapshot)
+	case err != nil:
+		return 0
 	case compressed:
 		return size.Encoded
 	}

@@ -130,6 +130,15 @@ func TestNewTargetGetsAFullStreamAndTheOthersAnIncremental(t *testing.T) {
 		t.Errorf("new target d: %s in %s with parent %q, want committed in a full record of its own", ts.State, full.ID, full.ParentUUID)
 	}
 	t.Logf("figures: incremental stream %d bytes to a, b, c; full stream %d bytes to d", incr.TotalBytes, full.TotalBytes)
+	// The progress bar's estimate of each stream, from the extents written
+	// since its parent.
+	for _, r := range []replication{incr, full} {
+		ratio := float64(r.Estimated) / float64(r.TotalBytes)
+		t.Logf("figures: %s estimated %d bytes for a %d-byte stream: %.2f", r.ID, r.Estimated, r.TotalBytes, ratio)
+		if ratio < 0.9 || ratio > 1.1 {
+			t.Errorf("%s: estimated %d bytes for a %d-byte stream (%.2f), want 0.9-1.1 of it", r.ID, r.Estimated, r.TotalBytes, ratio)
+		}
+	}
 	if incr.TotalBytes >= full.TotalBytes/2 {
 		t.Errorf("the incremental stream (%d bytes) is not much smaller than the full one (%d)", incr.TotalBytes, full.TotalBytes)
 	}
