@@ -1,6 +1,7 @@
 package btrfs
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -80,8 +81,9 @@ var (
 // BTRFS_IOC_TREE_SEARCH, which needs CAP_SYS_ADMIN as send does. The
 // figure is an estimate: data shared between files counts each time,
 // though send may clone it, and an incremental send also carries what
-// changed without new data (renames, deletions, metadata).
-func DataSizeOf(path string, since uint64) (DataSize, error) {
+// changed without new data (renames, deletions, metadata). It stops with
+// ctx's error when ctx ends: a large subvolume has millions of items.
+func DataSizeOf(ctx context.Context, path string, since uint64) (DataSize, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return DataSize{}, fmt.Errorf("data size of %s: %w", path, err)
@@ -96,6 +98,9 @@ func DataSizeOf(path string, since uint64) (DataSize, error) {
 	args := searchArgs{Key: searchKey{MinObjectID: firstFreeObjectID, MaxObjectID: math.MaxUint64,
 		MinType: extentDataKey, MaxType: extentDataKey, MaxOffset: math.MaxUint64, MinTransID: since + 1, MaxTransID: math.MaxUint64}}
 	for {
+		if err := ctx.Err(); err != nil {
+			return DataSize{}, fmt.Errorf("data size of %s: %w", path, err)
+		}
 		args.Key.NrItems = math.MaxUint32
 		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), iocTreeSearch, uintptr(unsafe.Pointer(&args))); errno != 0 {
 			return DataSize{}, fmt.Errorf("data size of %s: tree search: %w", path, errno)

@@ -41,7 +41,7 @@ func TestDataSizeOfPredictsTheFullSendStream(t *testing.T) {
 	snap := filepath.Join(root, "snap")
 	must(t, btrfs.Snapshot(ctx, src, snap, true))
 
-	size, err := btrfs.DataSizeOf(snap, 0)
+	size, err := btrfs.DataSizeOf(ctx, snap, 0)
 	must(t, err)
 	plain := streamLength(t, snap, btrfs.SendOptions{})
 	encoded := streamLength(t, snap, btrfs.SendOptions{CompressedData: true})
@@ -100,7 +100,7 @@ func TestDataSizeOfSinceAParent(t *testing.T) {
 	snap := filepath.Join(root, "snap")
 	must(t, btrfs.Snapshot(ctx, src, snap, true))
 
-	size, err := btrfs.DataSizeOf(snap, inspect(t, parent).CTransID)
+	size, err := btrfs.DataSizeOf(ctx, snap, inspect(t, parent).CTransID)
 	must(t, err)
 	stream := streamLength(t, snap, btrfs.SendOptions{Parent: parent})
 	t.Logf("figures: %d bytes since the parent for a %d-byte incremental stream", size.Plain, stream)

@@ -323,7 +323,7 @@ func (s *Sender) createRecords(ctx context.Context, src string, srcInfo, snap bt
 		if i > 0 {
 			r.ID = coordinator.SplitID(base, g.Targets[0])
 		}
-		r.EstimatedBytes = streamSize(snap.Path, g.Parent, sendsCompressed(s.Streams))
+		r.EstimatedBytes = s.streamSize(ctx, snap.Path, g.Parent)
 		for _, t := range g.Targets {
 			r.Targets[t] = &coordinator.Target{State: coordinator.TPending, Site: inv[t].Site}
 		}

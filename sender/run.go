@@ -609,13 +609,21 @@ func (s *Sender) waitChange(ctx context.Context, r *coordinator.Replication, d t
 	}
 }
 
+// estimateTimeout bounds the estimate of a stream: it only feeds the
+// progress bar, and must not hold up a send of a subvolume with millions
+// of extents for long.
+const estimateTimeout = 10 * time.Second
+
 // streamSize estimates the send stream of snapshot, for the progress bar
 // and the ETA alone: the data its extents hold, as the stream carries it
 // (with compressed, compressed extents as they are), or for an incremental
 // send from parent (a path, "" for a full send) the data written since
 // parent was made. Where the extents cannot be read, a full send's
-// estimate is the files' sizes and an incremental one's unknown (0).
-func streamSize(snapshot, parent string, compressed bool) int64 {
+// estimate is the files' sizes; past estimateTimeout, and where neither
+// can be had, it is unknown (0).
+func (s *Sender) streamSize(ctx context.Context, snapshot, parent string) int64 {
+	ctx, cancel := context.WithTimeout(ctx, estimateTimeout)
+	defer cancel()
 	var since uint64
 	if parent != "" {
 		p, err := btrfs.Inspect(parent)
@@ -624,23 +632,29 @@ func streamSize(snapshot, parent string, compressed bool) int64 {
 		}
 		since = p.CTransID
 	}
-	size, err := btrfs.DataSizeOf(snapshot, since)
+	size, err := btrfs.DataSizeOf(ctx, snapshot, since)
 	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		s.Log.Info("no estimate of the stream's size for its progress: reading its extents takes too long", "snapshot", snapshot, "limit", estimateTimeout)
+		return 0
 	case err != nil && parent == "":
-		return apparentSize(snapshot)
+		return apparentSize(ctx, snapshot)
 	case err != nil:
 		return 0
-	case compressed:
+	case sendsCompressed(s.Streams):
 		return size.Encoded
 	}
 	return size.Plain
 }
 
-// apparentSize is the files' sizes under root; errors just make it
-// smaller.
-func apparentSize(root string) int64 {
+// apparentSize is the files' sizes under root, 0 if ctx ends first;
+// errors just make it smaller.
+func apparentSize(ctx context.Context, root string) int64 {
 	var total int64
-	_ = filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err == nil && d.Type().IsRegular() {
 			if info, err := d.Info(); err == nil {
 				total += info.Size()
@@ -648,5 +662,8 @@ func apparentSize(root string) int64 {
 		}
 		return nil
 	})
+	if err != nil {
+		return 0
+	}
 	return total
 }
