@@ -140,10 +140,19 @@ func (c *compression) observe(w waits) {
 
 // paceWindow is how much of the targets' history judgePace weighs at a
 // time: receivers report about once a second, so it spans several reports.
-const paceWindow = 2 * time.Second
+// At S2 the window is paceWindowS2, about one report: S2 is taken on a
+// whole window's judgment and left on the first report that shows a
+// target falling behind, because S2 on a full link adds 40 % more bytes
+// per chunk for as long as it lasts (bench/README.md: one 2-s episode per
+// run, 170-320 chunks, with the whole window).
+const (
+	paceWindow   = 2 * time.Second
+	paceWindowS2 = 900 * time.Millisecond
+)
 
 // targets takes the targets' counters the publisher read from the record
-// (about once a second) and judges the pace every paceWindow.
+// (about once a second) and judges the pace every paceWindow, or every
+// paceWindowS2 at S2.
 func (c *compression) targets(s paceSample) {
 	if !c.paced {
 		return
@@ -152,7 +161,11 @@ func (c *compression) targets(s paceSample) {
 		c.paceFrom = s
 		return
 	}
-	if s.at.Sub(c.paceFrom.at) < paceWindow {
+	window := paceWindow
+	if streams.Level(c.level.Load()) == streams.LevelS2 {
+		window = paceWindowS2
+	}
+	if s.at.Sub(c.paceFrom.at) < window {
 		return
 	}
 	c.pace, c.paceFrom = judgePace(c.paceFrom, s), s

@@ -335,15 +335,23 @@ func TestAutoTakesS2OnlyWhileTheLinkHasRoom(t *testing.T) {
 		t.Fatalf("still keeping up: %s, want s2", got)
 	}
 	// From 7 s on the sender stores 100 chunks a second, the target applies
-	// 60 while waiting most of the time: the link is full.
-	full := paceSample{at: at.Add(10 * time.Second), sent: 1000, targets: map[string]targetCounters{
-		"a": {applied: 700 + 180, busy: 2100*time.Millisecond + 900*time.Millisecond, elapsed: 10 * time.Second}}}
+	// 60 while waiting most of the time: the link is full. At S2 the first
+	// report that shows it is judged, 1 s on, not a whole window later.
+	full := paceSample{at: at.Add(8 * time.Second), sent: 800, targets: map[string]targetCounters{
+		"a": {applied: 700 + 60, busy: 2100*time.Millisecond + 300*time.Millisecond, elapsed: 8 * time.Second}}}
 	c.targets(full)
 	if c.pace != paceLink {
-		t.Fatalf("pace %s, want link", c.pace)
+		t.Fatalf("pace %s one report after the link filled at s2, want link", c.pace)
 	}
 	if got := level(); got != streams.LevelFastest {
 		t.Errorf("the link full: %s, want fastest", got)
+	}
+	// Off S2 the window is whole again: one report of keeping up does not
+	// take S2 back.
+	c.targets(paceSample{at: at.Add(9 * time.Second), sent: 900, targets: map[string]targetCounters{
+		"a": {applied: 860, busy: 2700 * time.Millisecond, elapsed: 9 * time.Second}}})
+	if c.pace != paceLink {
+		t.Errorf("pace %s after one report off s2, want it held (link) until a whole window", c.pace)
 	}
 
 	// A local stream crosses no link: its pace is never judged.
