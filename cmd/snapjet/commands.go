@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"regexp"
@@ -20,7 +19,6 @@ import (
 	"github.com/snapjet/snapjet/config"
 	"github.com/snapjet/snapjet/coordinator"
 	"github.com/snapjet/snapjet/internal/broker"
-	"github.com/snapjet/snapjet/jobstatus"
 	"github.com/snapjet/snapjet/metrics"
 	"github.com/snapjet/snapjet/receiver"
 	"github.com/snapjet/snapjet/sender"
@@ -320,24 +318,24 @@ it for the moment; a store that holds no snapjet state is refused even then.`,
 				}
 				opts.JoinOnly, opts.JoinRunning = false, true
 			}
-			b, err := g.brokerConnect(ctx, opts)
+			var server config.Server
+			if cfg != nil {
+				server = cfg.Server
+			}
+			b, err := g.brokerConnectConfig(ctx, opts, server)
 			if err != nil {
 				return &exitError{1, fmt.Errorf("status unknown: %w", err)}
 			}
 			defer b.Close()
-			if target != "" {
+			switch {
+			case target != "":
 				return targetStatus(ctx, cmd.OutOrStdout(), b, target, asJSON)
+			case cfg != nil:
+				return configStatus(ctx, cmd.OutOrStdout(), b, cfg, asJSON)
 			}
-			store, err := coordinator.OpenStore(ctx, b.JS)
+			all, err := readRecords(ctx, b)
 			if err != nil {
-				return unreadableState(err)
-			}
-			all, err := store.List(ctx)
-			if err != nil {
-				return unreadableState(err)
-			}
-			if cfg != nil {
-				return printJobStatus(cmd.OutOrStdout(), jobstatus.Of(cfg.Jobs, all, time.Now()), asJSON)
+				return err
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -363,54 +361,6 @@ it for the moment; a store that holds no snapjet state is refused even then.`,
 	cmd.Flags().BoolVar(&offline, "offline", false, "when no process serves the store, read it by embedding a server for the moment")
 	cmd.Flags().StringVar(&target, "target", "", "report on this target alone, as its site sees it (works at an isolated site)")
 	return cmd
-}
-
-// printJobStatus prints the jobs' status and returns an exit-1 error
-// naming the overdue jobs.
-func printJobStatus(out io.Writer, jobs []jobstatus.Job, asJSON bool) error {
-	var overdue []string
-	for _, j := range jobs {
-		if j.Overdue {
-			overdue = append(overdue, j.Name)
-		}
-	}
-	if asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if jobs == nil {
-			jobs = []jobstatus.Job{}
-		}
-		if err := enc.Encode(map[string]any{"jobs": jobs}); err != nil {
-			return err
-		}
-	} else {
-		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "JOB\tTARGET\tLAST SUCCESS\tAGE\tNEXT RUN\tRUNNING\tSTATUS\tLAST ERROR")
-		for _, j := range jobs {
-			for _, t := range j.Targets {
-				last, age := "never", "-"
-				if !t.LastSuccess.IsZero() {
-					last, age = t.LastSuccess.Format(time.RFC3339), t.Age.Round(time.Second).String()
-				}
-				running := "-"
-				if r := t.Running; r != nil {
-					running = fmt.Sprintf("%s %s/%s", r.ID, human(r.BytesApplied), human(max(r.BytesSent, r.Estimated)))
-				}
-				status := "ok"
-				if t.Overdue {
-					status = "OVERDUE"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, t.Display, last, age, j.NextRun.Format(time.RFC3339), running, status, t.LastError)
-			}
-		}
-		if err := w.Flush(); err != nil {
-			return err
-		}
-	}
-	if len(overdue) > 0 {
-		return &exitError{1, fmt.Errorf("overdue (no success within twice the interval): %s", strings.Join(overdue, ", "))}
-	}
-	return nil
 }
 
 var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_-]+`)

@@ -17,7 +17,8 @@ import (
 
 // TestRunJob: `snapjet run` replicates a job to its local target and
 // prunes both sides with the job's retention, keeping the base; --dry-run
-// changes nothing; an unknown job is bad input.
+// changes nothing; an unknown job is bad input; status --config reports
+// the job, a silent receiver and an overdue job.
 func TestRunJob(t *testing.T) {
 	ctx := context.Background()
 	fs := loopfs.New(t, 256<<20)
@@ -113,6 +114,15 @@ jobs:
 	out, _, err = execute(statusCmd(testGlobals()), "--config", cfg)
 	if err != nil || !regexp.MustCompile(`share +`+regexp.QuoteMeta(backup)+` +\S+ +\S+ +\S+ +- +ok`).MatchString(out) {
 		t.Fatalf("status: %v\n%s", err, out)
+	}
+	// A receiver of the config that does not answer: exit 1, named, with
+	// the jobs still reported.
+	inbox := filepath.Join(fs.Dir, "inbox")
+	unheard := writeConfig(t, text+"receivers:\n  - target: unheard\n    dir: "+inbox+"\n")
+	out, _, err = execute(statusCmd(testGlobals()), "--config", unheard)
+	if exitCode(err) != 1 || !regexp.MustCompile(`unheard +`+regexp.QuoteMeta(inbox)+` +NO +`).MatchString(out) ||
+		!strings.Contains(out, "share ") || !strings.Contains(err.Error(), "unheard: its receiver does not answer") {
+		t.Errorf("status with a silent receiver: exit %d (%v)\n%s", exitCode(err), err, out)
 	}
 	// A target that never had a success makes the job overdue: exit 1.
 	late := writeConfig(t, strings.Replace(text, "targets: ["+backup+"]", "targets: ["+backup+", \"remote:gone\"]", 1))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -37,26 +38,13 @@ type targetStatusDoc struct {
 // replications addressed to it and its receiver's answer. It reads nothing
 // else of the state, so it works with the permissions of an isolated site.
 // It returns an exit-1 error when the receiver does not answer or the
-// newest replication failed on the target.
+// replication changed last failed on the target.
 func targetStatus(ctx context.Context, out io.Writer, b *broker.Broker, target string, asJSON bool) error {
-	store, err := coordinator.BindStore(ctx, b.JS)
+	docs, err := readTargets(ctx, b, []string{target})
 	if err != nil {
-		return &exitError{1, fmt.Errorf("status of target %s unknown: %w", target, unreadableState(err))}
+		return err
 	}
-	work, err := store.ListWork(ctx, target)
-	if err != nil {
-		return &exitError{1, fmt.Errorf("status of target %s unknown: %w", target, unreadableState(err))}
-	}
-	doc := targetStatusDoc{Target: target, Work: work}
-	if doc.Work == nil {
-		doc.Work = []coordinator.Listed{}
-	}
-	inv, unreachable := sender.Inventories(ctx, b.NC, []string{target}, receiverAnswerTimeout)
-	if in, ok := inv[target]; ok {
-		doc.Receiver = &in
-	} else {
-		doc.ReceiverError = unreachable[target].Error()
-	}
+	doc := docs[0]
 	if asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -67,6 +55,50 @@ func targetStatus(ctx context.Context, out io.Writer, b *broker.Broker, target s
 		return err
 	}
 	return targetVerdict(doc)
+}
+
+// readTargets reads each target's work views and asks the targets'
+// receivers what they hold, all of them together within
+// receiverAnswerTimeout.
+func readTargets(ctx context.Context, b *broker.Broker, targets []string) ([]targetStatusDoc, error) {
+	store, err := coordinator.BindStore(ctx, b.JS)
+	if err != nil {
+		return nil, &exitError{1, fmt.Errorf("status of %s unknown: %w", strings.Join(targets, ", "), unreadableState(err))}
+	}
+	docs := make([]targetStatusDoc, len(targets))
+	for i, t := range targets {
+		work, err := store.ListWork(ctx, t)
+		if err != nil {
+			return nil, &exitError{1, fmt.Errorf("status of target %s unknown: %w", t, unreadableState(err))}
+		}
+		docs[i] = targetStatusDoc{Target: t, Work: work}
+		if work == nil {
+			docs[i].Work = []coordinator.Listed{}
+		}
+	}
+	inv, unreachable := sender.Inventories(ctx, b.NC, targets, receiverAnswerTimeout)
+	for i := range docs {
+		if in, ok := inv[docs[i].Target]; ok {
+			docs[i].Receiver = &in
+		} else {
+			docs[i].ReceiverError = unreachable[docs[i].Target].Error()
+		}
+	}
+	return docs, nil
+}
+
+// readRecords reads every replication's record, which only a client of
+// the hub (or a site that may read the whole state) can.
+func readRecords(ctx context.Context, b *broker.Broker) ([]*coordinator.Replication, error) {
+	store, err := coordinator.OpenStore(ctx, b.JS)
+	if err != nil {
+		return nil, unreadableState(err)
+	}
+	all, err := store.List(ctx)
+	if err != nil {
+		return nil, unreadableState(err)
+	}
+	return all, nil
 }
 
 // unreadableState adds the likely causes to an error of a client whose

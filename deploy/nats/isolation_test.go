@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -130,12 +133,28 @@ func TestSitesIsolated(t *testing.T) {
 		}
 	}
 	siteStatus(t, siteAddr["site-a"], id)
+	// The site's monitoring check: status --config of a config with
+	// site-a's receiver alone, its server section naming the hub's domain
+	// and the site's inbox prefix.
+	cfg := filepath.Join(t.TempDir(), "snapjet.yaml")
+	yaml := fmt.Sprintf("server:\n  url: nats://%s\n  js_domain: hub\n  inbox_prefix: _INBOX_site-a\nreceivers:\n  - target: nas-a\n    dir: %s\n", siteAddr["site-a"], dstA.Dir)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := run(t, cmdTimeout, "status --config at site-a", nil, snapjetBin, "status", "--config", cfg)
+	if code != 0 || !regexp.MustCompile(`nas-a +`+regexp.QuoteMeta(dstA.Dir)+` +yes +`+id+` +committed`).MatchString(out) {
+		t.Errorf("status --config at site-a: exit %d, want 0 and nas-a's receiver answering, %s committed:\n%s", code, id, out)
+	}
 
 	recvA.kill()
-	code, out := run(t, cmdTimeout, "status --target nas-a without its receiver", nil, snapjetBin, "status", "--server", "nats://"+siteAddr["site-a"],
+	code, out = run(t, cmdTimeout, "status --target nas-a without its receiver", nil, snapjetBin, "status", "--server", "nats://"+siteAddr["site-a"],
 		"--js-domain", "hub", "--inbox-prefix", "_INBOX_site-a", "--target", "nas-a")
 	if code != 1 || !strings.Contains(out, "receiver does not answer") || !strings.Contains(out, "snapjet receive --target nas-a") {
 		t.Errorf("status --target nas-a with its receiver down: exit %d, want 1 and the fix:\n%s", code, out)
+	}
+	code, out = run(t, cmdTimeout, "status --config without the receiver", nil, snapjetBin, "status", "--config", cfg)
+	if code != 1 || !regexp.MustCompile(`nas-a +`+regexp.QuoteMeta(dstA.Dir)+` +NO +`).MatchString(out) || !strings.Contains(out, "nas-a: its receiver does not answer") {
+		t.Errorf("status --config with nas-a's receiver down: exit %d, want 1 and the receiver named:\n%s", code, out)
 	}
 }
 
