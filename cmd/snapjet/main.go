@@ -46,6 +46,28 @@ type globals struct {
 
 func main() {
 	g := &globals{}
+	root := newRoot(g)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
+	stop()
+	if g.cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "snapjet:", err)
+		var ee *exitError
+		switch {
+		case errors.As(err, &ee):
+			os.Exit(ee.code)
+		case driver.IsPermanent(err):
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// newRoot is snapjet's command tree, its flags bound to g.
+func newRoot(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "snapjet",
 		Short:         "Replicate btrfs snapshots over NATS JetStream, resuming after every failure",
@@ -72,24 +94,7 @@ func main() {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{2, err} })
 	root.AddCommand(replicateCmd(g), sendCmd(g), receiveCmd(g), serverCmd(g), statusCmd(g), daemonCmd(g))
 	root.AddCommand(opsCommands(g)...)
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := root.ExecuteContext(ctx)
-	stop()
-	if g.cpuprofile != "" {
-		pprof.StopCPUProfile()
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "snapjet:", err)
-		var ee *exitError
-		switch {
-		case errors.As(err, &ee):
-			os.Exit(ee.code)
-		case driver.IsPermanent(err):
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
+	return root
 }
 
 // streamingMemoryLimit is the soft heap limit of `send` and `receive`
