@@ -40,6 +40,12 @@ func configStatus(ctx context.Context, out io.Writer, b *broker.Broker, cfg *con
 		if receivers, err = readTargets(ctx, b, names); err != nil {
 			return err
 		}
+		for i := range receivers {
+			if receivers[i].Receiver == nil {
+				// The config's receivers run in its daemon: that is what to check.
+				receivers[i].ReceiverError = fmt.Sprintf("the daemon of %s runs it: is it running (systemctl status snapjet-daemon)? %s", cfg.File, receivers[i].ReceiverError)
+			}
+		}
 	}
 	if asJSON {
 		enc := json.NewEncoder(out)

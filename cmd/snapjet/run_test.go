@@ -121,7 +121,7 @@ jobs:
 	unheard := writeConfig(t, text+"receivers:\n  - target: unheard\n    dir: "+inbox+"\n")
 	out, _, err = execute(statusCmd(testGlobals()), "--config", unheard)
 	if exitCode(err) != 1 || !regexp.MustCompile(`unheard +`+regexp.QuoteMeta(inbox)+` +NO +`).MatchString(out) ||
-		!strings.Contains(out, "share ") || !strings.Contains(err.Error(), "unheard: its receiver does not answer") {
+		!strings.Contains(out, "share ") || !strings.Contains(err.Error(), "unheard: its receiver does not answer") || !strings.Contains(out, "is it running (systemctl status snapjet-daemon)?") {
 		t.Errorf("status with a silent receiver: exit %d (%v)\n%s", exitCode(err), err, out)
 	}
 	// A target that never had a success makes the job overdue: exit 1.
