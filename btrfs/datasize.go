@@ -11,10 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DataSize is how many bytes of file data a full send of a subvolume
-// carries, read from its file extent items: what a progress bar needs,
-// where the files' sizes count holes and, on a filesystem mounted with
-// compression, data that travels compressed.
+// DataSize is how many bytes of file data a send of a subvolume carries,
+// read from its file extent items: what a progress bar needs, where the
+// files' sizes count holes, data that travels compressed, and for an
+// incremental send everything that did not change.
 type DataSize struct {
 	// Plain is the data decompressed: every extent's referenced bytes,
 	// holes and preallocated ranges left out (send protocol 1).
